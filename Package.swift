@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "FarMem",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "FarMemory", targets: ["FarMemory"]),
+        .library(name: "FarMemServer", targets: ["FarMemServer"]),
+        .executable(name: "farmemd", targets: ["farmemd"]),
+        .executable(name: "farmem", targets: ["farmem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // Syscall and ioctl wrappers that return -errno (Swift cannot call variadic ioctl).
+        .target(name: "CFarMemSys"),
+        // Typed descriptors and Errno over CFarMemSys, in the style of swift-system.
+        .target(name: "FarMemSystem", dependencies: ["CFarMemSys"]),
+        // The wire protocol: frames, messages, error codes (see protocol/SPEC.md).
+        .target(name: "FarMemProtocol", dependencies: ["FarMemSystem"]),
+        // The memory server, embeddable (farmem demo) and standalone (farmemd).
+        .target(name: "FarMemServer", dependencies: [
+            "FarMemProtocol", "FarMemSystem", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The client library: far-memory regions paged through userfaultfd.
+        .target(name: "FarMemory", dependencies: [
+            "FarMemProtocol", "FarMemSystem", "CFarMemSys", .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
+        .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys"]),
+        .executableTarget(name: "farmemd", dependencies: [
+            "FarMemServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "farmem", dependencies: [
+            "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemWorkloads", "CFarMemSys",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "FarMemTests", dependencies: [
+            "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemSystem", "FarMemWorkloads", "CFarMemSys",
+        ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,80 @@
+// The floor of any userfaultfd pager on this machine: a region registered for
+// MISSING faults, a handler thread that blocks in poll(), reads the fault and
+// installs the page with UFFDIO_COPY from local memory. No network, no
+// bookkeeping. FarMem's demo and benchmarks run this the same way, in the same
+// run, and report their own latency next to it.
+#define _GNU_SOURCE
+#include "cfarmemsys.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <linux/userfaultfd.h>
+
+struct baseline_ctx {
+    int uffd;
+    int stop_fd;
+    char *source;
+};
+
+static void *baseline_handler(void *arg) {
+    struct baseline_ctx *ctx = arg;
+    struct pollfd fds[2] = { { .fd = ctx->uffd, .events = POLLIN }, { .fd = ctx->stop_fd, .events = POLLIN } };
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) { if (errno == EINTR) continue; break; }
+        if (fds[1].revents) break;
+        struct uffd_msg msg;
+        ssize_t n = read(ctx->uffd, &msg, sizeof msg);
+        if (n != sizeof msg || msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        struct uffdio_copy copy = {
+            .dst = msg.arg.pagefault.address & ~4095ULL,
+            .src = (uint64_t)(uintptr_t)ctx->source, .len = 4096, .mode = 0,
+        };
+        if (ioctl(ctx->uffd, UFFDIO_COPY, &copy) < 0 && errno == EEXIST) {
+            struct uffdio_range range = { copy.dst, 4096 };
+            ioctl(ctx->uffd, UFFDIO_WAKE, &range);
+        }
+    }
+    return NULL;
+}
+
+int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns) {
+    size_t length = pages * 4096;
+    char *region = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (region == MAP_FAILED) return -errno;
+    madvise(region, length, MADV_NOHUGEPAGE);
+    struct baseline_ctx ctx = { .uffd = fm_uffd_open(0), .stop_fd = fm_eventfd() };
+    if (ctx.uffd < 0) ctx.uffd = fm_uffd_open_dev();
+    int err = 0;
+    if (ctx.uffd < 0) { err = ctx.uffd; goto out_unmap; }
+    uint64_t features = 0;
+    if ((err = fm_uffd_api(ctx.uffd, &features, NULL)) < 0) goto out_close;
+    if ((err = fm_uffd_register(ctx.uffd, (uint64_t)(uintptr_t)region, length, FM_UFFD_REGISTER_MODE_MISSING, NULL)) < 0) goto out_close;
+    ctx.source = aligned_alloc(4096, 4096);
+    memset(ctx.source, 0x5A, 4096);
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, baseline_handler, &ctx) != 0) { err = -EAGAIN; free(ctx.source); goto out_close; }
+    uint64_t start = fm_now_ns();
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < pages; i++) {
+        uint64_t t0 = fm_now_ns();
+        sum += *(volatile uint8_t *)(region + i * 4096);
+        latencies_ns[i] = fm_now_ns() - t0;
+    }
+    *total_ns = fm_now_ns() - start;
+    fm_sink(sum);
+    fm_eventfd_signal(ctx.stop_fd);
+    pthread_join(thread, NULL);
+    free(ctx.source);
+out_close:
+    close(ctx.uffd);
+    close(ctx.stop_fd);
+out_unmap:
+    munmap(region, length);
+    return err;
+}

@@ -1,0 +1,116 @@
+// Thin C layer under FarMemSystem: the userfaultfd ioctls, madvise and a few
+// other calls Swift cannot make directly (variadic syscall/ioctl, _IOWR macros).
+// Every function returns >= 0 on success and -errno on failure; none touches
+// memory registered with userfaultfd.
+#ifndef CFARMEMSYS_H
+#define CFARMEMSYS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Kernel feature bits (UFFDIO_API.features) FarMem cares about. Debian 12's
+// headers lack the newer ones, so they are spelled out here.
+#define FM_UFFD_FEATURE_PAGEFAULT_FLAG_WP   (1ULL << 0)
+#define FM_UFFD_FEATURE_EVENT_FORK          (1ULL << 1)
+#define FM_UFFD_FEATURE_EVENT_REMAP         (1ULL << 2)
+#define FM_UFFD_FEATURE_EVENT_REMOVE        (1ULL << 3)
+#define FM_UFFD_FEATURE_MISSING_HUGETLBFS   (1ULL << 4)
+#define FM_UFFD_FEATURE_MISSING_SHMEM       (1ULL << 5)
+#define FM_UFFD_FEATURE_EVENT_UNMAP         (1ULL << 6)
+#define FM_UFFD_FEATURE_SIGBUS              (1ULL << 7)
+#define FM_UFFD_FEATURE_THREAD_ID           (1ULL << 8)
+#define FM_UFFD_FEATURE_MINOR_HUGETLBFS     (1ULL << 9)
+#define FM_UFFD_FEATURE_MINOR_SHMEM         (1ULL << 10)
+#define FM_UFFD_FEATURE_EXACT_ADDRESS       (1ULL << 11)
+#define FM_UFFD_FEATURE_WP_HUGETLBFS_SHMEM  (1ULL << 12)
+#define FM_UFFD_FEATURE_WP_UNPOPULATED      (1ULL << 13)
+#define FM_UFFD_FEATURE_POISON              (1ULL << 14)
+#define FM_UFFD_FEATURE_WP_ASYNC            (1ULL << 15)
+#define FM_UFFD_FEATURE_MOVE                (1ULL << 16)
+
+// Message kinds read from the descriptor.
+#define FM_UFFD_EVENT_PAGEFAULT 0x12
+#define FM_UFFD_EVENT_FORK      0x13
+#define FM_UFFD_EVENT_REMAP     0x14
+#define FM_UFFD_EVENT_REMOVE    0x15
+#define FM_UFFD_EVENT_UNMAP     0x16
+
+#define FM_UFFD_PAGEFAULT_FLAG_WRITE (1ULL << 0)
+#define FM_UFFD_PAGEFAULT_FLAG_WP    (1ULL << 1)
+#define FM_UFFD_PAGEFAULT_FLAG_MINOR (1ULL << 2)
+
+#define FM_UFFD_REGISTER_MODE_MISSING (1ULL << 0)
+#define FM_UFFD_REGISTER_MODE_WP      (1ULL << 1)
+#define FM_UFFD_REGISTER_MODE_MINOR   (1ULL << 2)
+
+/// One message as read(2) returns it, flattened so Swift needs no unions.
+typedef struct {
+    uint8_t event;       // FM_UFFD_EVENT_*
+    uint64_t flags;      // pagefault flags
+    uint64_t address;    // pagefault address; remap: from; remove/unmap: start
+    uint64_t arg1;       // remap: to; remove/unmap: end; fork: child uffd
+    uint64_t arg2;       // remap: len
+    uint32_t thread_id;  // pagefault, with FEATURE_THREAD_ID
+} fm_uffd_msg;
+
+/// userfaultfd(2) with O_CLOEXEC | O_NONBLOCK (| UFFD_USER_MODE_ONLY if asked).
+int fm_uffd_open(int user_mode_only);
+/// open("/dev/userfaultfd") + USERFAULTFD_IOC_NEW: the path for processes
+/// that may open the device but lack CAP_SYS_PTRACE.
+int fm_uffd_open_dev(void);
+/// UFFDIO_API. `*features` in: requested; out: what the kernel grants.
+int fm_uffd_api(int fd, uint64_t *features, uint64_t *ioctls);
+int fm_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t *ioctls);
+int fm_uffd_unregister(int fd, uint64_t start, uint64_t len);
+/// UFFDIO_COPY. Returns bytes copied (>= 0) or -errno; on a partial copy the
+/// byte count is returned through *copied as well.
+int fm_uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len, int write_protect, int dont_wake, int64_t *copied);
+int fm_uffd_zeropage(int fd, uint64_t dst, uint64_t len, int dont_wake);
+int fm_uffd_writeprotect(int fd, uint64_t start, uint64_t len, int protect, int dont_wake);
+int fm_uffd_wake(int fd, uint64_t start, uint64_t len);
+int fm_uffd_poison(int fd, uint64_t start, uint64_t len, int dont_wake);
+/// UFFDIO_MOVE src -> dst (dst must be registered on the same descriptor).
+int fm_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len, int allow_src_holes, int dont_wake, int64_t *moved);
+/// Reads up to `max` messages. Returns the count, 0 if none are pending
+/// (EAGAIN), or -errno.
+int fm_uffd_read(int fd, fm_uffd_msg *out, int max);
+
+int fm_madvise(uint64_t start, uint64_t len, int advice);
+int fm_eventfd(void);
+int fm_eventfd_signal(int fd);
+int fm_eventfd_drain(int fd);
+/// poll() on up to two descriptors for POLLIN. Returns a bit mask of ready
+/// descriptors (bit 0: fd0, bit 1: fd1), 0 on time-out, or -errno.
+int fm_poll2(int fd0, int fd1, int timeout_ms);
+
+/// accept4 with SOCK_CLOEXEC (a GNU extension Swift's Glibc does not expose).
+int fm_accept(int listener);
+/// pthread_setname_np for the calling thread.
+void fm_set_thread_name(const char *name);
+
+/// Relaxed atomic counters on plain memory (Swift's Atomic cannot live in arrays).
+static inline void fm_atomic_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t fm_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void fm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+/// Baseline: touches `pages` fresh pages of a region whose MISSING faults a
+/// plain C handler thread (poll + read + UFFDIO_COPY from local memory) serves.
+/// Writes each touch's latency and the total time. Returns 0 or -errno.
+int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns);
+
+/// Test support: fork; the child reads one byte at `address` and exits 0.
+/// Returns the child's raw wait status or -errno.
+int fm_fork_and_read(uint64_t address);
+/// Keeps the optimizer from deleting a benchmark's touch loop.
+void fm_sink(uint64_t value);
+/// Monotonic clock in nanoseconds.
+uint64_t fm_now_ns(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

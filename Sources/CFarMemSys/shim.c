@@ -1,0 +1,218 @@
+#define _GNU_SOURCE
+#include "cfarmemsys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/userfaultfd.h>
+
+// Newer uapi pieces missing from Debian 12's 6.1 headers.
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+#ifndef UFFDIO_POISON
+struct uffdio_poison { struct uffdio_range range; __u64 mode; __s64 updated; };
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x0A, struct uffdio_poison)
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+#endif
+#ifndef UFFDIO_MOVE
+struct uffdio_move { __u64 dst; __u64 src; __u64 len; __u64 mode; __s64 move; };
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+#endif
+
+static inline int neg_errno(void) { return -errno; }
+
+int fm_uffd_open(int user_mode_only) {
+    int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
+    long fd = syscall(SYS_userfaultfd, flags);
+    return fd < 0 ? neg_errno() : (int)fd;
+}
+
+int fm_uffd_open_dev(void) {
+    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+    if (dev < 0) return neg_errno();
+    int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    int err = fd < 0 ? neg_errno() : 0;
+    close(dev);
+    return fd < 0 ? err : fd;
+}
+
+int fm_uffd_api(int fd, uint64_t *features, uint64_t *ioctls) {
+    struct uffdio_api api = { .api = UFFD_API, .features = *features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) return neg_errno();
+    *features = api.features;
+    if (ioctls) *ioctls = api.ioctls;
+    return 0;
+}
+
+int fm_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode, uint64_t *ioctls) {
+    struct uffdio_register reg = { .range = { start, len }, .mode = mode };
+    if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0) return neg_errno();
+    if (ioctls) *ioctls = reg.ioctls;
+    return 0;
+}
+
+int fm_uffd_unregister(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_range range = { start, len };
+    return ioctl(fd, UFFDIO_UNREGISTER, &range) < 0 ? neg_errno() : 0;
+}
+
+int fm_uffd_copy(int fd, uint64_t dst, const void *src, uint64_t len, int write_protect, int dont_wake, int64_t *copied) {
+    struct uffdio_copy c = {
+        .dst = dst, .src = (uint64_t)(uintptr_t)src, .len = len,
+        .mode = (write_protect ? UFFDIO_COPY_MODE_WP : 0) | (dont_wake ? UFFDIO_COPY_MODE_DONTWAKE : 0),
+    };
+    int rc = ioctl(fd, UFFDIO_COPY, &c);
+    int err = rc < 0 ? neg_errno() : 0;
+    if (copied) *copied = c.copy;
+    return rc < 0 ? err : (int)c.copy;
+}
+
+int fm_uffd_zeropage(int fd, uint64_t dst, uint64_t len, int dont_wake) {
+    struct uffdio_zeropage z = { .range = { dst, len }, .mode = dont_wake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0 };
+    return ioctl(fd, UFFDIO_ZEROPAGE, &z) < 0 ? neg_errno() : 0;
+}
+
+int fm_uffd_writeprotect(int fd, uint64_t start, uint64_t len, int protect, int dont_wake) {
+    struct uffdio_writeprotect wp = {
+        .range = { start, len },
+        .mode = (protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dont_wake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0),
+    };
+    return ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0 ? neg_errno() : 0;
+}
+
+int fm_uffd_wake(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_range range = { start, len };
+    return ioctl(fd, UFFDIO_WAKE, &range) < 0 ? neg_errno() : 0;
+}
+
+int fm_uffd_poison(int fd, uint64_t start, uint64_t len, int dont_wake) {
+    struct uffdio_poison p = { .range = { start, len }, .mode = dont_wake ? UFFDIO_POISON_MODE_DONTWAKE : 0 };
+    return ioctl(fd, UFFDIO_POISON, &p) < 0 ? neg_errno() : 0;
+}
+
+int fm_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len, int allow_src_holes, int dont_wake, int64_t *moved) {
+    struct uffdio_move m = {
+        .dst = dst, .src = src, .len = len,
+        .mode = (allow_src_holes ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0) | (dont_wake ? UFFDIO_MOVE_MODE_DONTWAKE : 0),
+    };
+    int rc = ioctl(fd, UFFDIO_MOVE, &m);
+    int err = rc < 0 ? neg_errno() : 0;
+    if (moved) *moved = m.move;
+    return rc < 0 ? err : (int)m.move;
+}
+
+int fm_uffd_read(int fd, fm_uffd_msg *out, int max) {
+    struct uffd_msg msgs[64];
+    if (max > 64) max = 64;
+    ssize_t n = read(fd, msgs, sizeof(struct uffd_msg) * (size_t)max);
+    if (n < 0) return errno == EAGAIN ? 0 : neg_errno();
+    int count = (int)(n / (ssize_t)sizeof(struct uffd_msg));
+    for (int i = 0; i < count; i++) {
+        struct uffd_msg *m = &msgs[i];
+        fm_uffd_msg *o = &out[i];
+        memset(o, 0, sizeof(*o));
+        o->event = m->event;
+        switch (m->event) {
+        case UFFD_EVENT_PAGEFAULT:
+            o->flags = m->arg.pagefault.flags;
+            o->address = m->arg.pagefault.address;
+            o->thread_id = m->arg.pagefault.feat.ptid;
+            break;
+        case UFFD_EVENT_FORK:
+            o->arg1 = m->arg.fork.ufd;
+            break;
+        case UFFD_EVENT_REMAP:
+            o->address = m->arg.remap.from;
+            o->arg1 = m->arg.remap.to;
+            o->arg2 = m->arg.remap.len;
+            break;
+        case UFFD_EVENT_REMOVE:
+        case UFFD_EVENT_UNMAP:
+            o->address = m->arg.remove.start;
+            o->arg1 = m->arg.remove.end;
+            break;
+        }
+    }
+    return count;
+}
+
+int fm_madvise(uint64_t start, uint64_t len, int advice) {
+    return madvise((void *)(uintptr_t)start, len, advice) < 0 ? neg_errno() : 0;
+}
+
+int fm_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int fm_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    return write(fd, &one, sizeof one) < 0 && errno != EAGAIN ? neg_errno() : 0;
+}
+
+int fm_eventfd_drain(int fd) {
+    uint64_t value;
+    return read(fd, &value, sizeof value) < 0 && errno != EAGAIN ? neg_errno() : 0;
+}
+
+int fm_poll2(int fd0, int fd1, int timeout_ms) {
+    struct pollfd p[2] = { { .fd = fd0, .events = POLLIN }, { .fd = fd1, .events = POLLIN } };
+    int n = poll(p, fd1 >= 0 ? 2 : 1, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : neg_errno();
+    int mask = 0;
+    if (p[0].revents) mask |= 1;
+    if (fd1 >= 0 && p[1].revents) mask |= 2;
+    return mask;
+}
+
+int fm_fork_and_read(uint64_t address) {
+    pid_t pid = fork();
+    if (pid < 0) return neg_errno();
+    if (pid == 0) {
+        volatile uint8_t *p = (volatile uint8_t *)(uintptr_t)address;
+        uint8_t v = *p;
+        _exit(v == 0xFF ? 0 : 0);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return neg_errno();
+    }
+    return status;
+}
+
+void fm_sink(uint64_t value) {
+    __asm__ volatile("" : : "r"(value) : "memory");
+}
+
+uint64_t fm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int fm_accept(int listener) {
+    int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+void fm_set_thread_name(const char *name) {
+    pthread_setname_np(pthread_self(), name);
+}

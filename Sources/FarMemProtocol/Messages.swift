@@ -1,0 +1,199 @@
+/// HELLO: version negotiation, the session key that names this client's
+/// namespace, and the server's optional shared token.
+public struct Hello: Equatable, Sendable {
+    public var minVersion: UInt16
+    public var maxVersion: UInt16
+    public var pageSize: UInt32
+    public var sessionKey: [UInt8]       // 16 bytes, random per client
+    public var token: [UInt8]            // empty if the server has none
+
+    public init(minVersion: UInt16 = 1, maxVersion: UInt16 = 1, pageSize: UInt32 = UInt32(ProtocolLimits.pageSize),
+                sessionKey: [UInt8], token: [UInt8] = []) {
+        self.minVersion = minVersion
+        self.maxVersion = maxVersion
+        self.pageSize = pageSize
+        self.sessionKey = sessionKey
+        self.token = token
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u16(minVersion); w.u16(maxVersion); w.u32(pageSize)
+        w.raw(sessionKey.count == 16 ? sessionKey : Array(repeating: 0, count: 16))
+        w.u16(UInt16(token.count)); w.raw(token)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> Hello {
+        var r = ByteReader(payload, context: "HELLO")
+        let minVersion = try r.u16(), maxVersion = try r.u16(), pageSize = try r.u32()
+        let key = Array(try r.bytes(16))
+        let tokenLength = Int(try r.u16())
+        guard tokenLength <= ProtocolLimits.maxTokenLength else {
+            throw ProtocolError(.malformedFrame, "HELLO: token of \(tokenLength) bytes exceeds \(ProtocolLimits.maxTokenLength)")
+        }
+        let token = Array(try r.bytes(tokenLength))
+        try r.expectEnd()
+        return Hello(minVersion: minVersion, maxVersion: maxVersion, pageSize: pageSize, sessionKey: key, token: token)
+    }
+}
+
+public struct HelloReply: Equatable, Sendable {
+    public var version: UInt16
+    public var pageSize: UInt32
+    public var maxBatchPages: UInt32
+    public var maxPayload: UInt32
+    public var capacityPages: UInt64
+    public var unreservedPages: UInt64
+
+    public init(version: UInt16, pageSize: UInt32, maxBatchPages: UInt32, maxPayload: UInt32,
+                capacityPages: UInt64, unreservedPages: UInt64) {
+        self.version = version
+        self.pageSize = pageSize
+        self.maxBatchPages = maxBatchPages
+        self.maxPayload = maxPayload
+        self.capacityPages = capacityPages
+        self.unreservedPages = unreservedPages
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u16(version); w.u16(0); w.u32(pageSize); w.u32(maxBatchPages); w.u32(maxPayload)
+        w.u64(capacityPages); w.u64(unreservedPages)
+        return w.bytes
+    }
+
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> HelloReply {
+        var r = ByteReader(payload, context: "HELLO reply")
+        let version = try r.u16()
+        _ = try r.u16()
+        let reply = HelloReply(version: version, pageSize: try r.u32(), maxBatchPages: try r.u32(),
+                               maxPayload: try r.u32(), capacityPages: try r.u64(), unreservedPages: try r.u64())
+        try r.expectEnd()
+        return reply
+    }
+}
+
+/// CREATE_REGION reserves `pageCount` pages of capacity for a region named by
+/// the client; DROP_REGION releases it and every page in it.
+public struct RegionSpec: Equatable, Sendable {
+    public var regionID: UInt64
+    public var pageCount: UInt64
+    public init(regionID: UInt64, pageCount: UInt64) { self.regionID = regionID; self.pageCount = pageCount }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(); w.u64(regionID); w.u64(pageCount); return w.bytes
+    }
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> RegionSpec {
+        var r = ByteReader(payload, context: "CREATE_REGION")
+        let spec = RegionSpec(regionID: try r.u64(), pageCount: try r.u64())
+        try r.expectEnd()
+        return spec
+    }
+}
+
+public struct RegionRef: Equatable, Sendable {
+    public var regionID: UInt64
+    public init(regionID: UInt64) { self.regionID = regionID }
+    public func encode() -> [UInt8] { var w = ByteWriter(); w.u64(regionID); return w.bytes }
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> RegionRef {
+        var r = ByteReader(payload, context: "DROP_REGION")
+        let ref = RegionRef(regionID: try r.u64())
+        try r.expectEnd()
+        return ref
+    }
+}
+
+/// DISCARD forgets a range of pages: the next read of them returns zeros.
+public struct DiscardRange: Equatable, Sendable {
+    public var regionID: UInt64
+    public var firstPage: UInt64
+    public var pageCount: UInt64
+    public init(regionID: UInt64, firstPage: UInt64, pageCount: UInt64) {
+        self.regionID = regionID; self.firstPage = firstPage; self.pageCount = pageCount
+    }
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(); w.u64(regionID); w.u64(firstPage); w.u64(pageCount); return w.bytes
+    }
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> DiscardRange {
+        var r = ByteReader(payload, context: "DISCARD")
+        let range = DiscardRange(regionID: try r.u64(), firstPage: try r.u64(), pageCount: try r.u64())
+        try r.expectEnd()
+        return range
+    }
+}
+
+/// The page list at the front of READ_PAGES and WRITE_PAGES:
+/// u64 region, u32 count, u32 reserved (0), count x u64 page numbers.
+/// WRITE_PAGES follows it with count x pageSize bytes of data.
+public struct PageBatchHeader: Equatable, Sendable {
+    public var regionID: UInt64
+    public var pages: [UInt64]
+    public init(regionID: UInt64, pages: [UInt64]) { self.regionID = regionID; self.pages = pages }
+
+    public static func fixedSize(count: Int) -> Int { 16 + 8 * count }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(capacity: PageBatchHeader.fixedSize(count: pages.count))
+        w.u64(regionID); w.u32(UInt32(pages.count)); w.u32(0)
+        for page in pages { w.u64(page) }
+        return w.bytes
+    }
+
+    /// Decodes the page list and returns it with the offset where page data begins.
+    public static func decode(_ payload: UnsafeRawBufferPointer, withData: Bool) throws(ProtocolError) -> (PageBatchHeader, dataOffset: Int) {
+        let name = withData ? "WRITE_PAGES" : "READ_PAGES"
+        var r = ByteReader(payload, context: name)
+        let region = try r.u64()
+        let count = Int(try r.u32())
+        let reserved = try r.u32()
+        guard reserved == 0 else { throw ProtocolError(.malformedFrame, "\(name): reserved field is \(reserved), must be 0") }
+        guard count >= 1, count <= ProtocolLimits.maxBatchPages else {
+            throw ProtocolError(.tooLarge, "\(name): batch of \(count) pages; allowed 1...\(ProtocolLimits.maxBatchPages)")
+        }
+        var pages: [UInt64] = []
+        pages.reserveCapacity(count)
+        for _ in 0..<count { pages.append(try r.u64()) }
+        let dataOffset = r.offset
+        let expected = withData ? count * ProtocolLimits.pageSize : 0
+        guard r.remaining == expected else {
+            throw ProtocolError(.malformedFrame, "\(name): \(r.remaining) bytes after the page list, expected \(expected)")
+        }
+        return (PageBatchHeader(regionID: region, pages: pages), dataOffset)
+    }
+}
+
+/// STATS reply: server-wide figures and this session's share.
+public struct ServerStats: Equatable, Sendable, Codable {
+    public var capacityPages: UInt64 = 0
+    public var reservedPages: UInt64 = 0
+    public var storedPages: UInt64 = 0
+    public var sessions: UInt64 = 0
+    public var connections: UInt64 = 0
+    public var sessionRegions: UInt64 = 0
+    public var sessionReservedPages: UInt64 = 0
+    public var sessionStoredPages: UInt64 = 0
+    public var pagesRead: UInt64 = 0
+    public var pagesWritten: UInt64 = 0
+    public init() {}
+
+    static let fieldCount = 10
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        for v in [capacityPages, reservedPages, storedPages, sessions, connections, sessionRegions,
+                  sessionReservedPages, sessionStoredPages, pagesRead, pagesWritten] { w.u64(v) }
+        return w.bytes
+    }
+
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> ServerStats {
+        var r = ByteReader(payload, context: "STATS reply")
+        var s = ServerStats()
+        s.capacityPages = try r.u64(); s.reservedPages = try r.u64(); s.storedPages = try r.u64()
+        s.sessions = try r.u64(); s.connections = try r.u64(); s.sessionRegions = try r.u64()
+        s.sessionReservedPages = try r.u64(); s.sessionStoredPages = try r.u64()
+        s.pagesRead = try r.u64(); s.pagesWritten = try r.u64()
+        try r.expectEnd()
+        return s
+    }
+}

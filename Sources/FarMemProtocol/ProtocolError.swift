@@ -1,0 +1,52 @@
+/// Error codes carried in a response's status field (SPEC.md, "Errors").
+public enum ErrorCode: UInt16, Sendable, CaseIterable {
+    case malformedFrame = 1
+    case unsupportedVersion = 2
+    case helloRequired = 3
+    case authenticationFailed = 4
+    case unknownOpcode = 5
+    case noSuchRegion = 6
+    case regionExists = 7
+    case pageOutOfRange = 8
+    case outOfCapacity = 9
+    case tooLarge = 10
+    case protocolState = 11
+    case internalError = 12
+    case pageSizeMismatch = 13
+
+    /// After these the server closes the connection: the stream cannot be trusted or
+    /// the peer may not go on.
+    public var closesConnection: Bool {
+        switch self {
+        case .malformedFrame, .unsupportedVersion, .authenticationFailed, .tooLarge, .pageSizeMismatch: return true
+        default: return false
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .malformedFrame: return "MALFORMED_FRAME"
+        case .unsupportedVersion: return "UNSUPPORTED_VERSION"
+        case .helloRequired: return "HELLO_REQUIRED"
+        case .authenticationFailed: return "AUTHENTICATION_FAILED"
+        case .unknownOpcode: return "UNKNOWN_OPCODE"
+        case .noSuchRegion: return "NO_SUCH_REGION"
+        case .regionExists: return "REGION_EXISTS"
+        case .pageOutOfRange: return "PAGE_OUT_OF_RANGE"
+        case .outOfCapacity: return "OUT_OF_CAPACITY"
+        case .tooLarge: return "TOO_LARGE"
+        case .protocolState: return "PROTOCOL_STATE"
+        case .internalError: return "INTERNAL_ERROR"
+        case .pageSizeMismatch: return "PAGE_SIZE_MISMATCH"
+        }
+    }
+}
+
+/// A protocol-level failure: sent by a server as an error response, or found
+/// by a decoder.
+public struct ProtocolError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let code: ErrorCode
+    public let message: String
+    public init(_ code: ErrorCode, _ message: String) { self.code = code; self.message = message }
+    public var description: String { "\(code.name): \(message)" }
+}

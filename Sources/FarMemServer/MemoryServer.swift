@@ -1,0 +1,128 @@
+import FarMemProtocol
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// What every connection of one server shares.
+final class ServerContext: Sendable {
+    let configuration: ServerConfiguration
+    let pool: PagePool
+    let sessions: SessionTable
+    let logger: Logger
+    let stopping = Atomic<Bool>(false)
+    let connections = Atomic<Int>(0)
+    let pagesRead = Atomic<UInt64>(0)
+    let pagesWritten = Atomic<UInt64>(0)
+
+    init(configuration: ServerConfiguration, pool: PagePool, logger: Logger) {
+        self.configuration = configuration
+        self.pool = pool
+        self.sessions = SessionTable(pool: pool)
+        self.logger = logger
+    }
+
+    func stats() -> ServerStats {
+        var s = ServerStats()
+        s.capacityPages = UInt64(pool.capacityPages)
+        s.reservedPages = UInt64(pool.reservedPages)
+        s.storedPages = UInt64(pool.storedPages)
+        s.sessions = UInt64(sessions.count)
+        s.connections = UInt64(connections.load(ordering: .relaxed))
+        s.pagesRead = pagesRead.load(ordering: .relaxed)
+        s.pagesWritten = pagesWritten.load(ordering: .relaxed)
+        return s
+    }
+}
+
+/// A FarMem memory server over TCP: a listener thread and one thread per
+/// connection, all sharing one page pool. Used by `farmemd` and embedded by
+/// `farmem demo`.
+public final class MemoryServer: Sendable {
+    private let context: ServerContext
+    private let listener: TCPSocket
+    private let acceptThread = Mutex<PosixThread?>(nil)
+    private let liveSockets = Mutex<[Int32: TCPSocket]>([:])
+
+    /// The port actually bound (useful with port 0).
+    public let port: UInt16
+
+    public struct StartError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "farmemd")) throws {
+        let pages = configuration.capacityBytes / ProtocolLimits.pageSize
+        guard pages >= 1 else { throw StartError(description: "capacity must be at least one page (4096 bytes)") }
+        let pool: PagePool
+        do { pool = try PagePool(capacityPages: pages) } catch {
+            throw StartError(description: "cannot map a \(configuration.capacityBytes)-byte page pool: \(error)")
+        }
+        do {
+            listener = try TCPSocket.listen(on: configuration.listen)
+        } catch {
+            throw StartError(description: "cannot listen on \(configuration.listen): \(error)")
+        }
+        port = listener.localPort
+        context = ServerContext(configuration: configuration, pool: pool, logger: logger)
+    }
+
+    /// Starts accepting connections on a background thread.
+    public func start() {
+        let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
+        acceptThread.withLock { $0 = thread }
+        context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.pool.capacityPages) pages")
+    }
+
+    private func acceptLoop() {
+        while !context.stopping.load(ordering: .relaxed) {
+            let socket: TCPSocket
+            do { socket = try listener.accept() } catch {
+                if context.stopping.load(ordering: .relaxed) { return }
+                context.logger.warning("accept failed: \(error)")
+                continue
+            }
+            if context.connections.load(ordering: .relaxed) >= context.configuration.maxConnections {
+                context.logger.warning("refusing connection: \(context.configuration.maxConnections) connections already open")
+                socket.close()
+                continue
+            }
+            try? socket.setTimeouts(seconds: context.configuration.frameTimeoutSeconds)
+            context.connections.add(1, ordering: .relaxed)
+            liveSockets.withLock { $0[socket.descriptor.rawValue] = socket }
+            let connection = ServerConnection(socket: socket, context: context, peer: "fd\(socket.descriptor.rawValue)")
+            _ = PosixThread.spawn(name: "farmemd-conn") { [self] in
+                connection.run()
+                liveSockets.withLock { _ = $0.removeValue(forKey: socket.descriptor.rawValue) }
+                context.connections.subtract(1, ordering: .relaxed)
+            }
+        }
+    }
+
+    public var stats: ServerStats { context.stats() }
+
+    /// Stops accepting, disconnects every client and frees their sessions.
+    public func stop() {
+        guard !context.stopping.exchange(true, ordering: .relaxed) else { return }
+        listener.shutdown()
+        listener.close()
+        acceptThread.withLock { $0 }?.join()
+        liveSockets.withLock { sockets in for socket in sockets.values { socket.shutdown() } }
+        // Connection threads exit on their own once their sockets are shut down.
+        for _ in 0..<200 where context.connections.load(ordering: .relaxed) > 0 {
+            _ = usleepSeconds(0.01)
+        }
+    }
+}
+
+@discardableResult
+func usleepSeconds(_ seconds: Double) -> Int32 {
+    var ts = timespecFrom(seconds)
+    return nanosleep(&ts, nil)
+}
+
+func timespecFrom(_ seconds: Double) -> timespec {
+    timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+}
+#if canImport(Glibc)
+import Glibc
+#endif

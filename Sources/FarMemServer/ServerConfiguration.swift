@@ -1,0 +1,24 @@
+import FarMemSystem
+
+/// How a memory server runs. `farmemd` fills this from its command line;
+/// `farmem demo` and the tests embed a server with their own.
+public struct ServerConfiguration: Sendable {
+    public var listen: TCPSocket.Endpoint
+    public var capacityBytes: Int
+    /// Shared secret clients must present in HELLO; nil accepts any client.
+    public var token: [UInt8]?
+    public var maxConnections: Int
+    /// A peer that stops mid-frame for this long is disconnected.
+    public var frameTimeoutSeconds: Double
+
+    public init(listen: TCPSocket.Endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: 7070),
+                capacityBytes: Int = 1 << 30, token: [UInt8]? = nil,
+                maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10) {
+        self.listen = listen
+        self.capacityBytes = capacityBytes
+        self.token = token
+        self.maxConnections = maxConnections
+        self.frameTimeoutSeconds = frameTimeoutSeconds
+    }
+}
+

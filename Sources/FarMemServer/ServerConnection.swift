@@ -1,0 +1,206 @@
+import FarMemProtocol
+import FarMemSystem
+import Logging
+
+/// Serves one client connection: reads a frame, answers it, repeats. Requests
+/// are answered in arrival order, so a client may pipeline as many as it likes.
+/// A frame that cannot be trusted (bad magic, version or length, or a peer
+/// that stalls mid-frame) ends this connection only; sessions and pages stay.
+final class ServerConnection: @unchecked Sendable {
+    private let socket: TCPSocket
+    private let context: ServerContext
+    private let logger: Logger
+    private var session: Session?
+    private let payload: UnsafeMutableRawPointer
+    private let reply: UnsafeMutableRawPointer
+    private let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+
+    init(socket: TCPSocket, context: ServerContext, peer: String) {
+        self.socket = socket
+        self.context = context
+        var logger = context.logger
+        logger[metadataKey: "peer"] = "\(peer)"
+        self.logger = logger
+        payload = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
+        reply = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
+    }
+
+    deinit {
+        payload.deallocate()
+        reply.deallocate()
+        header.deallocate()
+    }
+
+    func run() {
+        defer {
+            if let session { context.sessions.detach(session) }
+            socket.close()
+        }
+        while true {
+            switch readFrame() {
+            case .closed:
+                return
+            case .fatal(let requestID, let error):
+                logger.warning("closing connection: \(error)")
+                send(error: error, opcode: 0x80, requestID: requestID)
+                return
+            case .frame(let frame):
+                if !handle(frame) { return }
+            }
+        }
+    }
+
+    private enum ReadResult {
+        case frame(FrameHeader)
+        case closed
+        case fatal(requestID: UInt32, ProtocolError)
+    }
+
+    /// Reads one header and its payload. Idle time before a frame is fine;
+    /// a frame that stops half-way for `frameTimeout` is a truncated frame.
+    private func readFrame() -> ReadResult {
+        var received = 0
+        while received < FrameHeader.size {
+            do {
+                try socket.readExactly(into: header + received, count: 1)
+                received += 1
+                // Read the rest of the header in one go once the first byte is here.
+                try socket.readExactly(into: header + received, count: FrameHeader.size - received)
+                received = FrameHeader.size
+            } catch let error as TCPSocket.ClosedByPeer {
+                if received == 0 && error.bytesRead == 0 { return .closed }
+                return .fatal(requestID: 0, ProtocolError(.malformedFrame, "connection closed mid-header"))
+            } catch let error as Errno where error == .timedOut && received == 0 {
+                if context.stopping.load(ordering: .relaxed) { return .closed }
+                continue
+            } catch {
+                if received == 0 { return .closed }
+                return .fatal(requestID: 0, ProtocolError(.malformedFrame, "truncated frame header (\(error))"))
+            }
+        }
+        let requestID = UInt32(littleEndian: header.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        let frame: FrameHeader
+        do { frame = try FrameHeader.decode(header) } catch { return .fatal(requestID: requestID, error) }
+        if frame.reserved != 0 || frame.status != 0 || frame.isResponse {
+            return .fatal(requestID: requestID, ProtocolError(.malformedFrame,
+                "a request must have status 0, reserved 0 and bit 7 of the opcode clear"))
+        }
+        do {
+            try socket.readExactly(into: payload, count: Int(frame.payloadLength))
+        } catch {
+            return .fatal(requestID: requestID, ProtocolError(.malformedFrame,
+                "truncated frame: payload of \(frame.payloadLength) bytes did not arrive (\(error))"))
+        }
+        return .frame(frame)
+    }
+
+    /// Answers one frame. Returns false when the connection must close.
+    private func handle(_ frame: FrameHeader) -> Bool {
+        let body = UnsafeRawBufferPointer(start: payload, count: Int(frame.payloadLength))
+        guard let opcode = Opcode(rawValue: frame.opcode) else {
+            send(error: ProtocolError(.unknownOpcode, "unknown opcode 0x\(String(frame.opcode, radix: 16))"),
+                 opcode: frame.opcode | 0x80, requestID: frame.requestID)
+            return true
+        }
+        do {
+            let replyLength = try dispatch(opcode, body)
+            send(opcode: opcode.response, requestID: frame.requestID, status: 0,
+                 body: UnsafeRawBufferPointer(start: reply, count: replyLength))
+            return true
+        } catch {
+            if error.code != .noSuchRegion && error.code != .pageOutOfRange {
+                logger.info("request \(frame.requestID) \(opcode) refused: \(error)")
+            }
+            send(error: error, opcode: opcode.response, requestID: frame.requestID)
+            return !error.code.closesConnection
+        }
+    }
+
+    /// Runs a request; writes the reply payload into `reply` and returns its length.
+    private func dispatch(_ opcode: Opcode, _ body: UnsafeRawBufferPointer) throws(ProtocolError) -> Int {
+        if opcode == .hello { return try hello(body) }
+        guard let session else {
+            throw ProtocolError(.helloRequired, "\(opcode) before HELLO: the first request must be HELLO")
+        }
+        switch opcode {
+        case .hello:
+            return 0
+        case .createRegion:
+            try session.createRegion(try RegionSpec.decode(body))
+            return 0
+        case .dropRegion:
+            try session.dropRegion(try RegionRef.decode(body).regionID)
+            return 0
+        case .readPages:
+            let (batch, _) = try PageBatchHeader.decode(body, withData: false)
+            try session.readPages(region: batch.regionID, pages: batch.pages, into: reply)
+            context.pagesRead.add(UInt64(batch.pages.count), ordering: .relaxed)
+            return batch.pages.count * ProtocolLimits.pageSize
+        case .writePages:
+            let (batch, offset) = try PageBatchHeader.decode(body, withData: true)
+            try session.writePages(region: batch.regionID, pages: batch.pages, from: body.baseAddress! + offset)
+            context.pagesWritten.add(UInt64(batch.pages.count), ordering: .relaxed)
+            return 0
+        case .discard:
+            try session.discard(try DiscardRange.decode(body))
+            return 0
+        case .stats:
+            guard body.isEmpty else { throw ProtocolError(.malformedFrame, "STATS takes no payload") }
+            var stats = context.stats()
+            session.fill(&stats)
+            return copyToReply(stats.encode())
+        }
+    }
+
+    private func hello(_ body: UnsafeRawBufferPointer) throws(ProtocolError) -> Int {
+        guard session == nil else { throw ProtocolError(.protocolState, "HELLO was already accepted on this connection") }
+        let hello = try Hello.decode(body)
+        guard hello.minVersion <= 1, hello.maxVersion >= 1 else {
+            throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.minVersion)...\(hello.maxVersion); server speaks 1")
+        }
+        guard hello.pageSize == UInt32(ProtocolLimits.pageSize) else {
+            throw ProtocolError(.pageSizeMismatch, "client page size \(hello.pageSize); server uses \(ProtocolLimits.pageSize)")
+        }
+        if let token = context.configuration.token, !constantTimeEqual(token, hello.token) {
+            throw ProtocolError(.authenticationFailed, "wrong or missing token")
+        }
+        guard hello.sessionKey.contains(where: { $0 != 0 }) else {
+            throw ProtocolError(.malformedFrame, "HELLO: the session key must be 16 random bytes, not zeros")
+        }
+        session = context.sessions.attach(key: SessionKey(hello.sessionKey))
+        let pool = context.pool
+        return copyToReply(HelloReply(version: 1, pageSize: UInt32(ProtocolLimits.pageSize),
+                                      maxBatchPages: UInt32(ProtocolLimits.maxBatchPages),
+                                      maxPayload: UInt32(ProtocolLimits.maxPayload),
+                                      capacityPages: UInt64(pool.capacityPages),
+                                      unreservedPages: UInt64(pool.capacityPages - pool.reservedPages)).encode())
+    }
+
+    private func copyToReply(_ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBytes { reply.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return bytes.count
+    }
+
+    private func send(error: ProtocolError, opcode: UInt8, requestID: UInt32) {
+        let message = Array(error.message.utf8.prefix(ProtocolLimits.maxErrorMessage))
+        message.withUnsafeBytes { send(opcode: opcode, requestID: requestID, status: error.code.rawValue, body: $0) }
+    }
+
+    private func send(opcode: UInt8, requestID: UInt32, status: UInt16, body: UnsafeRawBufferPointer) {
+        FrameHeader(opcode: opcode, requestID: requestID, payloadLength: UInt32(body.count), status: status).encode(into: header)
+        do {
+            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size), body)
+        } catch {
+            logger.debug("reply not sent: \(error)")
+            socket.shutdown()
+        }
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not leak the prefix.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for i in 0..<a.count { diff |= a[i] ^ b[i] }
+    return diff == 0
+}

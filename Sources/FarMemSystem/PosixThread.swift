@@ -1,0 +1,33 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFarMemSys
+
+/// A joinable pthread running a closure. Pager and server workers are plain
+/// threads: they block in syscalls and must never wait on Swift concurrency.
+public final class PosixThread: @unchecked Sendable {
+    private var handle = pthread_t()
+    private let body: @Sendable () -> Void
+    private let name: String
+
+    private init(name: String, body: @escaping @Sendable () -> Void) {
+        self.name = name
+        self.body = body
+    }
+
+    /// Starts `body` on a new thread named `name` (shown by top -H and gdb; 15 chars max).
+    public static func spawn(name: String, _ body: @escaping @Sendable () -> Void) -> PosixThread {
+        let thread = PosixThread(name: name, body: body)
+        let retained = Unmanaged.passRetained(thread).toOpaque()
+        let rc = pthread_create(&thread.handle, nil, { context in
+            let thread = Unmanaged<PosixThread>.fromOpaque(context!).takeRetainedValue()
+            fm_set_thread_name(String(thread.name.prefix(15)))
+            thread.body()
+            return nil
+        }, retained)
+        precondition(rc == 0, "pthread_create failed: \(Errno(rawValue: rc))")
+        return thread
+    }
+
+    public func join() { pthread_join(handle, nil) }
+}

@@ -1,0 +1,197 @@
+import FarMemProtocol
+import FarMemSystem
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The eviction worker: writes staged dirty pages to the server, empties
+/// their staging slots, and sends discards. It owns its own server link so a
+/// write-back never delays a fault's fetch. It never touches a region's
+/// memory; it reads only staging slots, which the handler filled by
+/// UFFDIO_MOVE and nobody else maps, so they are always populated.
+final class Evictor: @unchecked Sendable {
+    enum Job {
+        case evict(EvictionBatch)
+        case discard(serverID: UInt64, first: Int, count: Int)
+        /// Empty these staging slots (data no longer wanted) and return them.
+        case release([Int32])
+        case stop
+    }
+
+    private let link: ServerLink
+    private let staging: StagingArea
+    private let counters: PagerCounters
+    private let configuration: FarMemoryConfiguration
+    private let logger: Logger
+    private let jobs = Mutex<[Job]>([])
+    private let condition: Condition
+    /// Where finished batches go: the fault handler's inbox.
+    private let complete: @Sendable (EvictionBatch?, [Int32]) -> Void
+    private var pageList: [UInt64] = []
+
+    init(link: ServerLink, staging: StagingArea, counters: PagerCounters, configuration: FarMemoryConfiguration,
+         logger: Logger, complete: @escaping @Sendable (EvictionBatch?, [Int32]) -> Void) {
+        self.link = link
+        self.staging = staging
+        self.counters = counters
+        self.configuration = configuration
+        self.logger = logger
+        self.complete = complete
+        self.condition = Condition()
+        pageList.reserveCapacity(ProtocolLimits.maxBatchPages)
+    }
+
+    func submit(_ job: Job) {
+        jobs.withLock { $0.append(job) }
+        condition.signal()
+    }
+
+    func run() {
+        var pending: [Job] = []
+        while true {
+            condition.wait(until: { jobs.withLock { !$0.isEmpty } })
+            jobs.withLock { swap(&pending, &$0) }
+            for job in pending {
+                switch job {
+                case .stop:
+                    return
+                case .evict(let batch):
+                    writeBack(batch)
+                case .discard(let serverID, let first, let count):
+                    discard(serverID: serverID, first: first, count: count)
+                case .release(let slots):
+                    release(slots)
+                    complete(nil, slots)
+                }
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Writes the batch's dirty pages (grouped by region, up to the protocol's
+    /// batch limit), then frees the slots of every page that is safe.
+    private func writeBack(_ batch: EvictionBatch) {
+        var index = 0
+        let entries = batch.entries.count
+        while index < entries {
+            let serverID = batch.entries[index].serverID
+            var group: [Int] = []
+            while index < entries, batch.entries[index].serverID == serverID, group.count < ProtocolLimits.maxBatchPages {
+                if batch.entries[index].dirty { group.append(index) }
+                index += 1
+            }
+            guard !group.isEmpty else { continue }
+            pageList.removeAll(keepingCapacity: true)
+            for i in group { pageList.append(UInt64(batch.entries[i].page)) }
+            let outcome = withRetries("write-back of \(group.count) pages of region \(serverID)") { () throws(ServerLink.LinkError) in
+                try pageList.withUnsafeBufferPointer { pages throws(ServerLink.LinkError) in
+                    try link.writePages(region: serverID, pages: pages) { i in
+                        UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[group[i]].stagingSlot))!
+                    }
+                }
+            }
+            switch outcome {
+            case .done:
+                counters.add(.writeBacks, UInt64(group.count))
+            case .regionGone:
+                break   // closed meanwhile: nothing to keep
+            case .failed:
+                counters.add(.writeBackFailures, UInt64(group.count))
+                for i in group { batch.entries[i].failed = true }
+            }
+        }
+        release(batch.entries.filter { !$0.failed }.map(\.stagingSlot))
+        complete(batch, [])
+    }
+
+    private func discard(serverID: UInt64, first: Int, count: Int) {
+        let payload = DiscardRange(regionID: serverID, firstPage: UInt64(first), pageCount: UInt64(count)).encode()
+        let outcome = withRetries("discard of \(count) pages of region \(serverID)") { () throws(ServerLink.LinkError) in
+            try link.exchange(.discard, payload)
+        }
+        if case .done = outcome { counters.add(.discards, UInt64(count)) }
+    }
+
+    /// Empties staging slots with MADV_DONTNEED, one call per contiguous run.
+    private func release(_ slots: [Int32]) {
+        guard !slots.isEmpty else { return }
+        let sorted = slots.sorted()
+        var runStart = sorted[0], previous = sorted[0]
+        for slot in sorted.dropFirst() + [Int32.max] {
+            if slot == previous + 1 { previous = slot; continue }
+            let length = Int(previous - runStart + 1) * 4096
+            try? MemoryMapping.advise(staging.address(of: runStart), length: length, .dontNeed)
+            runStart = slot
+            previous = slot
+        }
+    }
+
+    enum Outcome { case done, regionGone, failed }
+
+    /// Runs `body`, reconnecting on network errors until the retry window ends.
+    private func withRetries(_ what: String, _ body: () throws(ServerLink.LinkError) -> Void) -> Outcome {
+        let deadline = monotonicSeconds() + configuration.retryWindowSeconds
+        var delay = 0.02
+        while true {
+            do {
+                try body()
+                return .done
+            } catch {
+                switch error {
+                case .refused(let refusal) where refusal.code == .noSuchRegion:
+                    return .regionGone
+                case .refused(let refusal):
+                    logger.error("\(what) refused by the server: \(refusal)")
+                    return .failed
+                case .network(let text):
+                    counters.add(.retries)
+                    if monotonicSeconds() + delay > deadline {
+                        logger.error("\(what) failed: \(text); gave up after \(configuration.retryWindowSeconds) s")
+                        return .failed
+                    }
+                    sleepSeconds(delay)
+                    delay = min(delay * 2, 0.5)
+                }
+            }
+        }
+    }
+}
+
+/// A condition variable paired with its own mutex (pthread), for the evictor's job wait.
+final class Condition: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+    deinit {
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&mutex)
+    }
+    func signal() {
+        pthread_mutex_lock(&mutex)
+        pthread_cond_signal(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+    /// Waits until `ready()` is true (checked under the mutex, so no wake-up is lost).
+    func wait(until ready: () -> Bool) {
+        pthread_mutex_lock(&mutex)
+        while !ready() { pthread_cond_wait(&cond, &mutex) }
+        pthread_mutex_unlock(&mutex)
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func sleepSeconds(_ seconds: Double) {
+    var ts = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
+    var remaining = timespec()
+    while nanosleep(&ts, &remaining) != 0 && errno == EINTR { ts = remaining }
+}

@@ -1,0 +1,33 @@
+import FarMemSystem
+
+/// How a `FarMemory` instance pages. The defaults suit a large-heap program
+/// talking to a memory server on the same rack.
+public struct FarMemoryConfiguration: Sendable {
+    /// The memory server, "HOST:PORT".
+    public var server: TCPSocket.Endpoint
+    /// Local memory all regions of this instance may keep resident, in bytes.
+    /// Rounded down to whole pages; at least 64 pages.
+    public var budgetBytes: Int
+    /// Shared secret the server was started with (`farmemd --token-file`).
+    public var token: [UInt8]
+    /// Pages moved out per eviction round (one batch to the evictor).
+    public var evictionBatchPages: Int
+    /// Per-request network time-out; a server silent this long is treated as down.
+    public var requestTimeoutSeconds: Double
+    /// How long a failed fetch or write-back keeps reconnecting before it gives up
+    /// (then the faulting access gets SIGBUS; a write-back restores the page locally).
+    public var retryWindowSeconds: Double
+
+    public init(server: TCPSocket.Endpoint, budgetBytes: Int, token: [UInt8] = [],
+                evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
+                retryWindowSeconds: Double = 3) {
+        self.server = server
+        self.budgetBytes = budgetBytes
+        self.token = token
+        self.evictionBatchPages = evictionBatchPages
+        self.requestTimeoutSeconds = requestTimeoutSeconds
+        self.retryWindowSeconds = retryWindowSeconds
+    }
+
+    var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }
+}

@@ -1,0 +1,561 @@
+import CFarMemSys
+import Dispatch
+import FarMemProtocol
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// The fault-handler thread. It alone owns page state, so the fault path takes
+/// no lock: it reads userfaultfd messages, installs pages (zero-filled, or
+/// fetched over its own server link), resolves write-protect faults (dirty
+/// tracking), applies the application's REMOVE/UNMAP/REMAP events, and keeps
+/// the resident set under budget by moving victims into staging for the evictor.
+///
+/// Kernel rules it follows (shared/reference/uffd-facts.md):
+/// - it never reads or writes region memory, and never madvises or munmaps;
+/// - page state is updated before the ioctl that lets the faulting thread run;
+/// - EAGAIN (an event is pending, mmap_changing) undoes the state change and
+///   defers the fault until the event has been read. read() hands out pending
+///   faults before pending events, so waking the thread instead would refault
+///   ahead of the event, again and again;
+/// - EEXIST means the page is already there: wake the waiters.
+final class FaultHandler: @unchecked Sendable {
+    enum Command {
+        case add(RegionRecord, DispatchSemaphore)
+        /// Unregister and forget a region; `done` gets the extents to unmap.
+        case remove(RegionRecord, @Sendable ([Extent]) -> Void)
+        case stop
+    }
+
+    private struct Inbox {
+        var commands: [Command] = []
+        var completed: [EvictionBatch] = []
+        var releasedSlots: [Int32] = []
+    }
+
+    private let uffd: Userfaultfd
+    private let link: ServerLink
+    private let staging: StagingArea
+    private let counters: PagerCounters
+    private let configuration: FarMemoryConfiguration
+    private let logger: Logger
+    private let notifier: EventNotifier
+    private let inbox = Mutex(Inbox())
+    var evictor: Evictor!
+
+    private var regions: [RegionRecord?] = []
+    private var queue = EvictionQueue(capacity: 1024)
+    private var spareBatches: [EvictionBatch] = []
+    private var resident = 0
+    private var staged = 0
+    private let budget: Int
+    private let highWater: Int
+    private let batchSize: Int
+    /// Set when a write-back failed for good: pages stay local from then on.
+    private var evictionSuspended = false
+    private var running = true
+
+    private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
+    /// Faults held back while the budget is full and the evictor has every
+    /// staging slot: events keep being read meanwhile (the evictor's madvise
+    /// waits for that), faults wait for its completion. Each blocked
+    /// application thread has at most one fault outstanding, so this is small.
+    private let deferred = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: FaultHandler.deferredCapacity)
+    private var deferredCount = 0
+    static let deferredCapacity = 4096
+    /// An ioctl met EAGAIN: an event is on its way; faults wait until it is read.
+    private var awaitingEvent = false
+    private let pageBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private var fetchList: UInt64 = 0
+
+    init(uffd: Userfaultfd, link: ServerLink, staging: StagingArea, counters: PagerCounters,
+         configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int) throws(Errno) {
+        self.uffd = uffd
+        self.link = link
+        self.staging = staging
+        self.counters = counters
+        self.configuration = configuration
+        self.logger = logger
+        self.batchSize = batchSize
+        budget = configuration.budgetPages
+        // Staged pages still use memory until the evictor frees them, so the
+        // resident target leaves room for a full staging area.
+        highWater = max(budget - staging.slotCount, batchSize)
+        notifier = try EventNotifier()
+        zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        // Batches come back from the evictor; more are made only if rounds end short.
+        for _ in 0..<(staging.slotCount / batchSize + 1) { spareBatches.append(EvictionBatch(capacity: batchSize)) }
+    }
+
+    deinit {
+        messages.deallocate()
+        deferred.deallocate()
+        pageBuffer.deallocate()
+        zeroPage.deallocate()
+        queue.deallocate()
+        notifier.close()
+    }
+
+    // MARK: Other threads talk to the handler through its inbox.
+
+    func send(_ command: Command) {
+        inbox.withLock { $0.commands.append(command) }
+        notifier.signal()
+    }
+
+    func evictionCompleted(_ batch: EvictionBatch?, released: [Int32]) {
+        inbox.withLock { inbox in
+            if let batch { inbox.completed.append(batch) }
+            inbox.releasedSlots.append(contentsOf: released)
+        }
+        notifier.signal()
+    }
+
+    // MARK: The loop
+
+    func run() {
+        while running {
+            // While waiting for an event, poll with a short time-out: should the
+            // event never come (the change was abandoned), deferred faults still go on.
+            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, awaitingEvent ? 5 : -1)
+            if ready < 0 {
+                logger.critical("poll on userfaultfd failed: \(Errno(negated: ready)); fault handler stops")
+                return
+            }
+            if ready == 0 { awaitingEvent = false }
+            if ready & 2 != 0 {
+                notifier.drain()
+                drainInbox()
+            }
+            evictIfNeeded()
+            serveDeferred()
+            readMessages()
+            evictIfNeeded()
+        }
+    }
+
+    /// Over budget with no staging slot to evict into: the next fault waits.
+    @inline(__always)
+    private var mustThrottle: Bool {
+        !evictionSuspended && resident + staged >= budget && staging.freeCount == 0
+    }
+
+    private func serveDeferred() {
+        var served = 0
+        while served < deferredCount, !mustThrottle, !awaitingEvent {
+            handleFault(deferred[served])
+            served += 1
+            evictIfNeeded()
+        }
+        guard served > 0 else { return }
+        deferred.update(from: deferred + served, count: deferredCount - served)
+        deferredCount -= served
+    }
+
+    private func readMessages() {
+        while true {
+            let count: Int
+            do { count = try uffd.read(into: messages, capacity: 64) } catch {
+                logger.critical("reading userfaultfd failed: \(error)")
+                return
+            }
+            if count == 0 { return }
+            for i in 0..<count {
+                let message = messages[i]
+                switch message.event {
+                case UInt8(FM_UFFD_EVENT_PAGEFAULT):
+                    if mustThrottle || awaitingEvent || deferredCount > 0 {
+                        deferFault(message)
+                    } else {
+                        handleFault(message)
+                    }
+                case UInt8(FM_UFFD_EVENT_REMOVE), UInt8(FM_UFFD_EVENT_UNMAP), UInt8(FM_UFFD_EVENT_REMAP):
+                    awaitingEvent = false
+                    handleEvent(message)
+                default: logger.warning("unexpected userfaultfd event \(message.event)")
+                }
+            }
+            // Keep the budget even while a burst of faults is being served.
+            evictIfNeeded()
+            serveDeferred()
+        }
+    }
+
+    private func deferFault(_ message: fm_uffd_msg) {
+        if deferredCount < FaultHandler.deferredCapacity {
+            deferred[deferredCount] = message
+            deferredCount += 1
+        } else {
+            handleFault(message)   // cannot happen with sane thread counts; serve rather than drop
+        }
+    }
+
+    private func handleEvent(_ message: fm_uffd_msg) {
+        switch message.event {
+        case UInt8(FM_UFFD_EVENT_REMOVE): handleRemove(start: UInt(message.address), end: UInt(message.arg1), unmapped: false)
+        case UInt8(FM_UFFD_EVENT_UNMAP): handleRemove(start: UInt(message.address), end: UInt(message.arg1), unmapped: true)
+        case UInt8(FM_UFFD_EVENT_REMAP): handleRemap(from: UInt(message.address), to: UInt(message.arg1), length: UInt(message.arg2))
+        default: break
+        }
+    }
+
+    // MARK: Faults
+
+    @inline(__always)
+    private func locate(_ address: UInt) -> (RegionRecord, Int)? {
+        for case let region? in regions where region.alive {
+            if let page = region.page(at: address) { return (region, page) }
+        }
+        return nil
+    }
+
+    private func handleFault(_ message: fm_uffd_msg) {
+        let started = fm_now_ns()
+        let address = UInt(message.address) & ~UInt(4095)
+        guard let (region, page) = locate(address) else {
+            // Staging, or memory mremap added past a region's end: plain zero-filled
+            // memory, so that no thread ever waits on an address nobody serves.
+            counters.add(.faults)
+            if install(zeroPage, at: address, writeProtect: false) == .eventPending { deferUntilEvent(message) }
+            return
+        }
+        if message.flags & FM_UFFD_PAGEFAULT_FLAG_WP != 0 {
+            if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(message) }
+            return
+        }
+        counters.add(.faults)
+        let state = region.states[page]
+        if state & PageState.inFlight != 0 {
+            // Its write-back is in flight; the completion wakes this thread.
+            counters.add(.parkedFaults)
+            return
+        }
+        if state & PageState.resident != 0 {
+            // Usually a second thread faulting on a page just installed: EEXIST
+            // below wakes it. If the page really is gone (the application
+            // discarded it while we raced to install), zeros are what it asked for.
+            counters.add(.duplicateFaults)
+            switch install(zeroPage, at: address, writeProtect: true) {
+            case .installed: region.states[page] = PageState.resident | (state & PageState.queued)
+            case .eventPending: deferUntilEvent(message)
+            case .alreadyThere, .gone: break
+            }
+            return
+        }
+        let isWrite = message.flags & FM_UFFD_PAGEFAULT_FLAG_WRITE != 0
+        var source = zeroPage
+        let fromServer = state & PageState.backed != 0
+        if fromServer {
+            guard fetch(region: region, page: page, address: address) else { return }
+            source = pageBuffer
+        }
+        // A read installs the page write-protected (clean until written); a
+        // write installs it writable and dirty, saving a second fault.
+        let newState = PageState.resident | (state & (PageState.backed | PageState.queued)) | (isWrite ? PageState.dirty : 0)
+        region.states[page] = newState
+        resident += 1
+        switch install(source, at: address, writeProtect: !isWrite) {
+        case .installed, .alreadyThere:
+            counters.add(fromServer ? .fetches : .zeroFills)
+            if newState & PageState.queued == 0 {
+                region.states[page] |= PageState.queued
+                queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+            }
+            counters.faultService.record(nanoseconds: fm_now_ns() &- started)
+        case .eventPending:
+            region.states[page] = state
+            resident -= 1
+            deferUntilEvent(message)
+        case .gone:
+            region.states[page] = state
+            resident -= 1
+        }
+        counters.set(.residentPages, UInt64(resident))
+    }
+
+    private func deferUntilEvent(_ message: fm_uffd_msg) {
+        counters.add(.eagain)
+        awaitingEvent = true
+        deferFault(message)
+    }
+
+    /// Returns false when an event is pending and the fault must wait for it.
+    private func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt) -> Bool {
+        counters.add(.writeProtectFaults)
+        let state = region.states[page]
+        guard state & PageState.resident != 0, state & PageState.dirty == 0 else {
+            // Already writable (a duplicate), or moved out meanwhile: the thread
+            // retries and takes a missing fault if the page is gone.
+            try? uffd.wake(address, length: 4096)
+            return true
+        }
+        region.states[page] = state | PageState.dirty
+        do {
+            try uffd.writeProtect(address, length: 4096, protect: false)
+            return true
+        } catch {
+            region.states[page] = state
+            if error == .again { return false }
+            try? uffd.wake(address, length: 4096)
+            return true
+        }
+    }
+
+    private enum InstallResult { case installed, alreadyThere, eventPending, gone }
+
+    @discardableResult
+    private func install(_ source: UnsafeRawPointer, at address: UInt, writeProtect: Bool) -> InstallResult {
+        do {
+            _ = try uffd.copy(to: address, from: source, length: 4096, writeProtect: writeProtect)
+            return .installed
+        } catch {
+            switch error {
+            case .exists:
+                try? uffd.wake(address, length: 4096)
+                return .alreadyThere
+            case .again:
+                return .eventPending
+            default:
+                // ENOENT: unmapped under us; ESRCH/ENOSPC: the process is exiting.
+                return .gone
+            }
+        }
+    }
+
+    /// Fetches one page into `pageBuffer`, reconnecting within the retry
+    /// window. On failure the page is poisoned: the access raises SIGBUS
+    /// instead of hanging forever.
+    private func fetch(region: RegionRecord, page: Int, address: UInt) -> Bool {
+        let deadline = monotonicSeconds() + configuration.retryWindowSeconds
+        var delay = 0.02
+        var reason = ""
+        fetchList = UInt64(page)
+        while true {
+            do {
+                try withUnsafePointer(to: &fetchList) { pointer throws(ServerLink.LinkError) in
+                    try link.readPages(region: region.serverID, pages: UnsafeBufferPointer(start: pointer, count: 1), into: pageBuffer)
+                }
+                return true
+            } catch {
+                if case .refused(let refusal) = error {
+                    reason = "refused by the server: \(refusal)"
+                    break
+                }
+                reason = error.description
+                counters.add(.retries)
+                if monotonicSeconds() + delay > deadline { break }
+                sleepSeconds(delay)
+                delay = min(delay * 2, 0.5)
+            }
+        }
+        logger.error("page \(page) of region \(region.serverID) could not be fetched (\(reason)); the access raises SIGBUS")
+        counters.add(.poisoned)
+        do { try uffd.poison(address, length: 4096) } catch {
+            logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
+            try? uffd.wake(address, length: 4096)
+        }
+        return false
+    }
+
+    // MARK: Non-cooperative events
+
+    /// The application dropped [start, end): MADV_DONTNEED/MADV_REMOVE (the
+    /// pages read as zeros from now on) or munmap (they are gone). The server's
+    /// copies are discarded so they can never be served stale.
+    private func handleRemove(start: UInt, end: UInt, unmapped: Bool) {
+        if staging.contains(start) { return }   // the evictor emptying staging slots
+        for case let region? in regions where region.alive {
+            for run in region.pageRuns(in: start, end) {
+                var discardStart: Int?
+                for page in run {
+                    let state = region.states[page]
+                    if state & PageState.inFlight != 0 {
+                        region.states[page] = state | PageState.discardedInFlight
+                        continue
+                    }
+                    if state & PageState.resident != 0 { resident -= 1 }
+                    region.states[page] = state & PageState.queued
+                    if state & PageState.backed != 0 {
+                        if discardStart == nil { discardStart = page }
+                    } else if let first = discardStart {
+                        evictor.submit(.discard(serverID: region.serverID, first: first, count: page - first))
+                        discardStart = nil
+                    }
+                }
+                if let first = discardStart {
+                    evictor.submit(.discard(serverID: region.serverID, first: first, count: run.upperBound - first))
+                }
+            }
+            if unmapped { region.cut(start, end) }
+        }
+        counters.set(.residentPages, UInt64(resident))
+    }
+
+    /// mremap moved [from, from+length) to `to`: the region follows, evicted
+    /// pages included.
+    private func handleRemap(from: UInt, to: UInt, length: UInt) {
+        for case let region? in regions where region.alive {
+            region.move(from: from, to: to, length: length)
+        }
+    }
+
+    // MARK: Eviction
+
+    private func evictIfNeeded() {
+        guard resident > highWater, !evictionSuspended else { return }
+        let target = highWater - batchSize / 2
+        while resident > target, staging.freeCount > 0, !awaitingEvent {
+            let batch = spareBatches.popLast() ?? EvictionBatch(capacity: batchSize)
+            let moved = fillBatch(batch, limit: min(batchSize, resident - target))
+            if batch.entries.isEmpty {
+                spareBatches.append(batch)
+                break
+            }
+            evictor.submit(.evict(batch))
+            if !moved { break }
+        }
+        let overshoot = resident + staged - budget
+        if overshoot > 0, UInt64(overshoot) > counters.get(.budgetOvershoot) {
+            counters.set(.budgetOvershoot, UInt64(overshoot))
+        }
+        counters.set(.residentPages, UInt64(resident))
+        counters.set(.stagedPages, UInt64(staged))
+    }
+
+    /// Moves up to `limit` victims into staging. Returns false when it had to
+    /// stop early (an event is pending, or staging is full).
+    private func fillBatch(_ batch: EvictionBatch, limit: Int) -> Bool {
+        batch.entries.removeAll(keepingCapacity: true)
+        var examined = 0
+        let maxExamined = queue.count
+        while batch.entries.count < limit, examined < maxExamined, let entry = queue.pop() {
+            examined += 1
+            let (slot, page) = EvictionQueue.unpack(entry)
+            guard slot < regions.count, let region = regions[slot], region.alive else { continue }
+            let state = region.states[page]
+            region.states[page] = state & ~PageState.queued
+            guard state & PageState.resident != 0, let address = region.address(of: page) else { continue }
+            guard let stagingSlot = staging.take() else {
+                region.states[page] = state
+                queue.push(entry)
+                return false
+            }
+            do {
+                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            } catch {
+                staging.give(stagingSlot)
+                region.states[page] = state
+                queue.push(entry)
+                if error == .again {
+                    counters.add(.eagain)
+                    awaitingEvent = true
+                    return false
+                }
+                if error == .noEntry {
+                    // Not mapped after all (discarded in a race): it reads as zeros now.
+                    region.states[page] = PageState.queued
+                    resident -= 1
+                }
+                continue   // EBUSY (pinned page) and the like: try it again later
+            }
+            resident -= 1
+            staged += 1
+            counters.add(.evictions)
+            let dirty = state & PageState.dirty != 0
+            if dirty {
+                region.states[page] = PageState.inFlight | (state & PageState.backed)
+            } else {
+                // Clean: the server (or nothing, for a zero page) already has it.
+                region.states[page] = state & PageState.backed
+                counters.add(.cleanDrops)
+            }
+            batch.entries.append(.init(regionSlot: slot, serverID: region.serverID, page: page,
+                                       stagingSlot: stagingSlot, dirty: dirty))
+        }
+        return batch.entries.count == limit
+    }
+
+    private func drainInbox() {
+        let taken = inbox.withLock { inbox -> Inbox in
+            let taken = inbox
+            inbox = Inbox()
+            return taken
+        }
+        for batch in taken.completed { finish(batch) }
+        for slot in taken.releasedSlots {
+            staging.give(slot)
+            staged -= 1
+        }
+        for command in taken.commands { execute(command) }
+        counters.set(.stagedPages, UInt64(staged))
+    }
+
+    /// A write-back round is over: its pages are on the server (or, if the
+    /// server could not take them, moved back into the region).
+    private func finish(_ batch: EvictionBatch) {
+        var keepSlots: [Int32] = []
+        for entry in batch.entries {
+            let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
+            guard entry.failed else {
+                staging.give(entry.stagingSlot)
+                staged -= 1
+                guard entry.dirty, let region, region.alive else { continue }
+                let state = region.states[entry.page]
+                if state & PageState.discardedInFlight != 0 {
+                    region.states[entry.page] = state & PageState.queued
+                    evictor.submit(.discard(serverID: region.serverID, first: entry.page, count: 1))
+                } else {
+                    region.states[entry.page] = PageState.backed | (state & PageState.queued)
+                }
+                if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
+                continue
+            }
+            // The staged copy is the only one. Put it back where it belongs.
+            if !evictionSuspended {
+                evictionSuspended = true
+                logger.error("write-back failed: eviction suspended, pages stay in local memory (the budget is no longer kept)")
+            }
+            if let region, region.alive, region.states[entry.page] & PageState.discardedInFlight == 0,
+               let address = region.address(of: entry.page),
+               (try? uffd.move(to: address, from: staging.address(of: entry.stagingSlot), length: 4096, wake: true)) != nil {
+                region.states[entry.page] = PageState.resident | PageState.dirty | (region.states[entry.page] & (PageState.backed | PageState.queued))
+                resident += 1
+                staging.give(entry.stagingSlot)
+                staged -= 1
+            } else {
+                if let region, let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
+                keepSlots.append(entry.stagingSlot)   // the evictor empties it and returns it
+            }
+        }
+        batch.entries.removeAll(keepingCapacity: true)
+        spareBatches.append(batch)
+        if !keepSlots.isEmpty { evictor.submit(.release(keepSlots)) }
+        counters.set(.residentPages, UInt64(resident))
+    }
+
+    private func execute(_ command: Command) {
+        switch command {
+        case .add(let region, let done):
+            if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
+            regions[region.slot] = region
+            let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
+            queue.rebuild(capacity: live + 16) { _ in true }
+            done.signal()
+        case .remove(let region, let done):
+            region.alive = false
+            for extent in region.extents {
+                try? uffd.unregister(extent.start, length: extent.pageCount * 4096)
+            }
+            for page in 0..<region.pageCount where region.states[page] & PageState.resident != 0 { resident -= 1 }
+            let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
+            let slot = region.slot
+            queue.rebuild(capacity: live + 16) { EvictionQueue.unpack($0).slot != slot }
+            regions[slot] = nil
+            counters.set(.residentPages, UInt64(resident))
+            done(region.extents)
+        case .stop:
+            running = false
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import CFarMemSys
+
+/// Live counters of one FarMemory instance, bumped by the pager threads with
+/// relaxed atomic adds and read by anyone at any time.
+final class PagerCounters: @unchecked Sendable {
+    enum Counter: Int, CaseIterable {
+        case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
+        case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
+        case budgetOvershoot, residentPages, stagedPages, writeBackFailures
+    }
+    private let values: UnsafeMutablePointer<UInt64>
+    let faultService = LatencyHistogram()
+
+    init() {
+        values = .allocate(capacity: Counter.allCases.count)
+        values.initialize(repeating: 0, count: Counter.allCases.count)
+    }
+    deinit { values.deallocate() }
+
+    @inline(__always) func add(_ counter: Counter, _ n: UInt64 = 1) { fm_atomic_add_u64(values + counter.rawValue, n) }
+    @inline(__always) func set(_ counter: Counter, _ n: UInt64) { fm_atomic_store_u64(values + counter.rawValue, n) }
+    func get(_ counter: Counter) -> UInt64 { fm_atomic_load_u64(values + counter.rawValue) }
+}
+
+/// A snapshot of what the pager did, from `FarMemory.statistics`.
+public struct PagerStatistics: Sendable, CustomStringConvertible {
+    /// Missing-page faults received (every userfaultfd page fault that was not a write-protect fault).
+    public var faults: UInt64
+    /// First writes to clean pages (dirty tracking).
+    public var writeProtectFaults: UInt64
+    /// Faults for a page that was already there or on its way (several threads, one page).
+    public var duplicateFaults: UInt64
+    /// Pages read from the memory server.
+    public var fetches: UInt64
+    /// Pages installed as zeros without a network round trip (never written).
+    public var zeroFills: UInt64
+    /// Pages moved out of local memory.
+    public var evictions: UInt64
+    /// Evicted pages that were clean: dropped with no network traffic.
+    public var cleanDrops: UInt64
+    /// Dirty pages written to the server.
+    public var writeBacks: UInt64
+    /// Pages whose server copy was discarded (application MADV_DONTNEED/REMOVE, munmap).
+    public var discards: UInt64
+    public var bytesIn: UInt64
+    public var bytesOut: UInt64
+    /// Reconnects and repeated requests after network failures.
+    public var retries: UInt64
+    /// Pages made to raise SIGBUS because their data could not be fetched.
+    public var poisoned: UInt64
+    /// UFFDIO_COPY/MOVE calls that met a pending non-cooperative event (EAGAIN) and were retried.
+    public var eagainRetries: UInt64
+    /// Faults held while their page's write-back was in flight.
+    public var parkedFaults: UInt64
+    /// Largest number of pages resident above the budget (while write-backs drained).
+    public var budgetOvershoot: UInt64
+    public var residentPages: UInt64
+    public var stagedPages: UInt64
+    public var writeBackFailures: UInt64
+    /// Time the fault handler spent per fault, message read to page installed.
+    public var serviceP50Nanoseconds: UInt64
+    public var serviceP99Nanoseconds: UInt64
+
+    init(_ c: PagerCounters) {
+        faults = c.get(.faults); writeProtectFaults = c.get(.writeProtectFaults)
+        duplicateFaults = c.get(.duplicateFaults); fetches = c.get(.fetches); zeroFills = c.get(.zeroFills)
+        evictions = c.get(.evictions); cleanDrops = c.get(.cleanDrops); writeBacks = c.get(.writeBacks)
+        discards = c.get(.discards); bytesIn = c.get(.bytesIn); bytesOut = c.get(.bytesOut)
+        retries = c.get(.retries); poisoned = c.get(.poisoned); eagainRetries = c.get(.eagain)
+        parkedFaults = c.get(.parkedFaults); budgetOvershoot = c.get(.budgetOvershoot)
+        residentPages = c.get(.residentPages); stagedPages = c.get(.stagedPages)
+        writeBackFailures = c.get(.writeBackFailures)
+        serviceP50Nanoseconds = c.faultService.value(atPercentile: 50)
+        serviceP99Nanoseconds = c.faultService.value(atPercentile: 99)
+    }
+
+    public var description: String {
+        """
+        faults \(faults) (write-protect \(writeProtectFaults), duplicate \(duplicateFaults), parked \(parkedFaults)), \
+        fetches \(fetches), zero-fills \(zeroFills), evictions \(evictions) (clean drops \(cleanDrops)), \
+        write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
+        retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
+        staged \(stagedPages), overshoot \(budgetOvershoot)
+        """
+    }
+}

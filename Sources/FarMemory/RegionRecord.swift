@@ -1,0 +1,100 @@
+import Synchronization
+
+/// The pager's view of one far region. Created by the application thread,
+/// then owned by the fault handler: `states` and `extents` change only there.
+final class RegionRecord: @unchecked Sendable {
+    /// The region's name on the server.
+    let serverID: UInt64
+    let pageCount: Int
+    /// Index in the handler's region table (and in eviction-queue entries).
+    let slot: Int
+    let states: UnsafeMutablePointer<UInt8>
+    var extents: [Extent]
+    var alive = true
+    /// Address of page 0 now (it follows mremap); 0 once page 0 is unmapped.
+    let currentBase: Atomic<UInt>
+
+    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt) {
+        self.serverID = serverID
+        self.pageCount = pageCount
+        self.slot = slot
+        states = .allocate(capacity: pageCount)
+        states.initialize(repeating: 0, count: pageCount)
+        extents = [Extent(start: base, pageCount: pageCount, firstPage: 0)]
+        currentBase = Atomic(base)
+    }
+
+    deinit { states.deallocate() }
+
+    /// The page at `address`, if one of this region's extents covers it.
+    @inline(__always)
+    func page(at address: UInt) -> Int? {
+        for extent in extents where address >= extent.start && address < extent.end {
+            return extent.firstPage + Int((address - extent.start) >> 12)
+        }
+        return nil
+    }
+
+    /// Where `page` is mapped now, if it is mapped.
+    @inline(__always)
+    func address(of page: Int) -> UInt? {
+        for extent in extents where page >= extent.firstPage && page < extent.firstPage + extent.pageCount {
+            return extent.start + UInt((page - extent.firstPage) << 12)
+        }
+        return nil
+    }
+
+    /// Pages of this region inside [start, end), as runs of page numbers.
+    func pageRuns(in start: UInt, _ end: UInt) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        for extent in extents {
+            let lo = max(start, extent.start), hi = min(end, extent.end)
+            guard lo < hi else { continue }
+            let first = extent.firstPage + Int((lo - extent.start) >> 12)
+            runs.append(first..<first + Int((hi - lo + 4095) >> 12))
+        }
+        return runs
+    }
+
+    /// Removes [start, end) from the extents (munmap).
+    func cut(_ start: UInt, _ end: UInt) {
+        var result: [Extent] = []
+        for extent in extents {
+            guard start < extent.end && end > extent.start else { result.append(extent); continue }
+            if start > extent.start {
+                result.append(Extent(start: extent.start, pageCount: Int((start - extent.start) >> 12), firstPage: extent.firstPage))
+            }
+            if end < extent.end {
+                let skipped = Int((end - extent.start) >> 12)
+                result.append(Extent(start: end, pageCount: extent.pageCount - skipped, firstPage: extent.firstPage + skipped))
+            }
+        }
+        extents = result
+        publishBase()
+    }
+
+    /// Moves the part of the extents in [from, from+length) to start at `to` (mremap).
+    func move(from: UInt, to: UInt, length: UInt) {
+        let end = from + length
+        var result: [Extent] = []
+        for extent in extents {
+            guard from < extent.end && end > extent.start else { result.append(extent); continue }
+            let lo = max(from, extent.start), hi = min(end, extent.end)
+            if lo > extent.start {
+                result.append(Extent(start: extent.start, pageCount: Int((lo - extent.start) >> 12), firstPage: extent.firstPage))
+            }
+            let firstMoved = extent.firstPage + Int((lo - extent.start) >> 12)
+            result.append(Extent(start: to + (lo - from), pageCount: Int((hi - lo) >> 12), firstPage: firstMoved))
+            if hi < extent.end {
+                let skipped = Int((hi - extent.start) >> 12)
+                result.append(Extent(start: hi, pageCount: extent.pageCount - skipped, firstPage: extent.firstPage + skipped))
+            }
+        }
+        extents = result
+        publishBase()
+    }
+
+    private func publishBase() {
+        currentBase.store(address(of: 0) ?? 0, ordering: .releasing)
+    }
+}

@@ -1,0 +1,207 @@
+import CFarMemSys
+import FarMemProtocol
+import FarMemSystem
+
+/// One connection to the memory server, owned by a single thread (the fault
+/// handler, the evictor, or the control path under its lock). Request and
+/// reply buffers are allocated once, so a page fetch allocates nothing.
+/// On a network failure the link reconnects with the same session key, which
+/// finds the same session as long as one of the client's connections stayed up.
+final class ServerLink {
+    private let configuration: FarMemoryConfiguration
+    private let sessionKey: [UInt8]
+    private var socket: TCPSocket?
+    private var nextRequestID: UInt32 = 1
+    private let request: UnsafeMutableRawPointer
+    private let header: UnsafeMutableRawPointer
+    private let counters: PagerCounters
+    private(set) var helloReply: HelloReply?
+
+    init(configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters) {
+        self.configuration = configuration
+        self.sessionKey = sessionKey
+        self.counters = counters
+        request = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
+        header = .allocate(byteCount: FrameHeader.size, alignment: 8)
+    }
+
+    deinit {
+        socket?.close()
+        request.deallocate()
+        header.deallocate()
+    }
+
+    func close() {
+        socket?.shutdown()
+        socket?.close()
+        socket = nil
+    }
+
+    /// Failures a caller may retry (the network), as opposed to refusals.
+    enum LinkError: Error, CustomStringConvertible {
+        case network(String)
+        case refused(ProtocolError)
+        var description: String {
+            switch self {
+            case .network(let text): return text
+            case .refused(let error): return error.description
+            }
+        }
+    }
+
+    /// Connects and says HELLO if not connected yet.
+    func connect() throws(LinkError) {
+        guard socket == nil else { return }
+        let fresh: TCPSocket
+        do {
+            fresh = try TCPSocket.connect(to: configuration.server, timeoutSeconds: configuration.requestTimeoutSeconds)
+        } catch {
+            throw .network("cannot connect to \(configuration.server): \(error)")
+        }
+        socket = fresh
+        let hello = Hello(sessionKey: sessionKey, token: configuration.token).encode()
+        do {
+            let reply = try exchange(.hello, hello)
+            helloReply = try reply.withUnsafeBytes { raw in try HelloReply.decode(raw) }
+        } catch let error as LinkError {
+            close()
+            throw error
+        } catch {
+            close()
+            throw .refused(error as? ProtocolError ?? ProtocolError(.internalError, "\(error)"))
+        }
+    }
+
+    /// Sends a control request and returns the reply payload.
+    @discardableResult
+    func exchange(_ opcode: Opcode, _ payload: [UInt8]) throws(LinkError) -> [UInt8] {
+        if opcode != .hello { try connect() }
+        guard let socket else { throw .network("not connected") }
+        let id = takeRequestID()
+        do {
+            try payload.withUnsafeBytes { raw in
+                FrameHeader(opcode: opcode.rawValue, requestID: id, payloadLength: UInt32(raw.count)).encode(into: header)
+                try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size), raw)
+            }
+        } catch {
+            close()
+            throw .network("sending \(opcode) failed: \(error)")
+        }
+        let reply = try receiveHeader(expecting: opcode, id: id)
+        var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
+        do {
+            try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
+        } catch {
+            close()
+            throw .network("reading \(opcode) reply failed: \(error)")
+        }
+        if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
+        return body
+    }
+
+    /// Fetches `pages` of `region` straight into `destination` (count x 4 KiB).
+    /// The fault path: no allocation on success.
+    func readPages(region: UInt64, pages: UnsafeBufferPointer<UInt64>, into destination: UnsafeMutableRawPointer) throws(LinkError) {
+        try connect()
+        guard let socket else { throw .network("not connected") }
+        let id = takeRequestID()
+        let listLength = PageBatchHeader.fixedSize(count: pages.count)
+        writeBatchHeader(region: region, pages: pages)
+        FrameHeader(opcode: Opcode.readPages.rawValue, requestID: id, payloadLength: UInt32(listLength)).encode(into: header)
+        do {
+            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
+                                UnsafeRawBufferPointer(start: request, count: listLength))
+        } catch {
+            close()
+            throw .network("sending READ_PAGES failed: \(error)")
+        }
+        let reply = try receiveHeader(expecting: .readPages, id: id)
+        let expected = pages.count * ProtocolLimits.pageSize
+        if reply.status == 0 && Int(reply.payloadLength) != expected {
+            close()
+            throw .network("READ_PAGES reply of \(reply.payloadLength) bytes, expected \(expected)")
+        }
+        do {
+            if reply.status == 0 {
+                try socket.readExactly(into: destination, count: expected)
+            } else {
+                var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
+                try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
+                throw LinkError.refused(Self.refusal(status: reply.status, body: body))
+            }
+        } catch let error as LinkError {
+            throw error
+        } catch {
+            close()
+            throw .network("reading READ_PAGES reply failed: \(error)")
+        }
+        counters.add(.bytesIn, UInt64(expected))
+    }
+
+    /// Writes pages; `source(i)` gives the 4 KiB of the i-th page.
+    func writePages(region: UInt64, pages: UnsafeBufferPointer<UInt64>, source: (Int) -> UnsafeRawPointer) throws(LinkError) {
+        try connect()
+        guard let socket else { throw .network("not connected") }
+        let id = takeRequestID()
+        let listLength = PageBatchHeader.fixedSize(count: pages.count)
+        writeBatchHeader(region: region, pages: pages)
+        let size = ProtocolLimits.pageSize
+        for i in 0..<pages.count { (request + listLength + i * size).copyMemory(from: source(i), byteCount: size) }
+        let total = listLength + pages.count * size
+        FrameHeader(opcode: Opcode.writePages.rawValue, requestID: id, payloadLength: UInt32(total)).encode(into: header)
+        do {
+            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
+                                UnsafeRawBufferPointer(start: request, count: total))
+        } catch {
+            close()
+            throw .network("sending WRITE_PAGES failed: \(error)")
+        }
+        let reply = try receiveHeader(expecting: .writePages, id: id)
+        var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
+        do {
+            try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
+        } catch {
+            close()
+            throw .network("reading WRITE_PAGES reply failed: \(error)")
+        }
+        if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
+        counters.add(.bytesOut, UInt64(pages.count * size))
+    }
+
+    private func writeBatchHeader(region: UInt64, pages: UnsafeBufferPointer<UInt64>) {
+        request.storeBytes(of: region.littleEndian, toByteOffset: 0, as: UInt64.self)
+        request.storeBytes(of: UInt32(pages.count).littleEndian, toByteOffset: 8, as: UInt32.self)
+        request.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self)
+        for (i, page) in pages.enumerated() {
+            request.storeBytes(of: page.littleEndian, toByteOffset: 16 + 8 * i, as: UInt64.self)
+        }
+    }
+
+    private func takeRequestID() -> UInt32 {
+        defer { nextRequestID &+= 1 }
+        return nextRequestID
+    }
+
+    private func receiveHeader(expecting opcode: Opcode, id: UInt32) throws(LinkError) -> FrameHeader {
+        guard let socket else { throw .network("not connected") }
+        let reply: FrameHeader
+        do {
+            try socket.readExactly(into: header, count: FrameHeader.size)
+            reply = try FrameHeader.decode(header)
+        } catch {
+            close()
+            throw .network("no reply to \(opcode): \(error)")
+        }
+        guard reply.requestID == id, reply.opcode == opcode.response || reply.status != 0 else {
+            close()
+            throw .network("reply out of order: got opcode 0x\(String(reply.opcode, radix: 16)) id \(reply.requestID), expected \(opcode) id \(id)")
+        }
+        return reply
+    }
+
+    private static func refusal(status: UInt16, body: [UInt8]) -> ProtocolError {
+        let message = String(decoding: body, as: UTF8.self)
+        guard let code = ErrorCode(rawValue: status) else { return ProtocolError(.internalError, "status \(status): \(message)") }
+        return ProtocolError(code, message)
+    }
+}

@@ -1,0 +1,81 @@
+import FarMemSystem
+
+/// Where evicted pages wait for their write-back. The fault handler moves a
+/// victim here with UFFDIO_MOVE, which takes the page out of the region
+/// atomically: a write either landed before the move (and is in the staged
+/// copy) or faults after it, so no write can slip between "is it dirty?" and
+/// "drop it". UFFDIO_MOVE requires the destination to be registered on the
+/// same userfaultfd, so the staging mapping is registered too; its own
+/// MADV_DONTNEED events are recognised by address and ignored.
+final class StagingArea: @unchecked Sendable {
+    let base: UInt
+    let slotCount: Int
+    /// Free slots in FIFO order; only the fault handler takes and gives.
+    /// Taking in order and getting them back in batch order keeps each batch's
+    /// slots contiguous, so the evictor empties a batch with one madvise
+    /// (one REMOVE event, one short mmap_changing window) instead of many.
+    private let freeRing: UnsafeMutablePointer<Int32>
+    private var freeHead = 0
+    private(set) var freeCount: Int
+
+    init(slots: Int, uffd: Userfaultfd) throws(Errno) {
+        slotCount = slots
+        let length = slots * MemoryMapping.pageSize
+        base = try MemoryMapping.anonymous(length: length)
+        do {
+            try MemoryMapping.advise(base, length: length, .noHugePage)
+            try MemoryMapping.advise(base, length: length, .dontFork)
+            try uffd.register(base, length: length, mode: .missing)
+        } catch {
+            MemoryMapping.unmap(base, length: length)
+            throw error
+        }
+        freeRing = .allocate(capacity: slots)
+        for i in 0..<slots { freeRing[i] = Int32(i) }
+        freeCount = slots
+    }
+
+    deinit { freeRing.deallocate() }
+
+    var length: Int { slotCount * MemoryMapping.pageSize }
+    var end: UInt { base + UInt(length) }
+
+    @inline(__always) func contains(_ address: UInt) -> Bool { address >= base && address < end }
+    @inline(__always) func address(of slot: Int32) -> UInt { base + UInt(slot) * 4096 }
+
+    func take() -> Int32? {
+        guard freeCount > 0 else { return nil }
+        let slot = freeRing[freeHead]
+        freeHead = (freeHead + 1) % slotCount
+        freeCount -= 1
+        return slot
+    }
+
+    func give(_ slot: Int32) {
+        precondition(freeCount < slotCount, "staging slot returned twice")
+        freeRing[(freeHead + freeCount) % slotCount] = slot
+        freeCount += 1
+    }
+
+    func unmap(uffd: Userfaultfd) {
+        try? uffd.unregister(base, length: length)
+        MemoryMapping.unmap(base, length: length)
+    }
+}
+
+/// One eviction round's pages, handed from the fault handler to the evictor
+/// and back. Reused, so eviction allocates nothing in steady state.
+final class EvictionBatch: @unchecked Sendable {
+    struct Entry {
+        var regionSlot: Int
+        var serverID: UInt64
+        var page: Int
+        var stagingSlot: Int32
+        var dirty: Bool
+        /// Set by the evictor: the write-back could not be done; the staged
+        /// copy is the only one and the handler moves it back.
+        var failed = false
+    }
+    var entries: [Entry] = []
+    init(capacity: Int) { entries.reserveCapacity(capacity) }
+}

@@ -1,0 +1,191 @@
+import ArgumentParser
+import CFarMemSys
+import FarMemProtocol
+import FarMemServer
+import FarMemSystem
+import FarMemWorkloads
+import FarMemory
+import Logging
+import Synchronization
+
+/// `farmem demo`: the main job end to end. An embedded memory server, a region
+/// several times the local budget, a verifiable pattern written and read back
+/// through it by several threads, and a report next to a plain C userfaultfd
+/// round trip measured in the same run.
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo", abstract: "Page a region larger than the local budget through a memory server and verify every byte.")
+
+    @Option(help: "Local memory budget.") var budget = "32MiB"
+    @Option(help: "Region size (default: 4x the budget).") var regionSize: String?
+    @Option(help: "Application threads touching the region.") var threads = 2
+    @Option(help: "Use this server instead of an embedded one (HOST:PORT).") var server: String?
+    @Option(help: "Random page reads in the last phase.") var randomReads = 20000
+
+    func run() throws {
+        guard let budgetBytes = parseByteSize(budget), budgetBytes >= 256 << 10 else {
+            throw ValidationError("--budget must be at least 256KiB")
+        }
+        let regionBytes = try regionSize.map { text -> Int in
+            guard let v = parseByteSize(text), v > 0 else { throw ValidationError("--region-size must be a size such as 128MiB") }
+            return v
+        } ?? budgetBytes * 4
+        guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1...64") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+
+        var embedded: MemoryServer?
+        let endpoint: TCPSocket.Endpoint
+        if let server {
+            guard let parsed = TCPSocket.Endpoint(parsing: server) else { throw ValidationError("--server must be HOST:PORT") }
+            endpoint = parsed
+        } else {
+            let started = try MemoryServer(configuration: ServerConfiguration(
+                listen: TCPSocket.Endpoint(host: "127.0.0.1", port: 0), capacityBytes: regionBytes * 2))
+            started.start()
+            embedded = started
+            endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: started.port)
+        }
+        defer { embedded?.stop() }
+
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes))
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pages = region.pageCount
+        print("farmem demo: \(formatByteSize(region.length)) region, \(formatByteSize(budgetBytes)) local budget "
+              + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, server \(embedded == nil ? endpoint.description : "embedded at \(endpoint)")")
+
+        let pattern = PagePattern(seed: 0xFA12_3E40)
+        let base = UInt(bitPattern: region.baseAddress!)
+
+        // Phase 1: every page written once (each first store is a missing fault; zero-fill).
+        let write = runPhase(threads: threads, pages: pages) { page in
+            (pattern.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!), true)
+        }
+        let afterWrite = memory.statistics
+        memory.resetLatencyHistogram()
+        // Phase 2: every page read back and verified (most come from the server).
+        let read = runPhase(threads: threads, pages: pages) { page in
+            pattern.verify(page: page, at: UnsafeRawPointer(bitPattern: base + UInt(page) * 4096)!)
+        }
+        let readService = memory.statistics
+        // Phase 3: random pages, verified (a mix of resident and remote).
+        var generator = SplitMix(seed: 7)
+        let randomPages = (0..<randomReads).map { _ in Int(generator.next() % UInt64(pages)) }
+        let random = runPhase(threads: threads, pages: randomPages.count) { i in
+            pattern.verify(page: randomPages[i], at: UnsafeRawPointer(bitPattern: base + UInt(randomPages[i]) * 4096)!)
+        }
+        let stats = memory.statistics
+
+        // Baseline: the same sequential first-touch pass against a plain C
+        // userfaultfd handler serving local memory (no network), same machine, same run.
+        let baselinePages = min(pages, 16384)
+        var baselineLatency = [UInt64](repeating: 0, count: baselinePages)
+        var baselineTotal: UInt64 = 0
+        let baselineResult = fm_baseline_uffd_roundtrip(UInt64(baselinePages), &baselineLatency, &baselineTotal)
+        var baseline = LatencySamples()
+        for v in baselineLatency { baseline.add(v) }
+
+        let failures = write.failures + read.failures + random.failures
+        print("")
+        print("phase            pages   time      pages/s    MB/s    touch p50   touch p99")
+        for (name, phase) in [("write (fill)", write), ("read (verify)", read), ("random (verify)", random)] {
+            print(row(name, pages: phase.pages, seconds: phase.seconds, samples: phase.latency))
+        }
+        if baselineResult == 0 {
+            print(row("plain C uffd", pages: baselinePages, seconds: Double(baselineTotal) / 1e9, samples: baseline))
+        } else {
+            print("plain C uffd     not run: \(Errno(negated: baselineResult))")
+        }
+        print("")
+        print("pager: faults \(stats.faults), fetches \(stats.fetches), zero-fills \(stats.zeroFills), "
+              + "write-protect faults \(stats.writeProtectFaults), duplicates \(stats.duplicateFaults)")
+        print("       evictions \(stats.evictions) (clean drops \(stats.cleanDrops)), write-backs \(stats.writeBacks), "
+              + "bytes in \(formatByteSize(Int(stats.bytesIn))), bytes out \(formatByteSize(Int(stats.bytesOut)))")
+        print("       resident \(stats.residentPages) pages, staged \(stats.stagedPages), budget overshoot \(stats.budgetOvershoot) pages, "
+              + "EAGAIN retries \(stats.eagainRetries), network retries \(stats.retries)")
+        print("       handler service time per fetched fault: p50 \(microseconds(readService.serviceP50Nanoseconds)), "
+              + "p99 \(microseconds(readService.serviceP99Nanoseconds)) (write phase: zero-fill p50 \(microseconds(afterWrite.serviceP50Nanoseconds)))")
+        if baselineResult == 0 {
+            let ratio = Double(read.latency.percentile(50)) / Double(max(1, baseline.percentile(50)))
+            print("       read-fault p50 is \(String(format1: ratio))x the plain uffd round trip (network fetch included)")
+        }
+        if let serverStats = try? memory.serverStatistics() {
+            print("server: \(serverStats.storedPages) pages stored, \(serverStats.pagesWritten) written, \(serverStats.pagesRead) read")
+        }
+        print("")
+        if failures == 0 {
+            print("data verified: \(write.pages + read.pages + random.pages) page checks, every byte as written")
+        } else {
+            print("DATA MISMATCH: \(failures) pages differ from what was written")
+            throw ExitCode(2)
+        }
+        region.close()
+    }
+
+    private func row(_ name: String, pages: Int, seconds: Double, samples: LatencySamples) -> String {
+        let perSecond = Double(pages) / max(seconds, 1e-9)
+        return name.padding(16) + "\(pages)".padding(8) + "\(String(format1: seconds)) s".padding(10)
+            + "\(Int(perSecond))".padding(11) + "\(String(format1: perSecond * 4096 / 1e6))".padding(8)
+            + microseconds(samples.percentile(50)).padding(12) + microseconds(samples.percentile(99))
+    }
+}
+
+struct PhaseResult {
+    var pages = 0
+    var seconds = 0.0
+    var failures = 0
+    var latency = LatencySamples()
+}
+
+/// Runs `touch` over pages 0..<pages split into contiguous stripes, one per thread.
+func runPhase(threads: Int, pages: Int, touch: @escaping @Sendable (Int) -> (UInt64, Bool)) -> PhaseResult {
+    let results = Mutex<[PhaseResult]>([])
+    let start = fm_now_ns()
+    let workers = (0..<threads).map { t in
+        PosixThread.spawn(name: "demo-\(t)") {
+            var local = PhaseResult()
+            let lo = pages * t / threads, hi = pages * (t + 1) / threads
+            for page in lo..<hi {
+                let (latency, ok) = touch(page)
+                local.latency.add(latency)
+                if !ok { local.failures += 1 }
+                local.pages += 1
+            }
+            results.withLock { $0.append(local) }
+        }
+    }
+    for worker in workers { worker.join() }
+    var total = PhaseResult()
+    total.seconds = Double(fm_now_ns() - start) / 1e9
+    for r in results.withLock({ $0 }) {
+        total.pages += r.pages
+        total.failures += r.failures
+        total.latency.add(contentsOf: r.latency)
+    }
+    return total
+}
+
+/// Small deterministic generator for reproducible random phases.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension String {
+    init(format1 value: Double) {
+        let tenths = Int((value * 10).rounded())
+        self = "\(tenths / 10).\(abs(tenths % 10))"
+    }
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}

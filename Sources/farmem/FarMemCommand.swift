@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `farmem`: the FarMem command line.
+@main
+struct FarMemCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "farmem",
+        abstract: "FarMem remote memory: run a server, a demo, or read statistics.",
+        subcommands: [DemoCommand.self, ServeCommand.self, StatsCommand.self])
+}
