@@ -38,6 +38,10 @@ let package = Package(
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemWorkloads", "CFarMemSys",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Runs the library in its own process for tests whose outcome is a
+        // signal (SIGBUS when the server dies) or a SIGKILL of the client.
+        .executableTarget(name: "farmem-failure-probe", dependencies: ["FarMemory", "FarMemWorkloads", "FarMemSystem"],
+                          path: "Tests/FailureProbe"),
         .testTarget(name: "FarMemTests", dependencies: [
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemSystem", "FarMemWorkloads", "CFarMemSys",
         ]),

@@ -27,7 +27,7 @@
 #endif
 #ifndef UFFDIO_POISON
 struct uffdio_poison { struct uffdio_range range; __u64 mode; __s64 updated; };
-#define UFFDIO_POISON _IOWR(UFFDIO, 0x0A, struct uffdio_poison)
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
 #define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
 #endif
 #ifndef UFFDIO_MOVE
@@ -187,6 +187,8 @@ int fm_fork_and_read(uint64_t address) {
     pid_t pid = fork();
     if (pid < 0) return neg_errno();
     if (pid == 0) {
+        signal(SIGSEGV, SIG_DFL);   /* no crash reporter: just die of the signal */
+        signal(SIGBUS, SIG_DFL);
         volatile uint8_t *p = (volatile uint8_t *)(uintptr_t)address;
         uint8_t v = *p;
         _exit(v == 0xFF ? 0 : 0);
@@ -215,4 +217,9 @@ int fm_accept(int listener) {
 
 void fm_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), name);
+}
+
+int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address) {
+    void *p = mremap((void *)(uintptr_t)old_address, old_size, new_size, flags, (void *)(uintptr_t)new_address);
+    return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
 }

@@ -14,11 +14,12 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case internalError = 12
     case pageSizeMismatch = 13
 
-    /// After these the server closes the connection: the stream cannot be trusted or
-    /// the peer may not go on.
+    /// A refused HELLO ends the connection: the peer may not go on. (A damaged
+    /// frame header ends it too, whatever its code, since the stream cannot be
+    /// resynchronised; a bad payload in an intact frame does not.)
     public var closesConnection: Bool {
         switch self {
-        case .malformedFrame, .unsupportedVersion, .authenticationFailed, .tooLarge, .pageSizeMismatch: return true
+        case .unsupportedVersion, .authenticationFailed, .pageSizeMismatch: return true
         default: return false
         }
     }

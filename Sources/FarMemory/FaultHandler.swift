@@ -63,9 +63,16 @@ final class FaultHandler: @unchecked Sendable {
     private let deferred = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: FaultHandler.deferredCapacity)
     private var deferredCount = 0
     static let deferredCapacity = 4096
-    /// An ioctl met EAGAIN: an event is on its way; faults wait until it is read.
+    /// An ioctl met EAGAIN: faults wait. mmap_changing clears only when the
+    /// thread behind the event resumes after we read it, so the wait ends when
+    /// the evictor reports (its madvise has returned), at the next event, or
+    /// after a 1 ms poll for an application thread's madvise/munmap/mremap.
     private var awaitingEvent = false
-    private let pageBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private var pageBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    /// A fetched page whose install met EAGAIN, kept for the retry so the
+    /// deferred fault does not cross the network twice.
+    private var keptBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private var keptPage: (region: Int, page: Int)?
     private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
     private var fetchList: UInt64 = 0
 
@@ -92,6 +99,7 @@ final class FaultHandler: @unchecked Sendable {
         messages.deallocate()
         deferred.deallocate()
         pageBuffer.deallocate()
+        keptBuffer.deallocate()
         zeroPage.deallocate()
         queue.deallocate()
         notifier.close()
@@ -118,7 +126,7 @@ final class FaultHandler: @unchecked Sendable {
         while running {
             // While waiting for an event, poll with a short time-out: should the
             // event never come (the change was abandoned), deferred faults still go on.
-            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, awaitingEvent ? 5 : -1)
+            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, awaitingEvent ? 1 : -1)
             if ready < 0 {
                 logger.critical("poll on userfaultfd failed: \(Errno(negated: ready)); fault handler stops")
                 return
@@ -266,6 +274,10 @@ final class FaultHandler: @unchecked Sendable {
         case .eventPending:
             region.states[page] = state
             resident -= 1
+            if fromServer {
+                swap(&pageBuffer, &keptBuffer)
+                keptPage = (region.slot, page)
+            }
             deferUntilEvent(message)
         case .gone:
             region.states[page] = state
@@ -327,6 +339,13 @@ final class FaultHandler: @unchecked Sendable {
     /// window. On failure the page is poisoned: the access raises SIGBUS
     /// instead of hanging forever.
     private func fetch(region: RegionRecord, page: Int, address: UInt) -> Bool {
+        if let kept = keptPage {
+            keptPage = nil
+            if kept == (region.slot, page) {
+                swap(&pageBuffer, &keptBuffer)
+                return true
+            }
+        }
         let deadline = monotonicSeconds() + configuration.retryWindowSeconds
         var delay = 0.02
         var reason = ""
@@ -365,6 +384,10 @@ final class FaultHandler: @unchecked Sendable {
     /// copies are discarded so they can never be served stale.
     private func handleRemove(start: UInt, end: UInt, unmapped: Bool) {
         if staging.contains(start) { return }   // the evictor emptying staging slots
+        if let kept = keptPage, let region = regions[kept.region], let address = region.address(of: kept.page),
+           address >= start, address < end {
+            keptPage = nil   // that page's data is being dropped: never install the kept copy
+        }
         for case let region? in regions where region.alive {
             for run in region.pageRuns(in: start, end) {
                 var discardStart: Int?
@@ -482,6 +505,7 @@ final class FaultHandler: @unchecked Sendable {
             inbox = Inbox()
             return taken
         }
+        if !taken.completed.isEmpty || !taken.releasedSlots.isEmpty { awaitingEvent = false }
         for batch in taken.completed { finish(batch) }
         for slot in taken.releasedSlots {
             staging.give(slot)

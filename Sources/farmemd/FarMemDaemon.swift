@@ -30,6 +30,9 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "Most simultaneous client connections.")
     var maxConnections = 1024
 
+    @Option(help: "Seconds a client may stall in the middle of a frame before it is disconnected.")
+    var frameTimeout = 10.0
+
     @Option(help: "Write the bound port to this file once listening (for scripts and tests).")
     var portFile: String?
 
@@ -60,7 +63,8 @@ struct FarMemDaemon: ParsableCommand {
             return handler
         }
         let server = try MemoryServer(configuration: ServerConfiguration(
-            listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections))
+            listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections,
+            frameTimeoutSeconds: frameTimeout))
         server.start()
         if let portFile {
             let text = "\(server.port)\n"

@@ -102,6 +102,9 @@ static inline void fm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store
 /// Writes each touch's latency and the total time. Returns 0 or -errno.
 int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns);
 
+/// mremap(2) (variadic in glibc). Returns the new address or -errno.
+int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address);
+
 /// Test support: fork; the child reads one byte at `address` and exits 0.
 /// Returns the child's raw wait status or -errno.
 int fm_fork_and_read(uint64_t address);

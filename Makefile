@@ -1,0 +1,41 @@
+# FarMem: `make demo` runs the main job, `make test` runs the tests.
+# Both install the Debian packages they need first (as root, or with sudo).
+
+SWIFT        ?= swift
+APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config
+# The demo measures latency, so it runs an optimised build.
+DEMO_ARGS    ?=
+
+.PHONY: all deps build release demo test clean
+
+all: build
+
+deps:
+	@command -v $(SWIFT) >/dev/null 2>&1 || { \
+	  echo "error: no Swift toolchain ('$(SWIFT)' not found). FarMem needs Swift 6 (swift.org/install); set SWIFT=/path/to/swift if it is installed elsewhere." >&2; exit 1; }
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --product farmem
+	$(SWIFT) build -c release --product farmemd
+
+demo: release
+	.build/release/farmem demo $(DEMO_ARGS)
+
+# The tests start real farmemd processes and the failure probe, so every
+# product is built before the test bundle runs.
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+clean:
+	rm -rf .build

@@ -1,0 +1,342 @@
+import CFarMemSys
+import FarMemProtocol
+import FarMemSystem
+import FarMemWorkloads
+import FarMemory
+import Foundation
+import Synchronization
+import XCTest
+
+/// FarMemory paging through a real farmemd process: real userfaultfd, real
+/// madvise/munmap/mremap/fork, every byte verified.
+final class PagerTests: XCTestCase {
+    private var server: ServerProcess!
+    private let budget = 2 << 20            // 512 pages
+    private let regionBytes = 10 << 20      // 5x the budget
+
+    override func setUpWithError() throws { server = try ServerProcess(capacity: "128MiB") }
+    override func tearDown() { server.stop() }
+
+    private func makeMemory(budget: Int? = nil) throws -> FarMemory {
+        try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget ?? self.budget))
+    }
+
+    private func address(_ region: FarRegion, _ page: Int) -> UnsafeMutableRawPointer {
+        region.baseAddress! + page * 4096
+    }
+
+    /// Writes every page with `pattern` from `threads` threads, pages interleaved
+    /// so the threads fault side by side.
+    private func fill(_ region: FarRegion, _ pattern: PagePattern, threads: Int = 1) {
+        let base = UInt(bitPattern: region.baseAddress!)
+        let pages = region.pageCount
+        let workers = (0..<threads).map { t in
+            PosixThread.spawn(name: "fill-\(t)") {
+                for page in stride(from: t, to: pages, by: threads) {
+                    _ = pattern.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!)
+                }
+            }
+        }
+        workers.forEach { $0.join() }
+    }
+
+    /// Pages (of `pages`) whose content is not `pattern`'s.
+    private func mismatches(_ region: FarRegion, _ pattern: PagePattern, pages: [Int]? = nil, threads: Int = 1) -> [Int] {
+        let base = UInt(bitPattern: region.baseAddress!)
+        let list = pages ?? Array(0..<region.pageCount)
+        let bad = Mutex<[Int]>([])
+        let workers = (0..<threads).map { t in
+            PosixThread.spawn(name: "check-\(t)") {
+                var local: [Int] = []
+                for i in stride(from: t, to: list.count, by: threads)
+                where !pattern.verify(page: list[i], at: UnsafeRawPointer(bitPattern: base + UInt(list[i]) * 4096)!).ok {
+                    local.append(list[i])
+                }
+                bad.withLock { $0 += local }
+            }
+        }
+        workers.forEach { $0.join() }
+        return bad.withLock { $0.sorted() }
+    }
+
+    private func isZero(_ pointer: UnsafeRawPointer) -> Bool {
+        (0..<512).allSatisfy { pointer.load(fromByteOffset: $0 * 8, as: UInt64.self) == 0 }
+    }
+
+    private func serverStats() throws -> ServerStats {
+        let observer = try RawClient(server.endpoint)
+        XCTAssertNil(try observer.hello().error)
+        return try observer.call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
+    }
+
+    private func waitFor(_ what: String, timeout: Double = 5, _ condition: () throws -> Bool) rethrows {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(20_000)
+        }
+        XCTFail("timed out waiting for \(what)")
+    }
+
+    func testRegionFiveTimesTheBudgetIsVerifiedWithFourThreads() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 1)
+        fill(region, pattern, threads: 4)
+        XCTAssertEqual(mismatches(region, pattern, threads: 4), [])
+        XCTAssertEqual(mismatches(region, pattern, threads: 3), [], "second pass, other interleaving")
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.evictions, UInt64(region.pageCount), stats.description)
+        XCTAssertGreaterThanOrEqual(stats.writeBacks, UInt64(region.pageCount - budget / 4096), stats.description)
+        XCTAssertGreaterThan(stats.fetches, UInt64(region.pageCount), stats.description)
+        XCTAssertEqual(stats.zeroFills, UInt64(region.pageCount), "each page zero-filled once, never fetched before it was written")
+        XCTAssertLessThanOrEqual(stats.residentPages + stats.stagedPages, UInt64(budget / 4096), stats.description)
+        XCTAssertEqual(stats.poisoned, 0)
+    }
+
+    func testManyThreadsFaultingOnTheSamePagesAllSeeTheData() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 2)
+        fill(region, pattern)
+        // Every thread walks the same pages in the same order: most faults race.
+        let base = UInt(bitPattern: region.baseAddress!)
+        let failures = Mutex(0)
+        let workers = (0..<4).map { t in
+            PosixThread.spawn(name: "same-\(t)") {
+                var bad = 0
+                for page in 0..<512 where !pattern.verify(page: page, at: UnsafeRawPointer(bitPattern: base + UInt(page) * 4096)!).ok {
+                    bad += 1
+                }
+                failures.withLock { $0 += bad }
+            }
+        }
+        workers.forEach { $0.join() }
+        XCTAssertEqual(failures.withLock { $0 }, 0)
+        XCTAssertEqual(mismatches(region, pattern), [])
+    }
+
+    func testCleanPagesAreDroppedWithoutWriteBackAndModifiedOnesPersist() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 3)
+        fill(region, pattern)
+        XCTAssertEqual(mismatches(region, pattern), [])   // every page now fetched clean
+        let before = memory.statistics
+        XCTAssertEqual(mismatches(region, pattern), [])   // read-only pass: evictions of clean pages only
+        let after = memory.statistics
+        XCTAssertGreaterThan(after.evictions - before.evictions, 1000, after.description)
+        XCTAssertEqual(after.writeBacks, before.writeBacks, "a read-only pass writes nothing back")
+        XCTAssertGreaterThan(after.cleanDrops - before.cleanDrops, 1000)
+
+        // Read, then modify every 7th page in place: a write-protect fault makes it dirty.
+        let modified = PagePattern(seed: 33)
+        for page in stride(from: 0, to: region.pageCount, by: 7) {
+            _ = pattern.verify(page: page, at: address(region, page))
+            _ = modified.write(page: page, at: address(region, page))
+        }
+        let expected = { (page: Int) in page % 7 == 0 ? modified : pattern }
+        let bad = (0..<region.pageCount).filter { !expected($0).verify(page: $0, at: address(region, $0)).ok }
+        XCTAssertEqual(bad, [])
+        let final = memory.statistics
+        XCTAssertGreaterThan(final.writeProtectFaults, 0, "dirty tracking saw the first writes to clean pages")
+        XCTAssertGreaterThan(final.writeBacks, after.writeBacks, "modified pages were written back")
+    }
+
+    func testApplicationDontNeedReadsAsZerosAndDiscardsTheServerCopy() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 4)
+        fill(region, pattern)
+        let pages = region.pageCount
+        let dropped = (pages / 4)..<(pages * 3 / 4)   // both evicted and resident pages
+        XCTAssertEqual(madvise(address(region, dropped.lowerBound), dropped.count * 4096, MADV_DONTNEED), 0)
+        for page in dropped {
+            XCTAssertTrue(isZero(address(region, page)), "page \(page) must read as zeros after MADV_DONTNEED, never stale")
+            if !isZero(address(region, page)) { break }
+        }
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<dropped.lowerBound) + Array(dropped.upperBound..<pages)), [])
+        // And again, after the zero pages were evicted themselves.
+        XCTAssertTrue(dropped.allSatisfy { isZero(address(region, $0)) })
+        try waitFor("discards") { memory.statistics.discards > 0 }
+        // The range works as ordinary far memory afterwards.
+        let rewrite = PagePattern(seed: 44)
+        for page in dropped { _ = rewrite.write(page: page, at: address(region, page)) }
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<dropped.lowerBound)), [])
+        XCTAssertTrue(dropped.allSatisfy { rewrite.verify(page: $0, at: address(region, $0)).ok })
+    }
+
+    func testPartialMunmapKeepsTheRestAndFreesTheServerPages() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 5)
+        fill(region, pattern)
+        let half = region.pageCount / 2
+        let storedBefore = try serverStats().storedPages
+        XCTAssertEqual(munmap(address(region, half), (region.pageCount - half) * 4096), 0)
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<half)), [])
+        try waitFor("server copies of the unmapped half to be discarded") {
+            try serverStats().storedPages <= storedBefore - UInt64(half) / 2
+        }
+        region.close()   // must not unmap the range it no longer owns
+    }
+
+    func testMremapMovesTheRegionWithItsEvictedPages() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 6)
+        fill(region, pattern)
+        XCTAssertGreaterThan(memory.statistics.evictions, 0)
+        let old = UInt64(UInt(bitPattern: region.baseAddress!))
+        let target = mmap(nil, region.length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+        let moved = fm_mremap(old, UInt64(region.length), UInt64(region.length), 3 /* MREMAP_MAYMOVE | MREMAP_FIXED */,
+                              UInt64(UInt(bitPattern: target)))
+        XCTAssertEqual(moved, Int64(Int(bitPattern: target)))
+        XCTAssertEqual(region.baseAddress, target, "the region follows its new address")
+        XCTAssertEqual(mismatches(region, pattern), [], "evicted pages come back at the new address")
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
+
+    func testForkedChildCannotReachFarMemoryAndParentIsUnharmed() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 7)
+        fill(region, pattern)
+        // Regions are MADV_DONTFORK: the child has no mapping there and faults
+        // with SIGSEGV instead of silently reading zeros for evicted pages.
+        let status = fm_fork_and_read(UInt64(UInt(bitPattern: region.baseAddress!)))
+        XCTAssertGreaterThanOrEqual(status, 0)
+        XCTAssertEqual(status & 0x7f, SIGSEGV, "child must die of SIGSEGV, wait status \(status)")
+        XCTAssertEqual(mismatches(region, pattern), [])
+    }
+
+    func testFullServerIsAClearErrorAtAllocation() throws {
+        server.stop()
+        server = try ServerProcess(capacity: "4MiB")
+        let memory = try makeMemory()
+        defer { memory.close() }
+        XCTAssertThrowsError(try memory.allocate(bytes: 8 << 20)) { error in
+            guard case .serverRefused(let refusal) = error as? FarMemoryError else { return XCTFail("\(error)") }
+            XCTAssertEqual(refusal.code, .outOfCapacity)
+            XCTAssertTrue("\(error)".contains("out of capacity"), "\(error)")
+        }
+        let fits = try memory.allocate(bytes: 2 << 20)   // still usable afterwards
+        fits.baseAddress!.storeBytes(of: 42, as: UInt64.self)
+        XCTAssertEqual(fits.baseAddress!.load(as: UInt64.self), 42)
+    }
+
+    func testUnreachableServerAndWrongTokenAreClearErrors() throws {
+        let closedPort = try TCPSocket.listen(on: TCPSocket.Endpoint(host: "127.0.0.1", port: 0))
+        let port = closedPort.localPort
+        closedPort.close()
+        XCTAssertThrowsError(try FarMemory(configuration: FarMemoryConfiguration(
+            server: TCPSocket.Endpoint(host: "127.0.0.1", port: port), budgetBytes: budget))) { error in
+            guard case .serverUnreachable = error as? FarMemoryError else { return XCTFail("\(error)") }
+        }
+        server.stop()
+        server = try ServerProcess(capacity: "4MiB", token: "right")
+        XCTAssertThrowsError(try FarMemory(configuration: FarMemoryConfiguration(
+            server: server.endpoint, budgetBytes: budget, token: Array("wrong".utf8)))) { error in
+            guard case .serverRefused(let refusal) = error as? FarMemoryError else { return XCTFail("\(error)") }
+            XCTAssertEqual(refusal.code, .authenticationFailed)
+        }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            server: server.endpoint, budgetBytes: budget, token: Array("right".utf8)))
+        memory.close()
+    }
+
+    func testClosingFreesEveryServerPage() throws {
+        let memory = try makeMemory()
+        let region = try memory.allocate(bytes: regionBytes)
+        fill(region, PagePattern(seed: 8))
+        XCTAssertGreaterThan(try serverStats().storedPages, 0)
+        let second = try memory.allocate(bytes: 1 << 20)
+        second.close()
+        memory.close()
+        memory.close()   // idempotent
+        try waitFor("the server to free the session") {
+            let stats = try serverStats()
+            return stats.storedPages == 0 && stats.reservedPages == 0
+        }
+    }
+
+    // MARK: Failures, in a separate process
+
+    /// Kills `process` if it is still running after `seconds`: a hung probe fails
+    /// its test instead of hanging the suite.
+    private func watchdog(_ process: Process, seconds: Double) {
+        let pid = process.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+            if process.isRunning { kill(pid, SIGKILL) }
+        }
+    }
+
+    private func startProbe(_ mode: String) throws -> (Process, Pipe, Pipe, FileHandle) {
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
+        probe.arguments = [String(server.endpoint.port), mode]
+        let output = Pipe(), errors = Pipe(), input = Pipe()
+        probe.standardOutput = output
+        probe.standardError = errors
+        probe.standardInput = input
+        try probe.run()
+        watchdog(probe, seconds: 60)
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let byte = output.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty { break }
+            line += String(decoding: byte, as: UTF8.self)
+        }
+        XCTAssertTrue(line.hasPrefix("READY"), "probe said: \(line)")
+        return (probe, output, errors, input.fileHandleForWriting)
+    }
+
+    func testDeadServerRaisesSIGBUSOnTheEvictedPageInsteadOfHanging() throws {
+        let (probe, _, errors, input) = try startProbe("read-evicted")
+        server.kill()
+        let started = Date()
+        input.write("go\n".data(using: .utf8)!)
+        probe.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(started), 20, "bounded retry, then failure")
+        XCTAssertEqual(probe.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(probe.terminationStatus, SIGBUS, "killed by SIGBUS, not by the watchdog's SIGKILL")
+        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(log.contains("could not be fetched"), log)
+    }
+
+    func testKilledClientsPagesAreFreedByTheServer() throws {
+        let (probe, _, _, _) = try startProbe("hold")
+        XCTAssertGreaterThan(try serverStats().storedPages, 0)
+        kill(probe.processIdentifier, SIGKILL)
+        probe.waitUntilExit()
+        try waitFor("the server to free the killed client's pages") {
+            let stats = try serverStats()
+            return stats.storedPages == 0 && stats.reservedPages == 0
+        }
+    }
+
+    func testDemoPrintsItsReportAndVerifiesTheData() throws {
+        let demo = Process()
+        demo.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
+        demo.arguments = ["demo", "--budget", "2MiB", "--random-reads", "2000"]
+        let output = Pipe()
+        demo.standardOutput = output
+        try demo.run()
+        watchdog(demo, seconds: 120)
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        demo.waitUntilExit()
+        XCTAssertEqual(demo.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("data verified"), text)
+        let evictions = text.firstMatch(of: /evictions (\d+)/).map { Int($0.1)! } ?? 0
+        let writeBacks = text.firstMatch(of: /write-backs (\d+)/).map { Int($0.1)! } ?? 0
+        XCTAssertGreaterThan(evictions, 0, text)
+        XCTAssertGreaterThan(writeBacks, 0, text)
+    }
+}

@@ -1,0 +1,164 @@
+import FarMemProtocol
+import FarMemSystem
+import XCTest
+
+/// A real farmemd process, spoken to with hand-built frames: correct requests,
+/// pipelining, isolation between clients, capacity, and every kind of bad input.
+final class ServerProtocolTests: XCTestCase {
+    private var server: ServerProcess!
+
+    override func setUpWithError() throws { server = try ServerProcess(capacity: "4MiB") }
+    override func tearDown() { server.stop() }
+
+    func testWriteThenReadPagesRoundTrip() throws {
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 16).encode()).error)
+        let write = try client.call(.writePages, RawClient.writePayload(region: 1, pages: [2, 9]) { UInt8(0x40 + $0) })
+        XCTAssertNil(write.error, write.message)
+        let read = try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [9, 3, 2]).encode())
+        XCTAssertNil(read.error, read.message)
+        XCTAssertEqual(read.body.count, 3 * 4096)
+        XCTAssertEqual(Array(read.body[0..<4096]), [UInt8](repeating: 0x41, count: 4096))
+        XCTAssertEqual(Array(read.body[4096..<8192]), [UInt8](repeating: 0, count: 4096), "never-written page reads as zeros")
+        XCTAssertEqual(Array(read.body[8192...]), [UInt8](repeating: 0x40, count: 4096))
+        // DISCARD: the page reads as zeros again.
+        XCTAssertNil(try client.call(.discard, DiscardRange(regionID: 1, firstPage: 9, pageCount: 1).encode()).error)
+        let after = try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [9]).encode())
+        XCTAssertEqual(after.body, [UInt8](repeating: 0, count: 4096))
+    }
+
+    func testPipelinedRequestsAreAnsweredInOrder() throws {
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 5, pageCount: 64).encode()).error)
+        var ids: [UInt32] = []
+        for page in 0..<64 {
+            ids.append(try client.send(.writePages, RawClient.writePayload(region: 5, pages: [UInt64(page)]) { _ in UInt8(page) }))
+        }
+        for page in 0..<64 {
+            ids.append(try client.send(.readPages, PageBatchHeader(regionID: 5, pages: [UInt64(page)]).encode()))
+        }
+        for (i, id) in ids.enumerated() {
+            let reply = try client.receive()
+            XCTAssertEqual(reply.header.requestID, id)
+            XCTAssertNil(reply.error)
+            if i >= 64 { XCTAssertEqual(reply.body.first, UInt8(i - 64)) }
+        }
+    }
+
+    func testClientsCannotSeeEachOthersPages() throws {
+        let alice = try RawClient(server.endpoint), mallory = try RawClient(server.endpoint)
+        XCTAssertNil(try alice.hello().error)
+        XCTAssertNil(try mallory.hello().error)
+        XCTAssertNil(try alice.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4).encode()).error)
+        XCTAssertNil(try alice.call(.writePages, RawClient.writePayload(region: 1, pages: [0]) { _ in 0x5A }).error)
+        // Same region id, other session: not Alice's region.
+        XCTAssertEqual(try mallory.call(.readPages, PageBatchHeader(regionID: 1, pages: [0]).encode()).error, .noSuchRegion)
+        XCTAssertEqual(try mallory.call(.writePages, RawClient.writePayload(region: 1, pages: [0]) { _ in 0 }).error, .noSuchRegion)
+        XCTAssertEqual(try mallory.call(.dropRegion, RegionRef(regionID: 1).encode()).error, .noSuchRegion)
+        XCTAssertNil(try mallory.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4).encode()).error)
+        XCTAssertEqual(try mallory.call(.readPages, PageBatchHeader(regionID: 1, pages: [0]).encode()).body,
+                       [UInt8](repeating: 0, count: 4096))
+        XCTAssertEqual(try alice.call(.readPages, PageBatchHeader(regionID: 1, pages: [0]).encode()).body,
+                       [UInt8](repeating: 0x5A, count: 4096))
+    }
+
+    func testSecondConnectionWithSameKeyJoinsTheSessionAndLastCloseFreesIt() throws {
+        let key = RawClient.randomKey()
+        var first: RawClient? = try RawClient(server.endpoint)
+        let second = try RawClient(server.endpoint)
+        XCTAssertNil(try first!.hello(key: key).error)
+        XCTAssertNil(try second.hello(key: key).error)
+        XCTAssertNil(try first!.call(.createRegion, RegionSpec(regionID: 3, pageCount: 8).encode()).error)
+        XCTAssertNil(try first!.call(.writePages, RawClient.writePayload(region: 3, pages: [1]) { _ in 7 }).error)
+        XCTAssertEqual(try second.call(.readPages, PageBatchHeader(regionID: 3, pages: [1]).encode()).body.first, 7)
+        first = nil   // one connection gone: the session lives on
+        usleep(100_000)
+        XCTAssertEqual(try second.call(.readPages, PageBatchHeader(regionID: 3, pages: [1]).encode()).body.first, 7)
+        second.socket.shutdown()
+        let observer = try RawClient(server.endpoint)
+        XCTAssertNil(try observer.hello().error)
+        var stats = ServerStats()
+        for _ in 0..<50 {
+            stats = try observer.call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
+            if stats.storedPages == 0 && stats.reservedPages == 0 { break }
+            usleep(20_000)
+        }
+        XCTAssertEqual(stats.storedPages, 0, "pages freed when the session's last connection closed")
+        XCTAssertEqual(stats.reservedPages, 0)
+    }
+
+    func testFullServerAnswersOutOfCapacity() throws {
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1000).encode()).error)
+        let refused = try client.call(.createRegion, RegionSpec(regionID: 2, pageCount: 100).encode())
+        XCTAssertEqual(refused.error, .outOfCapacity)
+        XCTAssertTrue(refused.message.contains("out of capacity"), refused.message)
+        // The connection and the first region still work.
+        XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [999]) { _ in 1 }).error)
+        XCTAssertEqual(try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [1000]).encode()).error, .pageOutOfRange)
+    }
+
+    func testRequestsBeforeHelloAndUnknownOpcodesAreRefusedButServed() throws {
+        let client = try RawClient(server.endpoint)
+        XCTAssertEqual(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1).encode()).error, .helloRequired)
+        XCTAssertNil(try client.hello().error)
+        XCTAssertEqual(try client.hello().error, .protocolState, "a second HELLO")
+        try client.sendRaw(RawClient.frame(0x33, id: 77, []))
+        let unknown = try client.receive()
+        XCTAssertEqual(unknown.error, .unknownOpcode)
+        XCTAssertEqual(unknown.header.requestID, 77)
+        let malformed = try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [1]).encode() + [0, 0])
+        XCTAssertEqual(malformed.error, .malformedFrame)
+        XCTAssertEqual(try client.call(.stats, []).error, nil, "connection still usable")
+    }
+
+    func testBadFramesCloseOnlyThatConnectionAndLoseNoPage() throws {
+        let keeper = try RawClient(server.endpoint)
+        XCTAssertNil(try keeper.hello().error)
+        XCTAssertNil(try keeper.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4).encode()).error)
+        XCTAssertNil(try keeper.call(.writePages, RawClient.writePayload(region: 1, pages: [2]) { _ in 0xC3 }).error)
+
+        for name in ["bad_magic", "bad_version", "oversized"] {
+            let attacker = try RawClient(server.endpoint)
+            let bytes = Array(try Data(contentsOf: BuiltProducts.repository.appendingPathComponent("protocol/vectors/\(name).bin")))
+            try attacker.sendRaw(bytes)
+            let reply = try attacker.receive()
+            XCTAssertNotNil(reply.error, name)
+            XCTAssertTrue(attacker.isClosedByServer(), "\(name): connection closed")
+        }
+        // A frame cut off mid-payload, then the peer goes away.
+        let truncated = try RawClient(server.endpoint)
+        XCTAssertNil(try truncated.hello().error)
+        try truncated.sendRaw(Array(RawClient.frame(Opcode.writePages.rawValue, id: 9,
+                                                    RawClient.writePayload(region: 1, pages: [0]) { _ in 1 }).prefix(100)))
+        truncated.socket.shutdown()
+        // Wrong token on a server without one is fine; a wrong key is simply another session.
+        XCTAssertEqual(try keeper.call(.readPages, PageBatchHeader(regionID: 1, pages: [2]).encode()).body,
+                       [UInt8](repeating: 0xC3, count: 4096), "stored page intact")
+    }
+
+    func testStalledFrameIsCutOffAfterTheFrameTimeout() throws {
+        server.stop()
+        server = try ServerProcess(capacity: "4MiB", extra: ["--frame-timeout", "0.5"])
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        try client.sendRaw(Array(RawClient.frame(Opcode.stats.rawValue, id: 4, [1, 2, 3]).prefix(18)))
+        let reply = try client.receive()
+        XCTAssertEqual(reply.error, .malformedFrame)
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    func testTokenIsRequiredWhenConfigured() throws {
+        server.stop()
+        server = try ServerProcess(capacity: "4MiB", token: "s3cret")
+        let wrong = try RawClient(server.endpoint)
+        let refused = try wrong.hello(token: "guess")
+        XCTAssertEqual(refused.error, .authenticationFailed)
+        XCTAssertTrue(wrong.isClosedByServer())
+        let right = try RawClient(server.endpoint)
+        XCTAssertNil(try right.hello(token: "s3cret").error)
+    }
+}

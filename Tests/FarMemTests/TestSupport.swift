@@ -1,0 +1,156 @@
+import Foundation
+import FarMemProtocol
+import FarMemSystem
+import XCTest
+
+/// Where `swift build` put the executables: next to the test bundle.
+enum BuiltProducts {
+    static var directory: URL {
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while url.pathComponents.count > 1 {
+            if FileManager.default.fileExists(atPath: url.appendingPathComponent("farmemd").path) { return url }
+            url.deleteLastPathComponent()
+        }
+        // `swift test` may run the bundle through a runner: fall back to the package's .build.
+        let package = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return package.appendingPathComponent(".build/debug")
+    }
+    static func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+    static var repository: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+}
+
+/// A real `farmemd` process on a free loopback port, stopped when the test ends.
+final class ServerProcess {
+    let process = Process()
+    let endpoint: TCPSocket.Endpoint
+    let stderrPipe = Pipe()
+    private let directory: URL
+
+    init(capacity: String = "256MiB", token: String? = nil, extra: [String] = []) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("farmemd-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let portFile = directory.appendingPathComponent("port").path
+        var arguments = ["--listen", "127.0.0.1:0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning"]
+        if let token {
+            let tokenPath = directory.appendingPathComponent("token").path
+            try (token + "\n").write(toFile: tokenPath, atomically: true, encoding: .utf8)
+            arguments += ["--token-file", tokenPath]
+        }
+        process.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmemd"))
+        process.arguments = arguments + extra
+        process.standardError = stderrPipe
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        var port: UInt16?
+        while port == nil, Date() < deadline, process.isRunning {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n") {
+                port = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines))
+            } else {
+                usleep(20_000)
+            }
+        }
+        guard let port else {
+            process.terminate()
+            throw XCTSkip("farmemd did not start (is it built? \(BuiltProducts.path("farmemd")))")
+        }
+        endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
+    }
+
+    var isRunning: Bool { process.isRunning }
+
+    /// SIGKILL: the server dies with no goodbye, as a crashed host would.
+    func kill() {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    func stop() {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    deinit { stop() }
+}
+
+/// A raw protocol client for the server tests: frames built by hand.
+final class RawClient {
+    let socket: TCPSocket
+    private var nextID: UInt32 = 1
+
+    init(_ endpoint: TCPSocket.Endpoint) throws {
+        socket = try TCPSocket.connect(to: endpoint, timeoutSeconds: 5)
+    }
+    deinit { socket.close() }
+
+    static func randomKey() -> [UInt8] { (0..<16).map { _ in UInt8.random(in: 1...255) } }
+
+    func sendRaw(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try socket.writeAll($0.baseAddress!, count: $0.count) }
+    }
+
+    static func frame(_ opcode: UInt8, id: UInt32, _ payload: [UInt8]) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
+        bytes.withUnsafeMutableBytes {
+            FrameHeader(opcode: opcode, requestID: id, payloadLength: UInt32(payload.count)).encode(into: $0.baseAddress!)
+        }
+        return bytes + payload
+    }
+
+    @discardableResult
+    func send(_ opcode: Opcode, _ payload: [UInt8]) throws -> UInt32 {
+        let id = nextID
+        nextID += 1
+        try sendRaw(Self.frame(opcode.rawValue, id: id, payload))
+        return id
+    }
+
+    struct Reply {
+        var header: FrameHeader
+        var body: [UInt8]
+        var error: ErrorCode? { header.status == 0 ? nil : ErrorCode(rawValue: header.status) }
+        var message: String { String(decoding: body, as: UTF8.self) }
+    }
+
+    func receive() throws -> Reply {
+        var header = [UInt8](repeating: 0, count: FrameHeader.size)
+        try header.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: FrameHeader.size) }
+        let decoded = try header.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!) }
+        var body = [UInt8](repeating: 0, count: Int(decoded.payloadLength))
+        if !body.isEmpty { try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) } }
+        return Reply(header: decoded, body: body)
+    }
+
+    func call(_ opcode: Opcode, _ payload: [UInt8]) throws -> Reply {
+        try send(opcode, payload)
+        return try receive()
+    }
+
+    func hello(key: [UInt8] = RawClient.randomKey(), token: String = "") throws -> Reply {
+        try call(.hello, Hello(sessionKey: key, token: Array(token.utf8)).encode())
+    }
+
+    /// True when the server has closed this connection (EOF within the time-out).
+    func isClosedByServer() -> Bool {
+        var byte: UInt8 = 0
+        try? socket.setTimeouts(seconds: 3)
+        do {
+            try socket.readExactly(into: &byte, count: 1)
+        } catch is TCPSocket.ClosedByPeer {
+            return true
+        } catch let error as Errno where error == .timedOut {
+            return false   // still open
+        } catch {
+            return true    // ECONNRESET and the like: closed
+        }
+        return false
+    }
+
+    static func writePayload(region: UInt64, pages: [UInt64], fill: (Int) -> UInt8) -> [UInt8] {
+        var payload = PageBatchHeader(regionID: region, pages: pages).encode()
+        for i in 0..<pages.count { payload += [UInt8](repeating: fill(i), count: 4096) }
+        return payload
+    }
+}
