@@ -6,7 +6,7 @@ import Synchronization
 /// What every connection of one server shares.
 final class ServerContext: Sendable {
     let configuration: ServerConfiguration
-    let pool: PagePool
+    let ledger: CapacityLedger
     let sessions: SessionTable
     let logger: Logger
     let stopping = Atomic<Bool>(false)
@@ -14,18 +14,24 @@ final class ServerContext: Sendable {
     let pagesRead = Atomic<UInt64>(0)
     let pagesWritten = Atomic<UInt64>(0)
 
-    init(configuration: ServerConfiguration, pool: PagePool, logger: Logger) {
+    init(configuration: ServerConfiguration, ledger: CapacityLedger, logger: Logger) {
         self.configuration = configuration
-        self.pool = pool
-        self.sessions = SessionTable(pool: pool)
+        self.ledger = ledger
+        self.sessions = SessionTable(ledger: ledger)
         self.logger = logger
+    }
+
+    /// A connection of `session` closed; the last one frees all its regions.
+    func detach(_ session: Session) {
+        guard let ended = sessions.detach(session) else { return }
+        for id in ended.regionIDs { _ = try? ended.removeRegion(id) }
     }
 
     func stats() -> ServerStats {
         var s = ServerStats()
-        s.capacityPages = UInt64(pool.capacityPages)
-        s.reservedPages = UInt64(pool.reservedPages)
-        s.storedPages = UInt64(pool.storedPages)
+        s.capacityPages = UInt64(ledger.capacityPages)
+        s.reservedPages = UInt64(ledger.reservedPages)
+        s.storedPages = UInt64(ledger.storedPages)
         s.sessions = UInt64(sessions.count)
         s.connections = UInt64(connections.load(ordering: .relaxed))
         s.pagesRead = pagesRead.load(ordering: .relaxed)
@@ -53,24 +59,20 @@ public final class MemoryServer: Sendable {
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "farmemd")) throws {
         let pages = configuration.capacityBytes / ProtocolLimits.pageSize
         guard pages >= 1 else { throw StartError(description: "capacity must be at least one page (4096 bytes)") }
-        let pool: PagePool
-        do { pool = try PagePool(capacityPages: pages) } catch {
-            throw StartError(description: "cannot map a \(configuration.capacityBytes)-byte page pool: \(error)")
-        }
         do {
             listener = try TCPSocket.listen(on: configuration.listen)
         } catch {
             throw StartError(description: "cannot listen on \(configuration.listen): \(error)")
         }
         port = listener.localPort
-        context = ServerContext(configuration: configuration, pool: pool, logger: logger)
+        context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger)
     }
 
     /// Starts accepting connections on a background thread.
     public func start() {
         let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
         acceptThread.withLock { $0 = thread }
-        context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.pool.capacityPages) pages")
+        context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
     }
 
     private func acceptLoop() {

@@ -33,7 +33,7 @@ final class ServerConnection: @unchecked Sendable {
 
     func run() {
         defer {
-            if let session { context.sessions.detach(session) }
+            if let session { context.detach(session) }
             socket.close()
         }
         while true {
@@ -129,7 +129,7 @@ final class ServerConnection: @unchecked Sendable {
             try session.createRegion(try RegionSpec.decode(body))
             return 0
         case .dropRegion:
-            try session.dropRegion(try RegionRef.decode(body).regionID)
+            _ = try session.removeRegion(try RegionRef.decode(body).regionID)
             return 0
         case .readPages:
             let (batch, _) = try PageBatchHeader.decode(body, withData: false)
@@ -168,12 +168,12 @@ final class ServerConnection: @unchecked Sendable {
             throw ProtocolError(.malformedFrame, "HELLO: the session key must be 16 random bytes, not zeros")
         }
         session = context.sessions.attach(key: SessionKey(hello.sessionKey))
-        let pool = context.pool
+        let ledger = context.ledger
         return copyToReply(HelloReply(version: 1, pageSize: UInt32(ProtocolLimits.pageSize),
                                       maxBatchPages: UInt32(ProtocolLimits.maxBatchPages),
                                       maxPayload: UInt32(ProtocolLimits.maxPayload),
-                                      capacityPages: UInt64(pool.capacityPages),
-                                      unreservedPages: UInt64(pool.capacityPages - pool.reservedPages)).encode())
+                                      capacityPages: UInt64(ledger.capacityPages),
+                                      unreservedPages: UInt64(ledger.unreservedPages)).encode())
     }
 
     private func copyToReply(_ bytes: [UInt8]) -> Int {

@@ -1,148 +1,126 @@
 import FarMemProtocol
+import FarMemSystem
 import Synchronization
 
 /// One client's namespace of regions. Every connection that presented the same
 /// 128-bit session key in HELLO shares it; no other connection can name it.
 /// The session lives while at least one of its connections is open.
-final class Session: Sendable {
+final class Session: @unchecked Sendable {
     let key: SessionKey
-    private let pool: PagePool
-    private let state: Mutex<State>
-
-    /// Page table of one region: slot per page, -1 where never written.
-    struct Region {
-        var reservedPages: Int
-        var slots: [Int32]
-    }
+    private let ledger: CapacityLedger
+    private let lock = Lock()
+    private var _state = State()
 
     struct State {
-        var regions: [UInt64: Region] = [:]
+        var regions: [UInt64: RegionStore] = [:]
         var connections = 0
-        var storedPages = 0
     }
 
-    init(key: SessionKey, pool: PagePool) {
+    init(key: SessionKey, ledger: CapacityLedger) {
         self.key = key
-        self.pool = pool
-        self.state = Mutex(State())
+        self.ledger = ledger
     }
 
-    func attach() { state.withLock { $0.connections += 1 } }
+    /// Runs `body` on the session's state under its lock.
+    private func locked<T, E: Error>(_ body: (inout State) throws(E) -> T) throws(E) -> T {
+        try lock.withLock { () throws(E) -> T in try body(&_state) }
+    }
+
+    func attach() { locked { $0.connections += 1 } }
 
     /// Returns true when this was the last connection: the caller then removes the session.
-    func detach() -> Bool { state.withLock { $0.connections -= 1; return $0.connections == 0 } }
+    func detach() -> Bool { locked { $0.connections -= 1; return $0.connections == 0 } }
+
+    /// Runs `body` on a region under the session's lock.
+    func withRegion<T>(_ id: UInt64, _ body: (RegionStore) throws(ProtocolError) -> T) throws(ProtocolError) -> T {
+        try locked { state throws(ProtocolError) -> T in
+            guard let region = state.regions[id] else { throw ProtocolError(.noSuchRegion, "no region \(id) in this session") }
+            return try body(region)
+        }
+    }
 
     func createRegion(_ spec: RegionSpec) throws(ProtocolError) {
-        let pages = Int(clamping: spec.pageCount)
-        guard pages >= 1, pages <= Int(Int32.max) else {
+        guard spec.pageCount >= 1, spec.pageCount <= UInt64(Int32.max) else {
             throw ProtocolError(.tooLarge, "region of \(spec.pageCount) pages: allowed 1...\(Int32.max)")
         }
-        let result: ProtocolError? = state.withLock { state in
+        let pages = Int(spec.pageCount)
+        try locked { state throws(ProtocolError) in
             guard state.regions[spec.regionID] == nil else {
-                return ProtocolError(.regionExists, "region \(spec.regionID) already exists in this session")
+                throw ProtocolError(.regionExists, "region \(spec.regionID) already exists in this session")
             }
-            guard pool.reserve(pages) else {
-                return ProtocolError(.outOfCapacity,
-                    "server out of capacity: region needs \(pages) pages, \(pool.capacityPages - pool.reservedPages) of \(pool.capacityPages) unreserved")
+            guard ledger.reserve(pages) else {
+                throw ProtocolError(.outOfCapacity,
+                    "server out of capacity: region needs \(pages) pages, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
             }
-            state.regions[spec.regionID] = Region(reservedPages: pages, slots: Array(repeating: -1, count: pages))
-            return nil
+            do {
+                state.regions[spec.regionID] = try RegionStore(pageCount: pages)
+            } catch {
+                ledger.release(pages)
+                throw ProtocolError(.outOfCapacity, "server cannot map \(pages) pages: \(error)")
+            }
         }
-        if let result { throw result }
     }
 
-    func dropRegion(_ id: UInt64) throws(ProtocolError) {
-        let freed: [Int32]? = state.withLock { state in
-            guard let region = state.regions.removeValue(forKey: id) else { return nil }
-            let slots = region.slots.filter { $0 >= 0 }
-            state.storedPages -= slots.count
-            pool.unreserve(region.reservedPages)
-            return slots
+    /// Removes a region; the caller releases anything else that refers to it
+    /// (an RDMA registration) before the store is freed.
+    func removeRegion(_ id: UInt64) throws(ProtocolError) -> RegionStore {
+        let region = try locked { state throws(ProtocolError) -> RegionStore in
+            guard let region = state.regions.removeValue(forKey: id) else {
+                throw ProtocolError(.noSuchRegion, "no region \(id) in this session")
+            }
+            return region
         }
-        guard let freed else { throw ProtocolError(.noSuchRegion, "no region \(id) in this session") }
-        pool.free(freed)
+        ledger.release(region.pageCount)
+        ledger.addStored(-region.writtenCount)
+        return region
     }
 
-    /// Frees everything the session holds (its last connection closed).
-    func dropAll() {
-        let all = state.withLock { state in state.regions.keys.map { $0 } }
-        for id in all { try? dropRegion(id) }
-    }
+    var regionIDs: [UInt64] { locked { Array($0.regions.keys) } }
 
     /// Copies pages into `out` (count x pageSize bytes). Never-written pages read as zeros.
     func readPages(region id: UInt64, pages: [UInt64], into out: UnsafeMutableRawPointer) throws(ProtocolError) {
-        let size = PagePool.pageSize
-        let result: ProtocolError? = state.withLock { state in
-            guard let region = state.regions[id] else { return ProtocolError(.noSuchRegion, "no region \(id) in this session") }
+        try withRegion(id) { region throws(ProtocolError) in
             for (i, page) in pages.enumerated() {
-                guard page < UInt64(region.slots.count) else {
-                    return ProtocolError(.pageOutOfRange, "page \(page) is outside region \(id) of \(region.slots.count) pages")
+                guard page < UInt64(region.pageCount) else {
+                    throw ProtocolError(.pageOutOfRange, "page \(page) is outside region \(id) of \(region.pageCount) pages")
                 }
-                let slot = region.slots[Int(page)]
-                if slot < 0 {
-                    (out + i * size).initializeMemory(as: UInt8.self, repeating: 0, count: size)
-                } else {
-                    (out + i * size).copyMemory(from: pool.pointer(to: slot), byteCount: size)
-                }
+                (out + i * 4096).copyMemory(from: region.pointer(Int(page)), byteCount: 4096)
             }
-            return nil
         }
-        if let result { throw result }
     }
 
     /// Stores pages. All page numbers are checked before any page is written,
     /// so a bad batch changes nothing.
     func writePages(region id: UInt64, pages: [UInt64], from data: UnsafeRawPointer) throws(ProtocolError) {
-        let size = PagePool.pageSize
-        let result: ProtocolError? = state.withLock { state in
-            guard var region = state.regions[id] else { return ProtocolError(.noSuchRegion, "no region \(id) in this session") }
-            if let bad = pages.first(where: { $0 >= UInt64(region.slots.count) }) {
-                return ProtocolError(.pageOutOfRange, "page \(bad) is outside region \(id) of \(region.slots.count) pages")
+        try withRegion(id) { region throws(ProtocolError) in
+            if let bad = pages.first(where: { $0 >= UInt64(region.pageCount) }) {
+                throw ProtocolError(.pageOutOfRange, "page \(bad) is outside region \(id) of \(region.pageCount) pages")
             }
-            state.regions[id] = nil   // take ownership to mutate in place without a copy
+            var fresh = 0
             for (i, page) in pages.enumerated() {
-                var slot = region.slots[Int(page)]
-                if slot < 0 {
-                    slot = pool.allocate()
-                    region.slots[Int(page)] = slot
-                    state.storedPages += 1
-                }
-                pool.pointer(to: slot).copyMemory(from: data + i * size, byteCount: size)
+                region.pointer(Int(page)).copyMemory(from: data + i * 4096, byteCount: 4096)
+                if region.markWritten(Int(page)) { fresh += 1 }
             }
-            state.regions[id] = region
-            return nil
+            ledger.addStored(fresh)
         }
-        if let result { throw result }
     }
 
     func discard(_ range: DiscardRange) throws(ProtocolError) {
-        let freed: Result<[Int32], ProtocolError> = state.withLock { state in
-            guard var region = state.regions[range.regionID] else {
-                return .failure(ProtocolError(.noSuchRegion, "no region \(range.regionID) in this session"))
-            }
-            let count = UInt64(region.slots.count)
+        try withRegion(range.regionID) { region throws(ProtocolError) in
+            let count = UInt64(region.pageCount)
             guard range.firstPage < count, range.pageCount <= count - range.firstPage else {
-                return .failure(ProtocolError(.pageOutOfRange,
-                    "discard of pages \(range.firstPage)+\(range.pageCount) is outside region \(range.regionID) of \(count) pages"))
+                throw ProtocolError(.pageOutOfRange,
+                    "discard of pages \(range.firstPage)+\(range.pageCount) is outside region \(range.regionID) of \(count) pages")
             }
-            state.regions[range.regionID] = nil
-            var slots: [Int32] = []
-            for page in Int(range.firstPage)..<Int(range.firstPage + range.pageCount) where region.slots[page] >= 0 {
-                slots.append(region.slots[page])
-                region.slots[page] = -1
-            }
-            state.storedPages -= slots.count
-            state.regions[range.regionID] = region
-            return .success(slots)
+            ledger.addStored(-region.discard(first: Int(range.firstPage), count: Int(range.pageCount)))
         }
-        pool.free(try freed.get())
     }
 
     func fill(_ stats: inout ServerStats) {
-        state.withLock { state in
+        locked { state in
             stats.sessionRegions = UInt64(state.regions.count)
-            stats.sessionReservedPages = UInt64(state.regions.values.reduce(0) { $0 + $1.reservedPages })
-            stats.sessionStoredPages = UInt64(state.storedPages)
+            stats.sessionReservedPages = UInt64(state.regions.values.reduce(0) { $0 + $1.pageCount })
+            stats.sessionStoredPages = UInt64(state.regions.values.reduce(0) { $0 + $1.writtenCount })
         }
     }
 }
@@ -161,26 +139,27 @@ struct SessionKey: Hashable, Sendable {
 /// All live sessions of a server.
 final class SessionTable: Sendable {
     private let sessions = Mutex<[SessionKey: Session]>([:])
-    private let pool: PagePool
+    private let ledger: CapacityLedger
 
-    init(pool: PagePool) { self.pool = pool }
+    init(ledger: CapacityLedger) { self.ledger = ledger }
 
     func attach(key: SessionKey) -> Session {
         sessions.withLock { table in
-            let session = table[key] ?? Session(key: key, pool: pool)
+            let session = table[key] ?? Session(key: key, ledger: ledger)
             table[key] = session
             session.attach()
             return session
         }
     }
 
-    func detach(_ session: Session) {
-        let last: Bool = sessions.withLock { table in
-            guard session.detach() else { return false }
+    /// Detaches a connection; returns the session if that was its last one
+    /// (the caller frees its regions).
+    func detach(_ session: Session) -> Session? {
+        sessions.withLock { table in
+            guard session.detach() else { return nil }
             table[session.key] = nil
-            return true
+            return session
         }
-        if last { session.dropAll() }
     }
 
     var count: Int { sessions.withLock { $0.count } }

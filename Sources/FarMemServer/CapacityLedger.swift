@@ -1,0 +1,30 @@
+import Synchronization
+
+/// The server's capacity, promised region by region. CREATE_REGION reserves a
+/// region's full size up front, so a write can never fail for lack of space
+/// later, and an RDMA client can be handed the whole region at once.
+final class CapacityLedger: Sendable {
+    let capacityPages: Int
+    private let reserved = Mutex(0)
+    private let stored = Atomic<Int>(0)
+
+    init(capacityPages: Int) { self.capacityPages = capacityPages }
+
+    /// Promises `pages`; false when the server is full.
+    func reserve(_ pages: Int) -> Bool {
+        reserved.withLock { reserved in
+            guard pages <= capacityPages - reserved else { return false }
+            reserved += pages
+            return true
+        }
+    }
+
+    func release(_ pages: Int) { reserved.withLock { $0 -= pages } }
+
+    var reservedPages: Int { reserved.withLock { $0 } }
+    var unreservedPages: Int { capacityPages - reservedPages }
+
+    /// Pages that hold data (written, or pinned for RDMA).
+    func addStored(_ delta: Int) { stored.add(delta, ordering: .relaxed) }
+    var storedPages: Int { stored.load(ordering: .relaxed) }
+}

@@ -1,0 +1,60 @@
+import FarMemProtocol
+import FarMemSystem
+
+/// One region's pages on the server: a contiguous NORESERVE mapping, so the
+/// kernel commits memory only for pages written, a never-written page reads as
+/// zeros, and an RDMA transport can register the region as one memory region.
+/// Not thread-safe: its session's lock guards it.
+final class RegionStore {
+    let pageCount: Int
+    let base: UInt
+    /// Pages that were written and not discarded (for statistics).
+    private var written: [UInt64]
+    private(set) var writtenCount = 0
+    /// Set while an RDMA client may access the memory directly: it is pinned,
+    /// so discards zero it instead of giving it back to the kernel.
+    var pinned = false
+
+    init(pageCount: Int) throws(Errno) {
+        self.pageCount = pageCount
+        base = try MemoryMapping.anonymous(length: pageCount * 4096, noReserve: true)
+        written = Array(repeating: 0, count: (pageCount + 63) / 64)
+    }
+
+    deinit { MemoryMapping.unmap(base, length: pageCount * 4096) }
+
+    var length: Int { pageCount * 4096 }
+
+    @inline(__always) func pointer(_ page: Int) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!
+    }
+
+    /// Records that `page` holds data; returns true the first time.
+    @discardableResult
+    func markWritten(_ page: Int) -> Bool {
+        let bit = UInt64(1) << UInt64(page & 63)
+        guard written[page >> 6] & bit == 0 else { return false }
+        written[page >> 6] |= bit
+        writtenCount += 1
+        return true
+    }
+
+    /// Forgets pages [first, first+count): they read as zeros. Returns how many held data.
+    func discard(first: Int, count: Int) -> Int {
+        var dropped = 0
+        for page in first..<first + count {
+            let bit = UInt64(1) << UInt64(page & 63)
+            if written[page >> 6] & bit != 0 {
+                written[page >> 6] &= ~bit
+                dropped += 1
+            }
+        }
+        writtenCount -= dropped
+        if pinned {
+            pointer(first).initializeMemory(as: UInt8.self, repeating: 0, count: count * 4096)
+        } else {
+            try? MemoryMapping.advise(base + UInt(first) * 4096, length: count * 4096, .dontNeed)
+        }
+        return dropped
+    }
+}
