@@ -17,17 +17,19 @@ let package = Package(
     targets: [
         // Syscall and ioctl wrappers that return -errno (Swift cannot call variadic ioctl).
         .target(name: "CFarMemSys"),
+        // libibverbs + librdmacm: connection setup and one-sided READ/WRITE, polled.
+        .target(name: "CFarMemRDMA", linkerSettings: [.linkedLibrary("ibverbs"), .linkedLibrary("rdmacm")]),
         // Typed descriptors and Errno over CFarMemSys, in the style of swift-system.
         .target(name: "FarMemSystem", dependencies: ["CFarMemSys"]),
         // The wire protocol: frames, messages, error codes (see protocol/SPEC.md).
         .target(name: "FarMemProtocol", dependencies: ["FarMemSystem"]),
         // The memory server, embeddable (farmem demo) and standalone (farmemd).
         .target(name: "FarMemServer", dependencies: [
-            "FarMemProtocol", "FarMemSystem", .product(name: "Logging", package: "swift-log"),
+            "FarMemProtocol", "FarMemSystem", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
         // The client library: far-memory regions paged through userfaultfd.
         .target(name: "FarMemory", dependencies: [
-            "FarMemProtocol", "FarMemSystem", "CFarMemSys", .product(name: "Logging", package: "swift-log"),
+            "FarMemProtocol", "FarMemSystem", "CFarMemSys", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
         .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys"]),

@@ -7,6 +7,10 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case writePages = 0x05
     case discard = 0x06
     case stats = 0x07
+    /// Optional (RDMA servers): a ticket that lets RDMA connections join this session.
+    case rdmaAttach = 0x08
+    /// Optional (RDMA servers): register a region for one-sided access by this session.
+    case rdmaExpose = 0x09
 
     public var response: UInt8 { rawValue | 0x80 }
 }

@@ -13,6 +13,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case protocolState = 11
     case internalError = 12
     case pageSizeMismatch = 13
+    case rdmaUnavailable = 14
 
     /// A refused HELLO ends the connection: the peer may not go on. (A damaged
     /// frame header ends it too, whatever its code, since the stream cannot be
@@ -39,6 +40,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
         case .protocolState: return "PROTOCOL_STATE"
         case .internalError: return "INTERNAL_ERROR"
         case .pageSizeMismatch: return "PAGE_SIZE_MISMATCH"
+        case .rdmaUnavailable: return "RDMA_UNAVAILABLE"
         }
     }
 }

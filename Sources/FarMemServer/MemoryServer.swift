@@ -13,6 +13,8 @@ final class ServerContext: Sendable {
     let connections = Atomic<Int>(0)
     let pagesRead = Atomic<UInt64>(0)
     let pagesWritten = Atomic<UInt64>(0)
+    /// Set once at start when RDMA is served.
+    nonisolated(unsafe) var rdma: RDMAService?
 
     init(configuration: ServerConfiguration, ledger: CapacityLedger, logger: Logger) {
         self.configuration = configuration
@@ -24,7 +26,9 @@ final class ServerContext: Sendable {
     /// A connection of `session` closed; the last one frees all its regions.
     func detach(_ session: Session) {
         guard let ended = sessions.detach(session) else { return }
+        // Regions first (each deregisters its memory), then the protection domain.
         for id in ended.regionIDs { _ = try? ended.removeRegion(id) }
+        rdma?.forget(ended)
     }
 
     func stats() -> ServerStats {
@@ -66,12 +70,29 @@ public final class MemoryServer: Sendable {
         }
         port = listener.localPort
         context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger)
+        if configuration.transport != .tcp {
+            do {
+                context.rdma = try RDMAService(host: configuration.listen.host, port: configuration.rdmaPort ?? port, logger: logger)
+            } catch {
+                if configuration.transport == .rdma {
+                    listener.close()
+                    throw StartError(description: "RDMA requested but unavailable on \(configuration.listen.host): \(error)")
+                }
+                logger.info("RDMA unavailable on \(configuration.listen.host) (\(error)); serving TCP only")
+            }
+        }
     }
+
+    /// The RDMA-CM port, when RDMA is served.
+    public var rdmaPort: UInt16? { context.rdma?.port }
 
     /// Starts accepting connections on a background thread.
     public func start() {
         let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
         acceptThread.withLock { $0 = thread }
+        let context = self.context
+        context.rdma?.start { session in context.detach(session) }
+        if let rdma = context.rdma { context.logger.info("serving RDMA on \(context.configuration.listen.host):\(rdma.port)") }
         context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
     }
 
@@ -107,6 +128,7 @@ public final class MemoryServer: Sendable {
         guard !context.stopping.exchange(true, ordering: .relaxed) else { return }
         listener.shutdown()
         listener.close()
+        context.rdma?.stop()
         acceptThread.withLock { $0 }?.join()
         liveSockets.withLock { sockets in for socket in sockets.values { socket.shutdown() } }
         // Connection threads exit on their own once their sockets are shut down.

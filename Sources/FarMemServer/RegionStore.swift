@@ -1,3 +1,4 @@
+import CFarMemRDMA
 import FarMemProtocol
 import FarMemSystem
 
@@ -14,6 +15,8 @@ final class RegionStore {
     /// Set while an RDMA client may access the memory directly: it is pinned,
     /// so discards zero it instead of giving it back to the kernel.
     var pinned = false
+    /// The RDMA memory registration (ibv_mr) while exposed; deregistered before the memory is freed.
+    var registration: UnsafeMutableRawPointer?
 
     init(pageCount: Int) throws(Errno) {
         self.pageCount = pageCount
@@ -21,7 +24,10 @@ final class RegionStore {
         written = Array(repeating: 0, count: (pageCount + 63) / 64)
     }
 
-    deinit { MemoryMapping.unmap(base, length: pageCount * 4096) }
+    deinit {
+        if let registration { _ = fm_rdma_deregister(registration) }
+        MemoryMapping.unmap(base, length: pageCount * 4096)
+    }
 
     var length: Int { pageCount * 4096 }
 

@@ -10,15 +10,26 @@ public struct ServerConfiguration: Sendable {
     public var maxConnections: Int
     /// A peer that stops mid-frame for this long is disconnected.
     public var frameTimeoutSeconds: Double
+    /// Which transports to serve: TCP always; RDMA with `.rdma` (required) or `.auto` (if a device is there).
+    public var transport: Transport
+    /// RDMA-CM port; nil uses the TCP port's number (a separate port space).
+    public var rdmaPort: UInt16?
+
+    public enum Transport: String, Sendable, CaseIterable {
+        case tcp, rdma, auto
+    }
 
     public init(listen: TCPSocket.Endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: 7070),
                 capacityBytes: Int = 1 << 30, token: [UInt8]? = nil,
-                maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10) {
+                maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10,
+                transport: Transport = .auto, rdmaPort: UInt16? = nil) {
         self.listen = listen
         self.capacityBytes = capacityBytes
         self.token = token
         self.maxConnections = maxConnections
         self.frameTimeoutSeconds = frameTimeoutSeconds
+        self.transport = transport
+        self.rdmaPort = rdmaPort
     }
 }
 

@@ -144,6 +144,15 @@ final class ServerConnection: @unchecked Sendable {
         case .discard:
             try session.discard(try DiscardRange.decode(body))
             return 0
+        case .rdmaAttach:
+            guard body.isEmpty else { throw ProtocolError(.malformedFrame, "RDMA_ATTACH takes no payload") }
+            guard let rdma = context.rdma else {
+                throw ProtocolError(.rdmaUnavailable, "this server serves TCP only (started with --transport tcp, or no RDMA device)")
+            }
+            return copyToReply(RDMAAttachReply(port: rdma.port, ticket: rdma.ticket(for: session)).encode())
+        case .rdmaExpose:
+            guard let rdma = context.rdma else { throw ProtocolError(.rdmaUnavailable, "this server serves TCP only") }
+            return copyToReply(try rdma.expose(region: try RegionRef.decode(body).regionID, of: session).encode())
         case .stats:
             guard body.isEmpty else { throw ProtocolError(.malformedFrame, "STATS takes no payload") }
             var stats = context.stats()

@@ -31,6 +31,9 @@ final class Session: @unchecked Sendable {
     /// Returns true when this was the last connection: the caller then removes the session.
     func detach() -> Bool { locked { $0.connections -= 1; return $0.connections == 0 } }
 
+    /// Undoes an `attach` whose connection never came up (the session had other connections).
+    func detachQuietly() { locked { $0.connections -= 1 } }
+
     /// Runs `body` on a region under the session's lock.
     func withRegion<T>(_ id: UInt64, _ body: (RegionStore) throws(ProtocolError) -> T) throws(ProtocolError) -> T {
         try locked { state throws(ProtocolError) -> T in

@@ -77,6 +77,7 @@ final class Evictor: @unchecked Sendable {
         let entries = batch.entries.count
         while index < entries {
             let serverID = batch.entries[index].serverID
+            let remote = batch.entries[index].remote
             var group: [Int] = []
             while index < entries, batch.entries[index].serverID == serverID, group.count < ProtocolLimits.maxBatchPages {
                 if batch.entries[index].dirty { group.append(index) }
@@ -87,7 +88,7 @@ final class Evictor: @unchecked Sendable {
             for i in group { pageList.append(UInt64(batch.entries[i].page)) }
             let outcome = withRetries("write-back of \(group.count) pages of region \(serverID)") { () throws(ServerLink.LinkError) in
                 try pageList.withUnsafeBufferPointer { pages throws(ServerLink.LinkError) in
-                    try link.writePages(region: serverID, pages: pages) { i in
+                    try link.writePages(region: serverID, remote: remote, pages: pages) { i in
                         UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[group[i]].stagingSlot))!
                     }
                 }

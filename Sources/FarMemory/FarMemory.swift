@@ -28,6 +28,8 @@ public final class FarMemory: @unchecked Sendable {
     private let counters: PagerCounters
     private let logger: Logger
     private let sessionKey: [UInt8]
+    /// Whether the pager threads' data path is RDMA (regions are then exposed for one-sided access).
+    public let usesRDMA: Bool
     private struct Book {
         var nextRegionSlot = 0
         var nextRegionID: UInt64 = 1
@@ -41,6 +43,31 @@ public final class FarMemory: @unchecked Sendable {
         (.eventRemap, "EVENT_REMAP"), (.eventRemove, "EVENT_REMOVE"), (.eventUnmap, "EVENT_UNMAP"),
         (.move, "MOVE (Linux 6.8)"), (.poison, "POISON (Linux 6.6)"),
     ]
+
+    /// Connects the fault and write-back links over RDMA. Returns nil on
+    /// success, or why RDMA is not used.
+    private static func attachRDMA(configuration: FarMemoryConfiguration, control: ServerLink,
+                                   links: [ServerLink], logger: Logger) -> String? {
+        guard configuration.transport != .tcp else { return "TCP was asked for" }
+        guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
+        let attach: RDMAAttachReply
+        do {
+            let reply = try control.exchange(.rdmaAttach, [])
+            attach = try reply.withUnsafeBytes { try RDMAAttachReply.decode($0) }
+        } catch {
+            return "the server does not serve RDMA (\(error))"
+        }
+        do {
+            for link in links {
+                link.attach(try RDMAChannel(host: configuration.server.host, port: attach.port, ticket: attach.ticket,
+                                            capacityPages: ProtocolLimits.maxBatchPages,
+                                            timeoutSeconds: configuration.requestTimeoutSeconds))
+            }
+        } catch {
+            return error.description
+        }
+        return nil
+    }
 
     public init(configuration: FarMemoryConfiguration, logger: Logger = Logger(label: "farmemory")) throws(FarMemoryError) {
         guard configuration.budgetBytes >= 64 * 4096 else {
@@ -84,6 +111,21 @@ public final class FarMemory: @unchecked Sendable {
             }
         }
         control = Mutex(ServerLinkBox(link: controlLink))
+        let rdmaReason = Self.attachRDMA(configuration: configuration, control: controlLink,
+                                         links: [faultLink, writeLink], logger: logger)
+        usesRDMA = rdmaReason == nil
+        if let rdmaReason {
+            if configuration.transport == .rdma {
+                uffd.close()
+                throw .transportUnavailable("RDMA was required but is unavailable: \(rdmaReason)")
+            }
+            if configuration.transport == .auto { logger.info("using TCP: \(rdmaReason)") }
+        } else {
+            logger.info("using RDMA to \(configuration.server)")
+        }
+        for link in [faultLink, writeLink] {
+            link.onRDMAFailure = { [logger] reason in logger.error("\(reason); this connection falls back to TCP") }
+        }
 
         let budget = configuration.budgetPages
         let stagingSlots = min(max(budget / 4, 32), 1024)
@@ -117,7 +159,7 @@ public final class FarMemory: @unchecked Sendable {
             defer { book.nextRegionSlot += 1; book.nextRegionID += 1 }
             return (book.nextRegionSlot, book.nextRegionID)
         }
-        try withControl { link throws(ServerLink.LinkError) in
+        _ = try withControl { link throws(ServerLink.LinkError) in
             try link.exchange(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pages)).encode())
         }
         let base: UInt
@@ -138,7 +180,19 @@ public final class FarMemory: @unchecked Sendable {
             _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
             throw .system("registering the region with userfaultfd", error)
         }
-        let record = RegionRecord(serverID: id, pageCount: pages, slot: slot, base: base)
+        var remote: RemoteRegion?
+        if usesRDMA {
+            do {
+                let reply = try withControl { link throws(ServerLink.LinkError) in
+                    try link.exchange(.rdmaExpose, RegionRef(regionID: id).encode())
+                }
+                let exposed = try reply.withUnsafeBytes { try RDMAExposeReply.decode($0) }
+                remote = RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length)
+            } catch {
+                logger.error("region \(id) is not exposed for RDMA (\(error)); its pages move over TCP")
+            }
+        }
+        let record = RegionRecord(serverID: id, pageCount: pages, slot: slot, base: base, remote: remote)
         let added = DispatchSemaphore(value: 0)
         handler.send(.add(record, added))
         added.wait()

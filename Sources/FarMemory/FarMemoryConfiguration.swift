@@ -17,16 +17,25 @@ public struct FarMemoryConfiguration: Sendable {
     /// How long a failed fetch or write-back keeps reconnecting before it gives up
     /// (then the faulting access gets SIGBUS; a write-back restores the page locally).
     public var retryWindowSeconds: Double
+    /// How pages move: `.tcp`; `.rdma` (required: no device or no RDMA on the
+    /// server is an error); `.auto` (RDMA when this host has a device and the
+    /// server serves it, else TCP, said in the log).
+    public var transport: Transport
+
+    public enum Transport: String, Sendable, CaseIterable {
+        case tcp, rdma, auto
+    }
 
     public init(server: TCPSocket.Endpoint, budgetBytes: Int, token: [UInt8] = [],
                 evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
-                retryWindowSeconds: Double = 3) {
+                retryWindowSeconds: Double = 3, transport: Transport = .auto) {
         self.server = server
         self.budgetBytes = budgetBytes
         self.token = token
         self.evictionBatchPages = evictionBatchPages
         self.requestTimeoutSeconds = requestTimeoutSeconds
         self.retryWindowSeconds = retryWindowSeconds
+        self.transport = transport
     }
 
     var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }

@@ -11,6 +11,8 @@ public enum FarMemoryError: Error, CustomStringConvertible, Sendable {
     /// The server refused: out of capacity, wrong token, protocol mismatch, ...
     case serverRefused(ProtocolError)
     case invalidArgument(String)
+    /// The transport asked for cannot be used (RDMA required but not possible).
+    case transportUnavailable(String)
     case closed
     case system(String, Errno)
 
@@ -23,6 +25,7 @@ public enum FarMemoryError: Error, CustomStringConvertible, Sendable {
             if error.code == .outOfCapacity { return "memory server is out of capacity: \(error.message)" }
             return "memory server refused the request: \(error)"
         case .invalidArgument(let text): return "invalid argument: \(text)"
+        case .transportUnavailable(let text): return text
         case .closed: return "this FarMemory instance is closed"
         case .system(let what, let errno): return "\(what): \(errno)"
         }

@@ -353,7 +353,7 @@ final class FaultHandler: @unchecked Sendable {
         while true {
             do {
                 try withUnsafePointer(to: &fetchList) { pointer throws(ServerLink.LinkError) in
-                    try link.readPages(region: region.serverID, pages: UnsafeBufferPointer(start: pointer, count: 1), into: pageBuffer)
+                    try link.readPages(region: region.serverID, remote: region.remote, pages: UnsafeBufferPointer(start: pointer, count: 1), into: pageBuffer)
                 }
                 return true
             } catch {
@@ -493,7 +493,7 @@ final class FaultHandler: @unchecked Sendable {
                 region.states[page] = state & PageState.backed
                 counters.add(.cleanDrops)
             }
-            batch.entries.append(.init(regionSlot: slot, serverID: region.serverID, page: page,
+            batch.entries.append(.init(regionSlot: slot, serverID: region.serverID, remote: region.remote, page: page,
                                        stagingSlot: stagingSlot, dirty: dirty))
         }
         return batch.entries.count == limit

@@ -6,7 +6,7 @@ final class PagerCounters: @unchecked Sendable {
     enum Counter: Int, CaseIterable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
-        case budgetOvershoot, residentPages, stagedPages, writeBackFailures
+        case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut
     }
     private let values: UnsafeMutablePointer<UInt64>
     let faultService = LatencyHistogram()
@@ -57,6 +57,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var residentPages: UInt64
     public var stagedPages: UInt64
     public var writeBackFailures: UInt64
+    /// Pages read and written with one-sided RDMA (the rest went over TCP).
+    public var rdmaPagesIn: UInt64
+    public var rdmaPagesOut: UInt64
     /// Time the fault handler spent per fault, message read to page installed.
     public var serviceP50Nanoseconds: UInt64
     public var serviceP99Nanoseconds: UInt64
@@ -70,6 +73,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         parkedFaults = c.get(.parkedFaults); budgetOvershoot = c.get(.budgetOvershoot)
         residentPages = c.get(.residentPages); stagedPages = c.get(.stagedPages)
         writeBackFailures = c.get(.writeBackFailures)
+        rdmaPagesIn = c.get(.rdmaPagesIn); rdmaPagesOut = c.get(.rdmaPagesOut)
         serviceP50Nanoseconds = c.faultService.value(atPercentile: 50)
         serviceP99Nanoseconds = c.faultService.value(atPercentile: 99)
     }
@@ -80,7 +84,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         fetches \(fetches), zero-fills \(zeroFills), evictions \(evictions) (clean drops \(cleanDrops)), \
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
-        staged \(stagedPages), overshoot \(budgetOvershoot)
+        staged \(stagedPages), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

@@ -13,8 +13,11 @@ final class RegionRecord: @unchecked Sendable {
     var alive = true
     /// Address of page 0 now (it follows mremap); 0 once page 0 is unmapped.
     let currentBase: Atomic<UInt>
+    /// Where the server keeps the region for one-sided RDMA, if it exposed it.
+    let remote: RemoteRegion?
 
-    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt) {
+    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt, remote: RemoteRegion?) {
+        self.remote = remote
         self.serverID = serverID
         self.pageCount = pageCount
         self.slot = slot

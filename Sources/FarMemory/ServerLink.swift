@@ -16,6 +16,10 @@ final class ServerLink {
     private let header: UnsafeMutableRawPointer
     private let counters: PagerCounters
     private(set) var helloReply: HelloReply?
+    /// The RDMA data path, when attached. Any RDMA failure drops it (logged) and
+    /// the link carries on over TCP.
+    private(set) var rdma: RDMAChannel?
+    var onRDMAFailure: ((String) -> Void)?
 
     init(configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters) {
         self.configuration = configuration
@@ -29,6 +33,13 @@ final class ServerLink {
         socket?.close()
         request.deallocate()
         header.deallocate()
+    }
+
+    func attach(_ channel: RDMAChannel) { rdma = channel }
+
+    private func dropRDMA(_ reason: String) {
+        rdma = nil
+        onRDMAFailure?(reason)
     }
 
     func close() {
@@ -101,7 +112,19 @@ final class ServerLink {
 
     /// Fetches `pages` of `region` straight into `destination` (count x 4 KiB).
     /// The fault path: no allocation on success.
-    func readPages(region: UInt64, pages: UnsafeBufferPointer<UInt64>, into destination: UnsafeMutableRawPointer) throws(LinkError) {
+    func readPages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
+                   into destination: UnsafeMutableRawPointer) throws(LinkError) {
+        if let rdma, let remote {
+            do {
+                try rdma.transfer(write: false, remote: remote, pages: pages)
+                destination.copyMemory(from: rdma.buffer, byteCount: pages.count * 4096)
+                counters.add(.bytesIn, UInt64(pages.count * 4096))
+                counters.add(.rdmaPagesIn, UInt64(pages.count))
+                return
+            } catch {
+                dropRDMA(error.description)
+            }
+        }
         try connect()
         guard let socket else { throw .network("not connected") }
         let id = takeRequestID()
@@ -139,7 +162,19 @@ final class ServerLink {
     }
 
     /// Writes pages; `source(i)` gives the 4 KiB of the i-th page.
-    func writePages(region: UInt64, pages: UnsafeBufferPointer<UInt64>, source: (Int) -> UnsafeRawPointer) throws(LinkError) {
+    func writePages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
+                    source: (Int) -> UnsafeRawPointer) throws(LinkError) {
+        if let rdma, let remote {
+            for i in 0..<pages.count { (rdma.buffer + i * 4096).copyMemory(from: source(i), byteCount: 4096) }
+            do {
+                try rdma.transfer(write: true, remote: remote, pages: pages)
+                counters.add(.bytesOut, UInt64(pages.count * 4096))
+                counters.add(.rdmaPagesOut, UInt64(pages.count))
+                return
+            } catch {
+                dropRDMA(error.description)
+            }
+        }
         try connect()
         guard let socket else { throw .network("not connected") }
         let id = takeRequestID()

@@ -69,6 +69,7 @@ final class EvictionBatch: @unchecked Sendable {
     struct Entry {
         var regionSlot: Int
         var serverID: UInt64
+        var remote: RemoteRegion?
         var page: Int
         var stagingSlot: Int32
         var dirty: Bool

@@ -21,6 +21,9 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Application threads touching the region.") var threads = 2
     @Option(help: "Use this server instead of an embedded one (HOST:PORT).") var server: String?
     @Option(help: "Random page reads in the last phase.") var randomReads = 20000
+    @Option(help: "Page transport: tcp, rdma or auto.") var transport = "auto"
+    @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
+    @Flag(help: "Skip the plain userfaultfd baseline.") var noBaseline = false
 
     func run() throws {
         guard let budgetBytes = parseByteSize(budget), budgetBytes >= 256 << 10 else {
@@ -31,6 +34,9 @@ struct DemoCommand: ParsableCommand {
             return v
         } ?? budgetBytes * 4
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1...64") }
+        guard let pageTransport = FarMemoryConfiguration.Transport(rawValue: transport) else {
+            throw ValidationError("--transport must be tcp, rdma or auto")
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .warning
@@ -44,19 +50,22 @@ struct DemoCommand: ParsableCommand {
             endpoint = parsed
         } else {
             let started = try MemoryServer(configuration: ServerConfiguration(
-                listen: TCPSocket.Endpoint(host: "127.0.0.1", port: 0), capacityBytes: regionBytes * 2))
+                listen: TCPSocket.Endpoint(host: listenHost, port: 0), capacityBytes: regionBytes * 2,
+                transport: pageTransport == .tcp ? .tcp : .auto))
             started.start()
             embedded = started
-            endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: started.port)
+            endpoint = TCPSocket.Endpoint(host: listenHost, port: started.port)
         }
         defer { embedded?.stop() }
 
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes))
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes,
+                                                                         transport: pageTransport))
         defer { memory.close() }
         let region = try memory.allocate(bytes: regionBytes)
         let pages = region.pageCount
         print("farmem demo: \(formatByteSize(region.length)) region, \(formatByteSize(budgetBytes)) local budget "
-              + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, server \(embedded == nil ? endpoint.description : "embedded at \(endpoint)")")
+              + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, server \(embedded == nil ? endpoint.description : "embedded at \(endpoint)"), "
+              + "transport \(memory.usesRDMA ? "RDMA" : "TCP")")
 
         let pattern = PagePattern(seed: 0xFA12_3E40)
         let base = UInt(bitPattern: region.baseAddress!)
@@ -82,10 +91,10 @@ struct DemoCommand: ParsableCommand {
 
         // Baseline: the same sequential first-touch pass against a plain C
         // userfaultfd handler serving local memory (no network), same machine, same run.
-        let baselinePages = min(pages, 16384)
+        let baselinePages = noBaseline ? 0 : min(pages, 16384)
         var baselineLatency = [UInt64](repeating: 0, count: baselinePages)
         var baselineTotal: UInt64 = 0
-        let baselineResult = fm_baseline_uffd_roundtrip(UInt64(baselinePages), &baselineLatency, &baselineTotal)
+        let baselineResult = baselinePages == 0 ? -1 : fm_baseline_uffd_roundtrip(UInt64(baselinePages), &baselineLatency, &baselineTotal)
         var baseline = LatencySamples()
         for v in baselineLatency { baseline.add(v) }
 
@@ -97,7 +106,7 @@ struct DemoCommand: ParsableCommand {
         }
         if baselineResult == 0 {
             print(row("plain C uffd", pages: baselinePages, seconds: Double(baselineTotal) / 1e9, samples: baseline))
-        } else {
+        } else if baselinePages > 0 {
             print("plain C uffd     not run: \(Errno(negated: baselineResult))")
         }
         print("")
@@ -107,6 +116,7 @@ struct DemoCommand: ParsableCommand {
               + "bytes in \(formatByteSize(Int(stats.bytesIn))), bytes out \(formatByteSize(Int(stats.bytesOut)))")
         print("       resident \(stats.residentPages) pages, staged \(stats.stagedPages), budget overshoot \(stats.budgetOvershoot) pages, "
               + "EAGAIN retries \(stats.eagainRetries), network retries \(stats.retries)")
+        print("       RDMA pages in \(stats.rdmaPagesIn), out \(stats.rdmaPagesOut)")
         print("       handler service time per fetched fault: p50 \(microseconds(readService.serviceP50Nanoseconds)), "
               + "p99 \(microseconds(readService.serviceP99Nanoseconds)) (write phase: zero-fill p50 \(microseconds(afterWrite.serviceP50Nanoseconds)))")
         if baselineResult == 0 {

@@ -33,6 +33,12 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "Seconds a client may stall in the middle of a frame before it is disconnected.")
     var frameTimeout = 10.0
 
+    @Option(help: "Transports to serve: tcp, rdma (required) or auto (RDMA too when the listen address has an RDMA device).")
+    var transport = "auto"
+
+    @Option(help: "RDMA-CM port (default: the TCP port's number; RDMA-CM has its own port space).")
+    var rdmaPort: UInt16?
+
     @Option(help: "Write the bound port to this file once listening (for scripts and tests).")
     var portFile: String?
 
@@ -57,6 +63,9 @@ struct FarMemDaemon: ParsableCommand {
                 throw ValidationError("the token must be 1...\(ProtocolLimits.maxTokenLength) bytes")
             }
         }
+        guard let serverTransport = ServerConfiguration.Transport(rawValue: transport) else {
+            throw ValidationError("--transport must be tcp, rdma or auto")
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -64,7 +73,7 @@ struct FarMemDaemon: ParsableCommand {
         }
         let server = try MemoryServer(configuration: ServerConfiguration(
             listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections,
-            frameTimeoutSeconds: frameTimeout))
+            frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort))
         server.start()
         if let portFile {
             let text = "\(server.port)\n"

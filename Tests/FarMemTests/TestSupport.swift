@@ -28,11 +28,11 @@ final class ServerProcess {
     let stderrPipe = Pipe()
     private let directory: URL
 
-    init(capacity: String = "256MiB", token: String? = nil, extra: [String] = []) throws {
+    init(capacity: String = "256MiB", token: String? = nil, host: String = "127.0.0.1", extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("farmemd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let portFile = directory.appendingPathComponent("port").path
-        var arguments = ["--listen", "127.0.0.1:0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning"]
+        var arguments = ["--listen", "\(host):0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning"]
         if let token {
             let tokenPath = directory.appendingPathComponent("token").path
             try (token + "\n").write(toFile: tokenPath, atomically: true, encoding: .utf8)
@@ -42,7 +42,7 @@ final class ServerProcess {
         process.arguments = arguments + extra
         process.standardError = stderrPipe
         try process.run()
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(60)
         var port: UInt16?
         while port == nil, Date() < deadline, process.isRunning {
             if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n") {
@@ -55,7 +55,7 @@ final class ServerProcess {
             process.terminate()
             throw XCTSkip("farmemd did not start (is it built? \(BuiltProducts.path("farmemd")))")
         }
-        endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
+        endpoint = TCPSocket.Endpoint(host: host, port: port)
     }
 
     var isRunning: Bool { process.isRunning }

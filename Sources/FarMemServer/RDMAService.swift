@@ -1,0 +1,146 @@
+import CFarMemRDMA
+import FarMemProtocol
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// The server's RDMA side: an RDMA-CM listener whose connections join the
+/// session named by their ticket, and per-session protection domains in which
+/// regions are registered for one-sided READ and WRITE. Clients move pages
+/// with no server CPU on the data path; this thread only sees connects and
+/// disconnects.
+final class RDMAService: @unchecked Sendable {
+    let port: UInt16
+    private let listener: OpaquePointer
+    private let logger: Logger
+    private let stopping = Atomic<Bool>(false)
+    private var thread: PosixThread?
+
+    /// ticket -> session, and each session's ticket and protection domain.
+    private struct Book {
+        var sessionsByTicket: [SessionKey: Session] = [:]
+        var tickets: [ObjectIdentifier: [UInt8]] = [:]
+        var domains: [ObjectIdentifier: UnsafeMutableRawPointer] = [:]
+        var connections: [UnsafeMutableRawPointer: Session] = [:]
+    }
+    private let lock = Lock()
+    private var _book = Book()
+
+    private func withBook<T>(_ body: (inout Book) -> T) -> T { lock.withLock { body(&_book) } }
+
+    struct Unavailable: Error, CustomStringConvertible { let description: String }
+
+    init(host: String, port requested: UInt16, logger: Logger) throws(Unavailable) {
+        var bound: UInt16 = 0
+        var err: Int32 = 0
+        var why = [CChar](repeating: 0, count: 256)
+        guard let listener = fm_rdma_listen(host, requested, &bound, &err, &why, why.count) else {
+            throw Unavailable(description: String(cString: why))
+        }
+        self.listener = listener
+        self.port = bound
+        self.logger = logger
+    }
+
+    func start(detach: @escaping @Sendable (Session) -> Void) {
+        thread = PosixThread.spawn(name: "farmemd-rdma") { [self] in run(detach: detach) }
+    }
+
+    func stop() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        thread?.join()
+        let live = withBook { book in Array(book.connections.keys) }
+        for id in live { fm_rdma_drop(id) }
+        fm_rdma_listener_close(listener)
+    }
+
+    /// The session's ticket (made on first use).
+    func ticket(for session: Session) -> [UInt8] {
+        withBook { book in
+            if let ticket = book.tickets[ObjectIdentifier(session)] { return ticket }
+            var generator = SystemRandomNumberGenerator()
+            var ticket = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            ticket[0] |= 1
+            book.tickets[ObjectIdentifier(session)] = ticket
+            book.sessionsByTicket[SessionKey(ticket)] = session
+            return ticket
+        }
+    }
+
+    /// Registers a region in the session's protection domain.
+    func expose(region id: UInt64, of session: Session) throws(ProtocolError) -> RDMAExposeReply {
+        guard let domain = withBook({ $0.domains[ObjectIdentifier(session)] }) else {
+            throw ProtocolError(.rdmaUnavailable, "no RDMA connection of this session yet: connect with the RDMA_ATTACH ticket first")
+        }
+        return try session.withRegion(id) { region throws(ProtocolError) -> RDMAExposeReply in
+            if region.registration == nil {
+                var err: Int32 = 0
+                guard let mr = fm_rdma_register(domain, UnsafeMutableRawPointer(bitPattern: region.base), region.length, &err) else {
+                    throw ProtocolError(.rdmaUnavailable, "cannot register region \(id) for RDMA: \(Errno(negated: err))")
+                }
+                region.registration = mr
+                region.pinned = true
+            }
+            return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(region.registration), length: UInt64(region.length))
+        }
+    }
+
+    /// The session is gone (its regions are already deregistered): free its domain.
+    func forget(_ session: Session) {
+        let (domain, ticket) = withBook { book in
+            let ticket = book.tickets.removeValue(forKey: ObjectIdentifier(session))
+            if let ticket { book.sessionsByTicket[SessionKey(ticket)] = nil }
+            return (book.domains.removeValue(forKey: ObjectIdentifier(session)), ticket)
+        }
+        _ = ticket
+        if let domain { _ = fm_rdma_dealloc_pd(domain) }
+    }
+
+    private func run(detach: @escaping @Sendable (Session) -> Void) {
+        var event = fm_rdma_event()
+        while !stopping.load(ordering: .relaxed) {
+            let rc = fm_rdma_next_event(listener, &event, 200)
+            if rc <= 0 { continue }
+            guard let id = event.id else { continue }
+            switch Int(event.type) {
+            case Int(FM_RDMA_EVENT_CONNECT_REQUEST):
+                accept(id, event: event)
+            case Int(FM_RDMA_EVENT_DISCONNECTED):
+                if let session = withBook({ $0.connections.removeValue(forKey: id) }) {
+                    fm_rdma_drop(id)
+                    detach(session)
+                }
+            default:
+                break
+            }
+        }
+    }
+
+    private func accept(_ id: UnsafeMutableRawPointer, event: fm_rdma_event) {
+        let ticket = withUnsafeBytes(of: event.private_data) { Array($0.prefix(Int(event.private_len))) }
+        guard ticket.count >= 16, let session = withBook({ $0.sessionsByTicket[SessionKey(Array(ticket.prefix(16)))] }) else {
+            logger.warning("RDMA connection refused: unknown ticket")
+            _ = fm_rdma_reject(id, "unknown ticket")
+            return
+        }
+        let domain: UnsafeMutableRawPointer? = withBook { book in
+            if let domain = book.domains[ObjectIdentifier(session)] { return domain }
+            guard let domain = fm_rdma_alloc_pd(id) else { return nil }
+            book.domains[ObjectIdentifier(session)] = domain
+            return domain
+        }
+        guard let domain else {
+            _ = fm_rdma_reject(id, "no protection domain")
+            return
+        }
+        session.attach()
+        withBook { _ = $0.connections[id] = session }
+        let rc = fm_rdma_accept(id, domain)
+        if rc != 0 {
+            logger.warning("RDMA accept failed: \(Errno(negated: rc))")
+            withBook { _ = $0.connections.removeValue(forKey: id) }
+            fm_rdma_drop(id)
+            session.detachQuietly()
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import FarMemProtocol
+import FarMemSystem
+import FarMemWorkloads
+import Foundation
+import XCTest
+@testable import FarMemory
+
+/// The RDMA transport, for real, over Soft-RoCE. These run inside the QEMU
+/// guest that `make test-rdma` boots (deploy/rdma-vm), which sets
+/// FARMEM_RDMA_ADDRESS to the rxe device's address; elsewhere they skip.
+final class RDMATests: XCTestCase {
+    private var address: String!
+
+    override func setUpWithError() throws {
+        guard let address = ProcessInfo.processInfo.environment["FARMEM_RDMA_ADDRESS"], !address.isEmpty else {
+            throw XCTSkip("no RDMA device here: run `make test-rdma` (FARMEM_RDMA_ADDRESS unset)")
+        }
+        self.address = address
+    }
+
+    private func verifyAll(_ region: FarRegion, _ pattern: PagePattern) -> Int {
+        (0..<region.pageCount).filter { !pattern.verify(page: $0, at: region.baseAddress! + $0 * 4096).ok }.count
+    }
+
+    func testRegionFourTimesTheBudgetIsPagedOverRDMAWithEveryByteVerified() throws {
+        let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            server: server.endpoint, budgetBytes: 1 << 20, requestTimeoutSeconds: 10, transport: .rdma))
+        defer { memory.close() }
+        XCTAssertTrue(memory.usesRDMA)
+        let region = try memory.allocate(bytes: 4 << 20)
+        let pattern = PagePattern(seed: 11)
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.evictions, UInt64(region.pageCount), stats.description)
+        XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
+        // One-sided: the server's own counters saw no page move over TCP.
+        let server_ = try memory.serverStatistics()
+        XCTAssertEqual(server_.pagesRead, 0)
+        XCTAssertEqual(server_.pagesWritten, 0)
+    }
+
+    func testAutoFallsBackToTCPAndRequiredRDMAIsAClearError() throws {
+        let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "tcp"])
+        defer { server.stop() }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20, transport: .auto))
+        XCTAssertFalse(memory.usesRDMA, "a TCP-only server: auto falls back")
+        let region = try memory.allocate(bytes: 2 << 20)
+        let pattern = PagePattern(seed: 12)
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        memory.close()
+        XCTAssertThrowsError(try FarMemory(configuration: FarMemoryConfiguration(
+            server: server.endpoint, budgetBytes: 1 << 20, transport: .rdma))) { error in
+            guard case .transportUnavailable(let text) = error as? FarMemoryError else { return XCTFail("\(error)") }
+            XCTAssertTrue(text.contains("RDMA"), text)
+        }
+    }
+
+    /// Raw attach for the isolation tests: HELLO, a region, RDMA_ATTACH, an RDMA connection.
+    private func attach(_ server: ServerProcess, writeByte: UInt8?) throws -> (RawClient, RDMAChannel, RDMAExposeReply?) {
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        let attachReply = try client.call(.rdmaAttach, [])
+        XCTAssertNil(attachReply.error, attachReply.message)
+        let ticket = try attachReply.body.withUnsafeBytes { try RDMAAttachReply.decode($0) }
+        let channel = try RDMAChannel(host: address, port: ticket.port, ticket: ticket.ticket, capacityPages: 4, timeoutSeconds: 10)
+        guard let writeByte else { return (client, channel, nil) }
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4).encode()).error)
+        XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [2]) { _ in writeByte }).error)
+        let expose = try client.call(.rdmaExpose, RegionRef(regionID: 1).encode())
+        XCTAssertNil(expose.error, expose.message)
+        return (client, channel, try expose.body.withUnsafeBytes { try RDMAExposeReply.decode($0) })
+    }
+
+    func testAClientCannotUseAnotherClientsKeyOrATicketItWasNotGiven() throws {
+        let server = try ServerProcess(capacity: "16MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        let (alice, aliceChannel, exposed) = try attach(server, writeByte: 0x7E)
+        let region = try XCTUnwrap(exposed)
+        let remote = RemoteRegion(address: region.address, rkey: region.rkey, length: region.length)
+        var page: UInt64 = 2
+        try withUnsafePointer(to: &page) { try aliceChannel.transfer(write: false, remote: remote, pages: UnsafeBufferPointer(start: $0, count: 1)) }
+        XCTAssertEqual(aliceChannel.buffer.load(as: UInt8.self), 0x7E, "the owner reads its page one-sided")
+
+        // Mallory learns Alice's address and rkey but has her own protection domain.
+        let (mallory, malloryChannel, _) = try attach(server, writeByte: nil)
+        XCTAssertThrowsError(try withUnsafePointer(to: &page) {
+            try malloryChannel.transfer(write: true, remote: remote, pages: UnsafeBufferPointer(start: $0, count: 1))
+        }, "another session's rkey must not work")
+        try withUnsafePointer(to: &page) { try aliceChannel.transfer(write: false, remote: remote, pages: UnsafeBufferPointer(start: $0, count: 1)) }
+        XCTAssertEqual(aliceChannel.buffer.load(as: UInt8.self), 0x7E, "Alice's page is intact")
+        _ = (alice, mallory)
+
+        // A made-up ticket is rejected before any memory is reachable.
+        let ticketReply = try alice.call(.rdmaAttach, [])
+        let port = try ticketReply.body.withUnsafeBytes { try RDMAAttachReply.decode($0) }.port
+        XCTAssertThrowsError(try RDMAChannel(host: address, port: port, ticket: RawClient.randomKey(), capacityPages: 1, timeoutSeconds: 10))
+    }
+}
