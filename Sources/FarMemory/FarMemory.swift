@@ -90,7 +90,7 @@ public final class FarMemory: @unchecked Sendable {
             throw .kernelTooOld("this kernel's userfaultfd lacks \(missing.joined(separator: ", ")); FarMem needs Linux >= 6.8")
         }
         do {
-            try uffd.enable([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP])
+            try uffd.enable([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID])
         } catch {
             uffd.close()
             throw .system("UFFDIO_API", error)

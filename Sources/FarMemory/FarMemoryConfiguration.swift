@@ -21,6 +21,9 @@ public struct FarMemoryConfiguration: Sendable {
     /// server is an error); `.auto` (RDMA when this host has a device and the
     /// server serves it, else TCP, said in the log).
     public var transport: Transport
+    /// Most pages fetched ahead when faults follow a sequential or strided
+    /// pattern (capped at an eighth of the budget); 0 turns prefetching off.
+    public var prefetchPages: Int
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto
@@ -28,7 +31,8 @@ public struct FarMemoryConfiguration: Sendable {
 
     public init(server: TCPSocket.Endpoint, budgetBytes: Int, token: [UInt8] = [],
                 evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
-                retryWindowSeconds: Double = 3, transport: Transport = .auto) {
+                retryWindowSeconds: Double = 3, transport: Transport = .auto,
+                prefetchPages: Int = 64) {
         self.server = server
         self.budgetBytes = budgetBytes
         self.token = token
@@ -36,6 +40,7 @@ public struct FarMemoryConfiguration: Sendable {
         self.requestTimeoutSeconds = requestTimeoutSeconds
         self.retryWindowSeconds = retryWindowSeconds
         self.transport = transport
+        self.prefetchPages = max(0, prefetchPages)
     }
 
     var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }

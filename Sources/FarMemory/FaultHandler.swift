@@ -68,13 +68,15 @@ final class FaultHandler: @unchecked Sendable {
     /// the evictor reports (its madvise has returned), at the next event, or
     /// after a 1 ms poll for an application thread's madvise/munmap/mremap.
     private var awaitingEvent = false
-    private var pageBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    /// Fetched pages land here: the faulting page first, then the prefetched ones.
+    private let fetchBuffer: UnsafeMutableRawPointer
+    private let fetchPages: UnsafeMutablePointer<UInt64>
+    private var trends: TrendDetector
     /// A fetched page whose install met EAGAIN, kept for the retry so the
     /// deferred fault does not cross the network twice.
-    private var keptBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private let keptBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
     private var keptPage: (region: Int, page: Int)?
     private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
-    private var fetchList: UInt64 = 0
 
     init(uffd: Userfaultfd, link: ServerLink, staging: StagingArea, counters: PagerCounters,
          configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int) throws(Errno) {
@@ -90,6 +92,11 @@ final class FaultHandler: @unchecked Sendable {
         // resident target leaves room for a full staging area.
         highWater = max(budget - staging.slotCount, batchSize)
         notifier = try EventNotifier()
+        // Prefetch at most an eighth of the budget at once, and one protocol batch.
+        let window = min(configuration.prefetchPages, budget / 8, ProtocolLimits.maxBatchPages - 1)
+        trends = TrendDetector(maxWindow: window)
+        fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
+        fetchPages = .allocate(capacity: window + 1)
         zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         // Batches come back from the evictor; more are made only if rounds end short.
         for _ in 0..<(staging.slotCount / batchSize + 1) { spareBatches.append(EvictionBatch(capacity: batchSize)) }
@@ -98,7 +105,8 @@ final class FaultHandler: @unchecked Sendable {
     deinit {
         messages.deallocate()
         deferred.deallocate()
-        pageBuffer.deallocate()
+        fetchBuffer.deallocate()
+        fetchPages.deallocate()
         keptBuffer.deallocate()
         zeroPage.deallocate()
         queue.deallocate()
@@ -252,11 +260,14 @@ final class FaultHandler: @unchecked Sendable {
             return
         }
         let isWrite = message.flags & FM_UFFD_PAGEFAULT_FLAG_WRITE != 0
+        let trend = trends.record(thread: message.thread_id, region: region.slot, page: page)
         var source = zeroPage
         let fromServer = state & PageState.backed != 0
+        var fetched = 0
         if fromServer {
-            guard fetch(region: region, page: page, address: address) else { return }
-            source = pageBuffer
+            fetched = fetch(region: region, page: page, trend: trend, address: address)
+            guard fetched > 0 else { return }
+            source = UnsafeMutableRawPointer(fetchBuffer)
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault.
@@ -271,11 +282,12 @@ final class FaultHandler: @unchecked Sendable {
                 queue.push(EvictionQueue.pack(slot: region.slot, page: page))
             }
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
+            if fetched > 1 { installPrefetched(region: region, count: fetched - 1) }
         case .eventPending:
             region.states[page] = state
             resident -= 1
             if fromServer {
-                swap(&pageBuffer, &keptBuffer)
+                keptBuffer.copyMemory(from: fetchBuffer, byteCount: 4096)
                 keptPage = (region.slot, page)
             }
             deferUntilEvent(message)
@@ -335,27 +347,41 @@ final class FaultHandler: @unchecked Sendable {
         }
     }
 
-    /// Fetches one page into `pageBuffer`, reconnecting within the retry
-    /// window. On failure the page is poisoned: the access raises SIGBUS
-    /// instead of hanging forever.
-    private func fetch(region: RegionRecord, page: Int, address: UInt) -> Bool {
+    /// Fetches the faulting page, and the pages the trend predicts, into
+    /// `fetchBuffer` with one request, reconnecting within the retry window.
+    /// Returns how many pages arrived (0: failed, and the page was poisoned so
+    /// that the access raises SIGBUS instead of hanging forever).
+    private func fetch(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?, address: UInt) -> Int {
         if let kept = keptPage {
             keptPage = nil
             if kept == (region.slot, page) {
-                swap(&pageBuffer, &keptBuffer)
-                return true
+                fetchBuffer.copyMemory(from: keptBuffer, byteCount: 4096)
+                return 1
+            }
+        }
+        var count = 1
+        fetchPages[0] = UInt64(page)
+        if let trend {
+            // Consecutive predicted pages that live on the server, stopping at the
+            // first that does not (so installs stay in runs).
+            var candidate = page
+            for _ in 0..<trend.window {
+                candidate += trend.stride
+                guard candidate >= 0, candidate < region.pageCount else { break }
+                let state = region.states[candidate]
+                guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
+                fetchPages[count] = UInt64(candidate)
+                count += 1
             }
         }
         let deadline = monotonicSeconds() + configuration.retryWindowSeconds
         var delay = 0.02
         var reason = ""
-        fetchList = UInt64(page)
         while true {
             do {
-                try withUnsafePointer(to: &fetchList) { pointer throws(ServerLink.LinkError) in
-                    try link.readPages(region: region.serverID, remote: region.remote, pages: UnsafeBufferPointer(start: pointer, count: 1), into: pageBuffer)
-                }
-                return true
+                try link.readPages(region: region.serverID, remote: region.remote,
+                                   pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+                return count
             } catch {
                 if case .refused(let refusal) = error {
                     reason = "refused by the server: \(refusal)"
@@ -374,7 +400,44 @@ final class FaultHandler: @unchecked Sendable {
             logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
             try? uffd.wake(address, length: 4096)
         }
-        return false
+        return 0
+    }
+
+    /// Installs prefetched pages (fetchBuffer slots 1...count), write-protected
+    /// and clean. Contiguous pages go in with one UFFDIO_COPY. A page that is
+    /// already there or meets a pending event ends the run: the rest stay on the
+    /// server, which is always correct.
+    private func installPrefetched(region: RegionRecord, count: Int) {
+        var slot = 1
+        while slot <= count {
+            let first = Int(fetchPages[slot])
+            guard let address = region.address(of: first) else { return }
+            // Extend the run while pages are adjacent in the region and in memory.
+            var run = 1
+            while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
+                  region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
+            for i in 0..<run { region.states[first + i] |= PageState.resident }
+            let copied: Int
+            do {
+                copied = try uffd.copy(to: address, from: fetchBuffer + slot * 4096, length: run * 4096, writeProtect: true) / 4096
+            } catch {
+                for i in 0..<run { region.states[first + i] &= ~PageState.resident }
+                if error == .again { awaitingEvent = true }
+                return
+            }
+            for i in 0..<run {
+                let page = first + i
+                if i >= copied { region.states[page] &= ~PageState.resident; continue }
+                resident += 1
+                if region.states[page] & PageState.queued == 0 {
+                    region.states[page] |= PageState.queued
+                    queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+                }
+            }
+            counters.add(.prefetched, UInt64(copied))
+            if copied < run { return }
+            slot += run
+        }
     }
 
     // MARK: Non-cooperative events

@@ -6,7 +6,7 @@ final class PagerCounters: @unchecked Sendable {
     enum Counter: Int, CaseIterable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
-        case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut
+        case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched
     }
     private let values: UnsafeMutablePointer<UInt64>
     let faultService = LatencyHistogram()
@@ -57,6 +57,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var residentPages: UInt64
     public var stagedPages: UInt64
     public var writeBackFailures: UInt64
+    /// Pages fetched ahead of a fault because the access pattern predicted them.
+    public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
     public var rdmaPagesIn: UInt64
     public var rdmaPagesOut: UInt64
@@ -73,6 +75,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         parkedFaults = c.get(.parkedFaults); budgetOvershoot = c.get(.budgetOvershoot)
         residentPages = c.get(.residentPages); stagedPages = c.get(.stagedPages)
         writeBackFailures = c.get(.writeBackFailures)
+        prefetched = c.get(.prefetched)
         rdmaPagesIn = c.get(.rdmaPagesIn); rdmaPagesOut = c.get(.rdmaPagesOut)
         serviceP50Nanoseconds = c.faultService.value(atPercentile: 50)
         serviceP99Nanoseconds = c.faultService.value(atPercentile: 99)
@@ -81,7 +84,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var description: String {
         """
         faults \(faults) (write-protect \(writeProtectFaults), duplicate \(duplicateFaults), parked \(parkedFaults)), \
-        fetches \(fetches), zero-fills \(zeroFills), evictions \(evictions) (clean drops \(cleanDrops)), \
+        fetches \(fetches) (prefetched \(prefetched)), zero-fills \(zeroFills), evictions \(evictions) (clean drops \(cleanDrops)), \
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)

@@ -24,6 +24,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Page transport: tcp, rdma or auto.") var transport = "auto"
     @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
     @Flag(help: "Skip the plain userfaultfd baseline.") var noBaseline = false
+    @Option(help: "Most pages to prefetch on a sequential or strided trend (0: off).") var prefetch = 64
 
     func run() throws {
         guard let budgetBytes = parseByteSize(budget), budgetBytes >= 256 << 10 else {
@@ -59,7 +60,7 @@ struct DemoCommand: ParsableCommand {
         defer { embedded?.stop() }
 
         let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes,
-                                                                         transport: pageTransport))
+                                                                         transport: pageTransport, prefetchPages: prefetch))
         defer { memory.close() }
         let region = try memory.allocate(bytes: regionBytes)
         let pages = region.pageCount
@@ -110,7 +111,7 @@ struct DemoCommand: ParsableCommand {
             print("plain C uffd     not run: \(Errno(negated: baselineResult))")
         }
         print("")
-        print("pager: faults \(stats.faults), fetches \(stats.fetches), zero-fills \(stats.zeroFills), "
+        print("pager: faults \(stats.faults), fetches \(stats.fetches) (prefetched \(stats.prefetched)), zero-fills \(stats.zeroFills), "
               + "write-protect faults \(stats.writeProtectFaults), duplicates \(stats.duplicateFaults)")
         print("       evictions \(stats.evictions) (clean drops \(stats.cleanDrops)), write-backs \(stats.writeBacks), "
               + "bytes in \(formatByteSize(Int(stats.bytesIn))), bytes out \(formatByteSize(Int(stats.bytesOut)))")
