@@ -56,9 +56,9 @@ final class FaultHandler: @unchecked Sendable {
     private var running = true
 
     private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
-    /// Faults held back while the budget is full and the evictor has every
-    /// staging slot: events keep being read meanwhile (the evictor's madvise
-    /// waits for that), faults wait for its completion. Each blocked
+    /// Faults held back while the budget is full (until eviction makes room)
+    /// or an event is pending: events keep being read meanwhile (the evictor's
+    /// madvise waits for that), faults wait. Each blocked
     /// application thread has at most one fault outstanding, so this is small.
     private let deferred = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: FaultHandler.deferredCapacity)
     private var deferredCount = 0
@@ -151,10 +151,12 @@ final class FaultHandler: @unchecked Sendable {
         }
     }
 
-    /// Over budget with no staging slot to evict into: the next fault waits.
+    /// At the budget: the next fault waits until eviction has made room
+    /// (eviction runs first whenever it can; it cannot while every staging slot
+    /// is in flight or an event is pending).
     @inline(__always)
     private var mustThrottle: Bool {
-        !evictionSuspended && resident + staged >= budget && staging.freeCount == 0
+        !evictionSuspended && resident + staged >= budget
     }
 
     private func serveDeferred() {
@@ -361,11 +363,13 @@ final class FaultHandler: @unchecked Sendable {
         }
         var count = 1
         fetchPages[0] = UInt64(page)
-        if let trend {
+        // Never prefetch past the budget: only into the room left under it.
+        let headroom = budget - resident - staged - 1
+        if let trend, headroom > 0 {
             // Consecutive predicted pages that live on the server, stopping at the
             // first that does not (so installs stay in runs).
             var candidate = page
-            for _ in 0..<trend.window {
+            for _ in 0..<min(trend.window, headroom) {
                 candidate += trend.stride
                 guard candidate >= 0, candidate < region.pageCount else { break }
                 let state = region.states[candidate]
