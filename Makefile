@@ -6,7 +6,7 @@ APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release demo test clean
+.PHONY: all deps build release demo test test-rdma bench clean
 
 all: build
 
@@ -32,10 +32,22 @@ demo: release
 	.build/release/farmem demo $(DEMO_ARGS)
 
 # The tests start real farmemd processes and the failure probe, so every
-# product is built before the test bundle runs.
+# product is built before the test bundle runs. The RDMA suite runs first, in a
+# Soft-RoCE QEMU guest (deploy/rdma-vm); where QEMU cannot run it prints
+# "SKIP rdma: <reason>" and the host suite still runs.
 test: deps
 	$(SWIFT) build --build-tests
+	deploy/rdma-vm/run-rdma-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+
+# The RDMA suite alone; here a skip is a failure.
+test-rdma: deps
+	$(SWIFT) build --build-tests
+	FARMEM_REQUIRE_RDMA=1 deploy/rdma-vm/run-rdma-tests
+
+# Every workload and baseline (see README, Performance).
+bench: release
+	.build/release/farmem bench --all
 
 clean:
 	rm -rf .build

@@ -32,7 +32,7 @@ let package = Package(
             "FarMemProtocol", "FarMemSystem", "CFarMemSys", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
-        .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys"]),
+        .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys", "FarMemory"]),
         .executableTarget(name: "farmemd", dependencies: [
             "FarMemServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

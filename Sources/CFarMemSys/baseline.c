@@ -78,3 +78,53 @@ out_unmap:
     munmap(region, length);
     return err;
 }
+
+// The same plain handler as a region any workload can run on: every first
+// touch is a MISSING fault served from local memory (zeros), nothing is ever
+// evicted. The floor of any userfaultfd pager on this machine.
+struct fm_uffd_floor {
+    struct baseline_ctx ctx;
+    pthread_t thread;
+    char *region;
+    size_t length;
+};
+
+struct fm_uffd_floor *fm_uffd_floor_start(uint64_t pages, int *err) {
+    struct fm_uffd_floor *f = calloc(1, sizeof *f);
+    if (!f) { *err = -ENOMEM; return NULL; }
+    f->length = pages * 4096;
+    f->region = mmap(NULL, f->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (f->region == MAP_FAILED) { *err = -errno; free(f); return NULL; }
+    madvise(f->region, f->length, MADV_NOHUGEPAGE);
+    f->ctx.uffd = fm_uffd_open(0);
+    if (f->ctx.uffd < 0) f->ctx.uffd = fm_uffd_open_dev();
+    f->ctx.stop_fd = fm_eventfd();
+    uint64_t features = 0;
+    int rc;
+    if (f->ctx.uffd < 0) { rc = f->ctx.uffd; goto fail; }
+    if ((rc = fm_uffd_api(f->ctx.uffd, &features, NULL)) < 0) goto fail;
+    if ((rc = fm_uffd_register(f->ctx.uffd, (uint64_t)(uintptr_t)f->region, f->length, FM_UFFD_REGISTER_MODE_MISSING, NULL)) < 0) goto fail;
+    f->ctx.source = aligned_alloc(4096, 4096);
+    memset(f->ctx.source, 0, 4096);
+    if (pthread_create(&f->thread, NULL, baseline_handler, &f->ctx) != 0) { rc = -EAGAIN; free(f->ctx.source); goto fail; }
+    return f;
+fail:
+    if (f->ctx.uffd >= 0) close(f->ctx.uffd);
+    close(f->ctx.stop_fd);
+    munmap(f->region, f->length);
+    free(f);
+    *err = rc;
+    return NULL;
+}
+
+void *fm_uffd_floor_base(struct fm_uffd_floor *f) { return f->region; }
+
+void fm_uffd_floor_stop(struct fm_uffd_floor *f) {
+    fm_eventfd_signal(f->ctx.stop_fd);
+    pthread_join(f->thread, NULL);
+    close(f->ctx.uffd);
+    close(f->ctx.stop_fd);
+    munmap(f->region, f->length);
+    free(f->ctx.source);
+    free(f);
+}

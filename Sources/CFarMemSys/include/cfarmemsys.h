@@ -105,6 +105,13 @@ int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t 
 /// mremap(2) (variadic in glibc). Returns the new address or -errno.
 int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address);
 
+/// The same handler behind a region of `pages` that a workload can use:
+/// first touches fault and are served zeros from local memory; no eviction.
+struct fm_uffd_floor;
+struct fm_uffd_floor *fm_uffd_floor_start(uint64_t pages, int *err);
+void *fm_uffd_floor_base(struct fm_uffd_floor *floor);
+void fm_uffd_floor_stop(struct fm_uffd_floor *floor);
+
 /// Test support: fork; the child reads one byte at `address` and exits 0.
 /// Returns the child's raw wait status or -errno.
 int fm_fork_and_read(uint64_t address);

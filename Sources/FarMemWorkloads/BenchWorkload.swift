@@ -1,0 +1,173 @@
+import CFarMemSys
+import FarMemory
+
+/// The paging benchmark's workloads, each over `pages` pages at some base
+/// address: whatever memory backs it (local, a plain userfaultfd region, kernel
+/// swap, FarMem) runs the very same code. Access sequences are drawn before
+/// the clock starts; each access's first touch of its page is timed.
+public struct BenchWorkload: Sendable {
+    public enum Kind: String, CaseIterable, Sendable, Codable {
+        case sequential, strided, random, zipfian, rwmix, sort
+    }
+
+    public let kind: Kind
+    public let pages: Int
+    public let zipfSkew: Double
+    public let seed: UInt64
+
+    public init(kind: Kind, pages: Int, zipfSkew: Double = 0.99, seed: UInt64 = 42) {
+        self.kind = kind
+        self.pages = pages
+        self.zipfSkew = zipfSkew
+        self.seed = seed
+    }
+
+    public struct Result: Sendable, Codable {
+        public var seconds: Double
+        public var pagesAccessed: Int
+        public var latencyP50: UInt64
+        public var latencyP90: UInt64
+        public var latencyP99: UInt64
+        public var latencyP999: UInt64
+        public var verified: Bool
+        public var timedOut: Bool
+    }
+
+    private var pattern: PagePattern { PagePattern(seed: seed) }
+
+    /// Untimed: gives every page its content (the pattern, or random keys to sort).
+    public func prepare(_ base: UnsafeMutableRawPointer) {
+        if kind == .sort {
+            var state = seed
+            let words = base.assumingMemoryBound(to: UInt64.self)
+            for i in 0..<pages * 512 { words[i] = splitmix(&state) }
+        } else {
+            for page in 0..<pages { _ = pattern.write(page: page, at: base + page * 4096) }
+        }
+    }
+
+    /// The page sequence of one run (not for sort).
+    public func accessSequence() -> [Int] {
+        var state = seed ^ 0x5EED
+        switch kind {
+        case .sequential:
+            return Array(0..<pages)
+        case .strided:
+            let stride = 8
+            return (0..<stride).flatMap { offset in Swift.stride(from: offset, to: pages, by: stride) }
+        case .random, .rwmix:
+            return (0..<pages).map { _ in Int(splitmix(&state) % UInt64(pages)) }
+        case .zipfian:
+            // Ranks drawn from Zipf(skew) by inverse CDF, mapped to pages by a
+            // fixed shuffle so the hot pages are scattered over the region.
+            var cdf = [Double](repeating: 0, count: pages)
+            var sum = 0.0
+            for rank in 0..<pages {
+                sum += 1 / pow(Double(rank + 1), zipfSkew)
+                cdf[rank] = sum
+            }
+            var permutation = Array(0..<pages)
+            for i in stride(from: pages - 1, to: 0, by: -1) {
+                permutation.swapAt(i, Int(splitmix(&state) % UInt64(i + 1)))
+            }
+            return (0..<pages * 2).map { _ in
+                let u = Double(splitmix(&state) >> 11) / Double(1 << 53) * sum
+                var lo = 0, hi = pages - 1
+                while lo < hi {
+                    let mid = (lo + hi) / 2
+                    if cdf[mid] < u { lo = mid + 1 } else { hi = mid }
+                }
+                return permutation[lo]
+            }
+        case .sort:
+            return []
+        }
+    }
+
+    /// The timed part. Stops at `deadlineSeconds` (reported as timed out).
+    public func run(_ base: UnsafeMutableRawPointer, sequence: [Int], deadlineSeconds: Double) -> Result {
+        if kind == .sort { return runSort(base, deadlineSeconds: deadlineSeconds) }
+        let histogram = LatencyHistogram()
+        var ok = true
+        var checksum: UInt64 = 0
+        var state = seed
+        let start = fm_now_ns()
+        let deadline = start + UInt64(deadlineSeconds * 1e9)
+        var done = 0
+        let scan = kind == .sequential || kind == .strided
+        for page in sequence {
+            let words = (base + page * 4096).assumingMemoryBound(to: UInt64.self)
+            let t0 = fm_now_ns()
+            let first = words[0]
+            histogram.record(nanoseconds: fm_now_ns() &- t0)
+            if first != pattern.word(page: page, index: 0) { ok = false }
+            if scan {
+                for i in 1..<512 { checksum &+= words[i] }   // a scan reads the whole page
+            } else if kind == .rwmix, splitmix(&state) % 10 < 3 {
+                words[7] = pattern.word(page: page, index: 7)   // a write: same value, but the page is now dirty
+            } else {
+                checksum &+= words[Int(state & 511)]
+            }
+            done += 1
+            if done & 1023 == 0, fm_now_ns() > deadline { break }
+        }
+        let seconds = Double(fm_now_ns() - start) / 1e9
+        fm_sink(checksum)
+        return Result(seconds: seconds, pagesAccessed: done,
+                      latencyP50: histogram.value(atPercentile: 50), latencyP90: histogram.value(atPercentile: 90),
+                      latencyP99: histogram.value(atPercentile: 99), latencyP999: histogram.value(atPercentile: 99.9),
+                      verified: ok && done == sequence.count, timedOut: done < sequence.count)
+    }
+
+    /// In-place heapsort of the region as UInt64 keys (no second buffer, unlike
+    /// glibc's qsort), then a check that the keys are in order.
+    private func runSort(_ base: UnsafeMutableRawPointer, deadlineSeconds: Double) -> Result {
+        let a = base.assumingMemoryBound(to: UInt64.self)
+        let n = pages * 512
+        let start = fm_now_ns()
+        let deadline = start + UInt64(deadlineSeconds * 1e9)
+        var timedOut = false
+        func siftDown(_ root: Int, _ end: Int) {
+            var parent = root
+            while true {
+                var child = 2 * parent + 1
+                if child >= end { return }
+                if child + 1 < end && a[child] < a[child + 1] { child += 1 }
+                if a[parent] >= a[child] { return }
+                let t = a[parent]; a[parent] = a[child]; a[child] = t
+                parent = child
+            }
+        }
+        var i = n / 2 - 1
+        while i >= 0 {
+            siftDown(i, n)
+            if i & 4095 == 0, fm_now_ns() > deadline { timedOut = true; break }
+            i -= 1
+        }
+        var end = n - 1
+        while !timedOut && end > 0 {
+            let t = a[0]; a[0] = a[end]; a[end] = t
+            siftDown(0, end)
+            if end & 4095 == 0, fm_now_ns() > deadline { timedOut = true }
+            end -= 1
+        }
+        let seconds = Double(fm_now_ns() - start) / 1e9
+        var sorted = !timedOut
+        if sorted { for j in 1..<n where a[j - 1] > a[j] { sorted = false; break } }
+        return Result(seconds: seconds, pagesAccessed: pages, latencyP50: 0, latencyP90: 0, latencyP99: 0, latencyP999: 0,
+                      verified: sorted, timedOut: timedOut)
+    }
+}
+
+@inline(__always)
+func splitmix(_ state: inout UInt64) -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,372 @@
+import ArgumentParser
+import CFarMemSys
+import FarMemProtocol
+import FarMemServer
+import FarMemSystem
+import FarMemWorkloads
+import FarMemory
+import Foundation
+import Logging
+
+/// `farmem bench`: the paging workloads on every kind of memory a user would
+/// weigh FarMem against, side by side in one run: all-local memory, a plain
+/// userfaultfd handler serving local memory (the floor of any uffd pager),
+/// the kernel's swap on zram under the same memory budget, and FarMem over TCP
+/// to a local farmemd (with and without prefetching), and over RDMA when a
+/// device is present. A benchmark, not a test: it measures and reports.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmark FarMem against local memory, plain userfaultfd and kernel swap.")
+
+    @Flag(help: "Every workload at every budget (25%, 50%, 100%).") var all = false
+    @Option(help: "Workloads, comma-separated: sequential,strided,random,zipfian,rwmix,sort.") var workloads = "sequential,random"
+    @Option(help: "Budgets as percentages of the region, comma-separated.") var budgets = "25"
+    @Option(help: "Region size for every workload but sort.") var size = "128MiB"
+    @Option(help: "Array size for the in-place sort.") var sortSize = "16MiB"
+    @Option(help: "Zipf skew.") var zipfSkew = 0.99
+    @Option(help: "Longest time one run may take before it is stopped and reported as timed out.") var runDeadline = 60.0
+    @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
+    @Option(help: "Address of this host's RDMA device, to also run FarMem over RDMA.") var rdmaAddress: String?
+    @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
+
+    func run() throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        let kinds = try (all ? BenchWorkload.Kind.allCases.map(\.rawValue) : workloads.split(separator: ",").map(String.init)).map { name in
+            guard let kind = BenchWorkload.Kind(rawValue: name) else { throw ValidationError("unknown workload '\(name)'") }
+            return kind
+        }
+        let percents = try (all ? ["25", "50", "100"] : budgets.split(separator: ",").map(String.init)).map { text in
+            guard let value = Int(text), (1...100).contains(value) else { throw ValidationError("budgets are percentages 1...100") }
+            return value
+        }
+        guard let regionBytes = parseByteSize(size), regionBytes >= 4 << 20,
+              let sortBytes = parseByteSize(sortSize), sortBytes >= 1 << 20 else {
+            throw ValidationError("--size must be at least 4MiB and --sort-size at least 1MiB")
+        }
+
+        let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, zipfSkew: zipfSkew,
+                             deadline: runDeadline, rdmaAddress: rdmaAddress)
+        try bench.startServer(capacityBytes: max(regionBytes, sortBytes) * 2 + (64 << 20))
+        defer { bench.stopServer() }
+        var swap: KernelSwapSandbox?
+        if !noSwap {
+            do { swap = try KernelSwapSandbox(swapBytes: max(regionBytes, sortBytes) * 2) } catch {
+                FileHandle.standardError.write("kernel-swap baseline skipped: \(error)\n".data(using: .utf8)!)
+            }
+        }
+        defer { swap?.tearDown() }
+
+        let started = Date()
+        for kind in kinds {
+            bench.runWorkload(kind, percents: percents, swap: swap)
+        }
+        let roundTrips = bench.measureRoundTrips()
+        let report = BenchReport(rows: bench.rows, tcpRoundTripP50: roundTrips.tcp, uffdRoundTripP50: roundTrips.uffd, regionBytes: regionBytes, sortBytes: sortBytes, zipfSkew: zipfSkew,
+                                 seconds: Date().timeIntervalSince(started), command: CommandLine.arguments.joined(separator: " "))
+        print(report.table())
+        try report.writeJSON(to: json)
+        print("JSON written to \(json)")
+    }
+}
+
+/// One benchmark session: the local farmemd it talks to and the rows so far.
+final class BenchRun {
+    let regionPages: Int
+    let sortPages: Int
+    let zipfSkew: Double
+    let deadline: Double
+    let rdmaAddress: String?
+    private(set) var rows: [BenchRow] = []
+    private var server: Process?
+    private var endpoint: TCPSocket.Endpoint?
+    private var rdmaServer: MemoryServer?
+    private var progress = 0
+
+    init(regionPages: Int, sortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?) {
+        self.regionPages = regionPages
+        self.sortPages = sortPages
+        self.zipfSkew = zipfSkew
+        self.deadline = deadline
+        self.rdmaAddress = rdmaAddress
+    }
+
+    /// A real farmemd process next to this binary (TCP), and an embedded RDMA server if asked.
+    func startServer(capacityBytes: Int) throws {
+        let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let binary = directory.appendingPathComponent("farmemd").path
+        let portFile = NSTemporaryDirectory() + "farmem-bench-\(getpid()).port"
+        unlink(portFile)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--listen", "127.0.0.1:0", "--capacity", "\(capacityBytes)", "--port-file", portFile,
+                             "--transport", "tcp", "--log-level", "warning"]
+        do { try process.run() } catch { throw ValidationError("cannot start \(binary): \(error)") }
+        server = process
+        for _ in 0..<500 {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n"),
+               let port = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
+                break
+            }
+            usleep(20_000)
+        }
+        unlink(portFile)
+        guard endpoint != nil else { throw ValidationError("farmemd did not start") }
+        if let rdmaAddress {
+            let embedded = try MemoryServer(configuration: ServerConfiguration(
+                listen: TCPSocket.Endpoint(host: rdmaAddress, port: 0), capacityBytes: capacityBytes, transport: .rdma))
+            embedded.start()
+            rdmaServer = embedded
+        }
+    }
+
+    func stopServer() {
+        server?.terminate()
+        server?.waitUntilExit()
+        rdmaServer?.stop()
+    }
+
+    private func note(_ text: String) {
+        progress += 1
+        FileHandle.standardError.write("[\(progress)] \(text)\n".data(using: .utf8)!)
+    }
+
+    func runWorkload(_ kind: BenchWorkload.Kind, percents: [Int], swap: KernelSwapSandbox?) {
+        let pages = kind == .sort ? sortPages : regionPages
+        let workload = BenchWorkload(kind: kind, pages: pages, zipfSkew: zipfSkew)
+        let sequence = workload.accessSequence()
+
+        // (1) all local memory
+        let local = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
+        workload.prepare(local)
+        let localResult = workload.run(local, sequence: sequence, deadlineSeconds: deadline)
+        munmap(local, pages * 4096)
+        add(BenchRow(workload: kind, budgetPercent: 100, backend: "local", result: localResult))
+        note("\(kind) local: \(String(format: "%.3f", localResult.seconds)) s")
+
+        // (2) the uffd floor: every first touch a fault served from local memory
+        var floorSeconds: Double?
+        if kind != .sort {
+            var err: Int32 = 0
+            if let floor = fm_uffd_floor_start(UInt64(pages), &err) {
+                var result = workload.run(fm_uffd_floor_base(floor), sequence: sequence, deadlineSeconds: deadline)
+                fm_uffd_floor_stop(floor)
+                result.verified = true   // zeros by design: nothing to verify
+                floorSeconds = result.seconds
+                var row = BenchRow(workload: kind, budgetPercent: 0, backend: "uffd-floor", result: result)
+                row.note = "first touches served by a plain C uffd handler from local memory; no eviction"
+                add(row)
+                note("\(kind) uffd-floor: \(String(format: "%.3f", result.seconds)) s")
+            } else {
+                note("\(kind) uffd-floor skipped: \(Errno(negated: err))")
+            }
+        }
+
+        for percent in percents {
+            let budgetPages = max(64, pages * percent / 100)
+            // (3) kernel swap on zram under the same budget
+            if let swap {
+                let arguments = [CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue, "--pages", "\(pages)",
+                                 "--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
+                // The worker's own runtime (about 16 MiB) is not part of the budget FarMem gets either.
+                let limit = budgetPages * 4096 + (16 << 20)
+                do {
+                    let output = try swap.run(limitBytes: limit, arguments)
+                    let line = output.split(separator: "\n").last.map(String.init) ?? ""
+                    let result = try JSONDecoder().decode(BenchWorkload.Result.self, from: Data(line.utf8))
+                    var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: result)
+                    row.note = "zram swap, memory cgroup limit = budget + 16 MiB for the worker's runtime"
+                    add(row)
+                    note("\(kind) \(percent)% kernel-swap: \(String(format: "%.3f", result.seconds)) s")
+                } catch {
+                    note("\(kind) \(percent)% kernel-swap failed: \(error)")
+                }
+            }
+            // (4) FarMem over TCP, with and without prefetching; (5) over RDMA
+            runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp",
+                      endpoint: endpoint!, transport: .tcp, prefetch: 64)
+            runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprefetch",
+                      endpoint: endpoint!, transport: .tcp, prefetch: 0)
+            if let rdmaServer, let rdmaAddress {
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-rdma",
+                          endpoint: TCPSocket.Endpoint(host: rdmaAddress, port: rdmaServer.port), transport: .rdma, prefetch: 64)
+            }
+        }
+        // Ratios against this workload's local and floor runs.
+        for i in rows.indices where rows[i].workload == kind {
+            rows[i].ratioToLocal = rows[i].seconds / max(localResult.seconds, 1e-9)
+            if let floorSeconds { rows[i].ratioToFloor = rows[i].seconds / max(floorSeconds, 1e-9) }
+        }
+    }
+
+    private func runFarMem(_ workload: BenchWorkload, sequence: [Int], percent: Int, budgetPages: Int, backend: String,
+                           endpoint: TCPSocket.Endpoint, transport: FarMemoryConfiguration.Transport, prefetch: Int) {
+        do {
+            let memory = try FarMemory(configuration: FarMemoryConfiguration(
+                server: endpoint, budgetBytes: budgetPages * 4096, transport: transport, prefetchPages: prefetch))
+            defer { memory.close() }
+            let region = try memory.allocate(bytes: workload.pages * 4096)
+            workload.prepare(region.baseAddress!)
+            let before = memory.statistics
+            let result = workload.run(region.baseAddress!, sequence: sequence, deadlineSeconds: deadline)
+            let after = memory.statistics
+            var row = BenchRow(workload: workload.kind, budgetPercent: percent, backend: backend, result: result)
+            row.faults = after.faults - before.faults
+            row.prefetched = after.prefetched - before.prefetched
+            row.evictions = after.evictions - before.evictions
+            row.writeBacks = after.writeBacks - before.writeBacks
+            row.wireBytes = (after.bytesIn - before.bytesIn) + (after.bytesOut - before.bytesOut)
+            add(row)
+            region.close()
+            note("\(workload.kind) \(percent)% \(backend): \(String(format: "%.3f", result.seconds)) s, \(row.faults ?? 0) faults")
+        } catch {
+            note("\(workload.kind) \(percent)% \(backend) failed: \(error)")
+        }
+    }
+
+    private func add(_ row: BenchRow) { rows.append(row) }
+
+    /// The two costs a fault over TCP is made of, measured alone: a plain
+    /// userfaultfd round trip served from local memory, and a raw 4 KiB
+    /// request/response over loopback TCP (a fresh server thread, no FarMem code).
+    func measureRoundTrips() -> (uffd: UInt64, tcp: UInt64) {
+        var latencies = [UInt64](repeating: 0, count: 4096)
+        var total: UInt64 = 0
+        let uffd = fm_baseline_uffd_roundtrip(4096, &latencies, &total) == 0 ? median(latencies) : 0
+        var tcp: UInt64 = 0
+        if let listener = try? TCPSocket.listen(on: TCPSocket.Endpoint(host: "127.0.0.1", port: 0)) {
+            let port = listener.localPort
+            let echo = PosixThread.spawn(name: "bench-tcp") {
+                guard let peer = try? listener.accept() else { return }
+                let request = UnsafeMutableRawPointer.allocate(byteCount: 32, alignment: 8)
+                let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+                page.initializeMemory(as: UInt8.self, repeating: 7, count: 4096)
+                while (try? peer.readExactly(into: request, count: 32)) != nil {
+                    if (try? peer.writeAll(page, count: 4096)) == nil { break }
+                }
+                peer.close()
+                request.deallocate()
+                page.deallocate()
+            }
+            if let client = try? TCPSocket.connect(to: TCPSocket.Endpoint(host: "127.0.0.1", port: port), timeoutSeconds: 5) {
+                let request = UnsafeMutableRawPointer.allocate(byteCount: 32, alignment: 8)
+                let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+                var samples: [UInt64] = []
+                for _ in 0..<2000 {
+                    let t0 = fm_now_ns()
+                    guard (try? client.writeAll(request, count: 32)) != nil,
+                          (try? client.readExactly(into: page, count: 4096)) != nil else { break }
+                    samples.append(fm_now_ns() - t0)
+                }
+                tcp = median(samples)
+                client.close()
+                request.deallocate()
+                page.deallocate()
+            }
+            echo.join()
+            listener.close()
+        }
+        return (uffd, tcp)
+    }
+
+    private func median(_ values: [UInt64]) -> UInt64 {
+        guard !values.isEmpty else { return 0 }
+        return values.sorted()[values.count / 2]
+    }
+}
+
+/// One measured run.
+struct BenchRow: Codable {
+    var workload: BenchWorkload.Kind
+    /// 100 for local (no limit), 0 for the uffd floor (no eviction).
+    var budgetPercent: Int
+    var backend: String
+    var seconds: Double
+    var pagesAccessed: Int
+    var pagesPerSecond: Double
+    var gigabytesPerSecond: Double
+    var latencyP50Nanoseconds: UInt64
+    var latencyP90Nanoseconds: UInt64
+    var latencyP99Nanoseconds: UInt64
+    var latencyP999Nanoseconds: UInt64
+    var verified: Bool
+    var timedOut: Bool
+    var faults: UInt64?
+    var prefetched: UInt64?
+    var evictions: UInt64?
+    var writeBacks: UInt64?
+    var wireBytes: UInt64?
+    var ratioToLocal: Double?
+    var ratioToFloor: Double?
+    var note: String?
+
+    init(workload: BenchWorkload.Kind, budgetPercent: Int, backend: String, result: BenchWorkload.Result) {
+        self.workload = workload
+        self.budgetPercent = budgetPercent
+        self.backend = backend
+        seconds = result.seconds
+        pagesAccessed = result.pagesAccessed
+        pagesPerSecond = Double(result.pagesAccessed) / max(result.seconds, 1e-9)
+        gigabytesPerSecond = pagesPerSecond * 4096 / 1e9
+        latencyP50Nanoseconds = result.latencyP50
+        latencyP90Nanoseconds = result.latencyP90
+        latencyP99Nanoseconds = result.latencyP99
+        latencyP999Nanoseconds = result.latencyP999
+        verified = result.verified
+        timedOut = result.timedOut
+    }
+}
+
+struct BenchReport: Codable {
+    var rows: [BenchRow]
+    var tcpRoundTripP50: UInt64
+    var uffdRoundTripP50: UInt64
+    var regionBytes: Int
+    var sortBytes: Int
+    var zipfSkew: Double
+    var seconds: Double
+    var command: String
+
+    func table() -> String {
+        func us(_ ns: UInt64) -> String { ns == 0 ? "-" : String(format: "%.1f", Double(ns) / 1000) }
+        let header = ["workload", "budget", "backend", "time s", "GB/s", "kpages/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
+                      "faults", "prefetched", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
+        var cells = [header]
+        for row in rows {
+            let budget = row.backend == "local" ? "all" : row.backend == "uffd-floor" ? "-" : "\(row.budgetPercent)%"
+            cells.append([
+                row.workload.rawValue, budget, row.backend, String(format: "%.3f", row.seconds),
+                String(format: "%.3f", row.gigabytesPerSecond), String(format: "%.1f", row.pagesPerSecond / 1000),
+                us(row.latencyP50Nanoseconds), us(row.latencyP90Nanoseconds), us(row.latencyP99Nanoseconds),
+                us(row.latencyP999Nanoseconds),
+                row.faults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
+                row.evictions.map { "\($0)" } ?? "-", row.writeBacks.map { "\($0)" } ?? "-",
+                row.wireBytes.map { String(format: "%.1f", Double($0) / 1e6) } ?? "-",
+                row.ratioToLocal.map { String(format: "%.1f", $0) } ?? "-",
+                row.ratioToFloor.map { String(format: "%.2f", $0) } ?? "-",
+                row.timedOut ? "timeout" : row.verified ? "yes" : "NO",
+            ])
+        }
+        let widths = header.indices.map { column in cells.map { $0[column].count }.max()! }
+        var lines = cells.map { row in
+            row.enumerated().map { column, text in
+                column < 3 ? text.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+                           : String(repeating: " ", count: widths[column] - text.count) + text
+            }.joined(separator: "  ")
+        }
+        lines.append("")
+        lines.append("baselines: raw 4 KiB TCP request/response on loopback p50 \(us(tcpRoundTripP50)) us; "
+                     + "plain uffd round trip p50 \(us(uffdRoundTripP50)) us (both measured in this run)")
+        return lines.joined(separator: "\n")
+    }
+
+    func writeJSON(to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(self).write(to: URL(fileURLWithPath: path))
+    }
+}
