@@ -24,6 +24,10 @@ public struct FarMemoryConfiguration: Sendable {
     /// Most pages fetched ahead when faults follow a sequential or strided
     /// pattern (capped at an eighth of the budget); 0 turns prefetching off.
     public var prefetchPages: Int
+    /// How long the fault handler keeps polling for the next fault before it
+    /// blocks (0: block at once). Spinning trades a CPU for the wake-up cost;
+    /// see README, "Handler placement".
+    public var handlerSpinMicroseconds: Int
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto
@@ -32,7 +36,7 @@ public struct FarMemoryConfiguration: Sendable {
     public init(server: TCPSocket.Endpoint, budgetBytes: Int, token: [UInt8] = [],
                 evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
                 retryWindowSeconds: Double = 3, transport: Transport = .auto,
-                prefetchPages: Int = 64) {
+                prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0) {
         self.server = server
         self.budgetBytes = budgetBytes
         self.token = token
@@ -41,6 +45,7 @@ public struct FarMemoryConfiguration: Sendable {
         self.retryWindowSeconds = retryWindowSeconds
         self.transport = transport
         self.prefetchPages = max(0, prefetchPages)
+        self.handlerSpinMicroseconds = max(0, handlerSpinMicroseconds)
     }
 
     var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }
