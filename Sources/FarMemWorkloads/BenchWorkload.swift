@@ -31,6 +31,10 @@ public struct BenchWorkload: Sendable {
         public var latencyP999: UInt64
         public var verified: Bool
         public var timedOut: Bool
+
+        /// A run that produced nothing (it failed before it finished).
+        public static let none = Result(seconds: 0, pagesAccessed: 0, latencyP50: 0, latencyP90: 0, latencyP99: 0,
+                                        latencyP999: 0, verified: false, timedOut: false)
     }
 
     private var pattern: PagePattern { PagePattern(seed: seed) }

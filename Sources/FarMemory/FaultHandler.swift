@@ -92,9 +92,10 @@ final class FaultHandler: @unchecked Sendable {
         self.batchSize = batchSize
         spinNanoseconds = UInt64(max(0, configuration.handlerSpinMicroseconds)) * 1000
         budget = configuration.budgetPages
-        // Staged pages still use memory until the evictor frees them, so the
-        // resident target leaves room for a full staging area.
-        highWater = max(budget - staging.slotCount, batchSize)
+        // Eviction starts two batches below the budget; staged pages still count
+        // until the evictor frees them, and the throttle keeps resident + staged
+        // within the budget while it catches up.
+        highWater = max(budget - 2 * batchSize, batchSize)
         notifier = try EventNotifier()
         // Prefetch at most an eighth of the budget at once, and one protocol batch.
         let window = min(configuration.prefetchPages, budget / 8, ProtocolLimits.maxBatchPages - 1)

@@ -114,7 +114,7 @@ final class ProtocolVectorTests: XCTestCase {
         let url = BuiltProducts.repository.appendingPathComponent("protocol/vectors/vectors.json")
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any]
         let entries = manifest?["vectors"] as? [[String: Any]] ?? []
-        XCTAssertEqual(entries.count, 16)
+        XCTAssertEqual(entries.count, 20)
         for entry in entries {
             let file = try XCTUnwrap(entry["file"] as? String)
             let data = try Data(contentsOf: BuiltProducts.repository.appendingPathComponent("protocol/vectors/\(file)"))
@@ -131,5 +131,44 @@ final class ProtocolVectorTests: XCTestCase {
         XCTAssertEqual(parseByteSize("2GB"), 2_000_000_000)
         XCTAssertNil(parseByteSize("lots"))
         XCTAssertNil(parseByteSize("-5MiB"))
+    }
+}
+
+extension ProtocolVectorTests {
+    func testRDMAMessagesRoundTrip() throws {
+        func load(_ name: String) throws -> [UInt8] {
+            Array(try Data(contentsOf: BuiltProducts.repository.appendingPathComponent("protocol/vectors/\(name).bin")))
+        }
+        func payload(_ bytes: [UInt8]) throws -> (FrameHeader, [UInt8]) {
+            let header = try bytes.withUnsafeBytes { try FrameHeader.decode($0.baseAddress!) }
+            return (header, Array(bytes[FrameHeader.size...]))
+        }
+        func frame(_ opcode: UInt8, _ id: UInt32, _ body: [UInt8]) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: FrameHeader.size)
+            bytes.withUnsafeMutableBytes {
+                FrameHeader(opcode: opcode, requestID: id, payloadLength: UInt32(body.count)).encode(into: $0.baseAddress!)
+            }
+            return bytes + body
+        }
+        XCTAssertEqual(frame(Opcode.rdmaAttach.rawValue, 14, []), try load("rdma_attach_request"))
+        let (_, attachBody) = try payload(try load("rdma_attach_reply"))
+        let attach = try attachBody.withUnsafeBytes { try RDMAAttachReply.decode($0) }
+        XCTAssertEqual(attach, RDMAAttachReply(port: 7071, ticket: Array(0xA0...0xAF)))
+        XCTAssertEqual(frame(0x88, 14, attach.encode()), try load("rdma_attach_reply"))
+        XCTAssertEqual(frame(Opcode.rdmaExpose.rawValue, 15, RegionRef(regionID: 7).encode()), try load("rdma_expose_request"))
+        let (_, exposeBody) = try payload(try load("rdma_expose_reply"))
+        let expose = try exposeBody.withUnsafeBytes { try RDMAExposeReply.decode($0) }
+        XCTAssertEqual(expose, RDMAExposeReply(address: 0x7F00_0000_0000, rkey: 0x1234, length: 65536 * 4096))
+        XCTAssertEqual(frame(0x89, 15, expose.encode()), try load("rdma_expose_reply"))
+    }
+
+    func testTCPOnlyServerRefusesRDMAAttach() throws {
+        let server = try ServerProcess(capacity: "4MiB", extra: ["--transport", "tcp"])
+        defer { server.stop() }
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        let reply = try client.call(.rdmaAttach, [])
+        XCTAssertEqual(reply.error, .rdmaUnavailable)
+        XCTAssertNil(try client.call(.stats, []).error, "connection stays usable")
     }
 }

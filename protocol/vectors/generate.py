@@ -54,6 +54,12 @@ add("stats_reply", frame(0x87, 8, struct.pack("<10Q", 262144, 65536, 1000, 2, 6,
 add("error_out_of_capacity",
     frame(0x82, 9, b"server out of capacity", status=9),
     "CREATE_REGION refused with OUT_OF_CAPACITY (status 9) and a message")
+add("rdma_attach_request", frame(0x08, 14, b""), "RDMA_ATTACH")
+add("rdma_attach_reply", frame(0x88, 14, struct.pack("<HH", 7071, 0) + bytes(range(0xA0, 0xB0))),
+    "RDMA_ATTACH reply: RDMA-CM port 7071, ticket a0..af")
+add("rdma_expose_request", frame(0x09, 15, struct.pack("<Q", 7)), "RDMA_EXPOSE region 7")
+add("rdma_expose_reply", frame(0x89, 15, struct.pack("<QIIQ", 0x7F0000000000, 0x1234, 0, 65536 * 4096)),
+    "RDMA_EXPOSE reply: address 0x7f0000000000, rkey 0x1234, 256 MiB")
 add("bad_magic", frame(0x07, 10, b"", magic=b"XX"), "wrong magic: MALFORMED_FRAME, connection closed",
     valid=False, error="MALFORMED_FRAME")
 add("bad_version", frame(0x07, 11, b"", version=9), "frame version 9: UNSUPPORTED_VERSION, connection closed",

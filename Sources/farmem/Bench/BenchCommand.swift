@@ -24,7 +24,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Region size for every workload but sort.") var size = "128MiB"
     @Option(help: "Array size for the in-place sort.") var sortSize = "16MiB"
     @Option(help: "Zipf skew.") var zipfSkew = 0.99
-    @Option(help: "Longest time one run may take before it is stopped and reported as timed out.") var runDeadline = 60.0
+    @Option(help: "Longest time one run may take before it is stopped and reported as timed out.") var runDeadline = 30.0
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
     @Option(help: "Address of this host's RDMA device, to also run FarMem over RDMA.") var rdmaAddress: String?
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
@@ -59,6 +59,19 @@ struct BenchCommand: ParsableCommand {
             }
         }
         defer { swap?.tearDown() }
+        // Ctrl-C or SIGTERM mid-run still removes the swap device and cgroups.
+        let interruptions = [Int32(SIGINT), Int32(SIGTERM)].map { (number: Int32) -> DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [swap] in
+                swap?.tearDown()
+                bench.stopServer()
+                Foundation.exit(130)
+            }
+            source.resume()
+            return source
+        }
+        defer { interruptions.forEach { $0.cancel() } }
 
         let started = Date()
         for kind in kinds {
@@ -172,18 +185,29 @@ final class BenchRun {
             if let swap {
                 let arguments = [CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue, "--pages", "\(pages)",
                                  "--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
-                // The worker's own runtime (about 16 MiB) is not part of the budget FarMem gets either.
-                let limit = budgetPages * 4096 + (16 << 20)
+                // The worker's own runtime and access list are not part of the budget FarMem gets either.
+                let overhead = (try? swap.measurePeakCharge([CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue,
+                                                              "--pages", "\(pages)", "--measure-overhead"])) ?? (16 << 20)
+                // The kernel charges the cgroup for page tables and its own
+                // structures too: without some margin a tight limit OOM-kills the worker.
+                let limit = budgetPages * 4096 + overhead + (2 << 20)
                 do {
                     let output = try swap.run(limitBytes: limit, arguments)
                     let line = output.split(separator: "\n").last.map(String.init) ?? ""
                     let result = try JSONDecoder().decode(BenchWorkload.Result.self, from: Data(line.utf8))
                     var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: result)
-                    row.note = "zram swap, memory cgroup limit = budget + 16 MiB for the worker's runtime"
+                    row.note = "zram swap, memory cgroup limit = budget + \(overhead >> 10) KiB the worker is charged before its region + 2 MiB kernel margin; limit \(limit >> 10) KiB"
                     add(row)
                     note("\(kind) \(percent)% kernel-swap: \(String(format: "%.3f", result.seconds)) s")
                 } catch {
-                    note("\(kind) \(percent)% kernel-swap failed: \(error)")
+                    // Usually the cgroup's OOM killer (exit 9): the kernel could not keep the
+                    // workload within this limit. A result too, so it is reported as one.
+                    var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap",
+                                       result: .none)
+                    row.failed = true
+                    row.note = "failed under a \(limit >> 10) KiB cgroup limit: \(error)"
+                    add(row)
+                    note("\(kind) \(percent)% kernel-swap failed (cgroup limit \(limit >> 10) KiB): \(error)")
                 }
             }
             // (4) FarMem over TCP, with and without prefetching; (5) over RDMA
@@ -295,6 +319,8 @@ struct BenchRow: Codable {
     var latencyP999Nanoseconds: UInt64
     var verified: Bool
     var timedOut: Bool
+    /// The run did not complete (for kernel swap: killed under the cgroup limit).
+    var failed = false
     var faults: UInt64?
     var prefetched: UInt64?
     var evictions: UInt64?
@@ -348,7 +374,7 @@ struct BenchReport: Codable {
                 row.wireBytes.map { String(format: "%.1f", Double($0) / 1e6) } ?? "-",
                 row.ratioToLocal.map { String(format: "%.1f", $0) } ?? "-",
                 row.ratioToFloor.map { String(format: "%.2f", $0) } ?? "-",
-                row.timedOut ? "timeout" : row.verified ? "yes" : "NO",
+                row.failed ? "killed" : row.timedOut ? "timeout" : row.verified ? "yes" : "NO",
             ])
         }
         let widths = header.indices.map { column in cells.map { $0[column].count }.max()! }

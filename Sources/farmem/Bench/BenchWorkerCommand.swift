@@ -13,10 +13,15 @@ struct BenchWorkerCommand: ParsableCommand {
     @Option var pages: Int
     @Option var skew = 0.99
     @Option var deadline = 120.0
+    @Flag(help: "Print the resident bytes held before the region is allocated, and exit.") var measureOverhead = false
 
     func run() throws {
         let work = BenchWorkload(kind: workload, pages: pages, zipfSkew: skew)
         let sequence = work.accessSequence()
+        if measureOverhead {
+            print(residentBytes())
+            return
+        }
         let base = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
         work.prepare(base)
         let result = work.run(base, sequence: sequence, deadlineSeconds: deadline)
@@ -26,3 +31,11 @@ struct BenchWorkerCommand: ParsableCommand {
 }
 
 extension BenchWorkload.Kind: ExpressibleByArgument {}
+
+/// VmRSS of this process, from /proc/self/status.
+func residentBytes() -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    let kib = Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    return kib * 1024
+}

@@ -55,6 +55,23 @@ final class KernelSwapSandbox {
         return output
     }
 
+    /// Peak memory the cgroup was charged while `arguments` ran with no limit:
+    /// what the worker holds before its region (runtime, its access list).
+    func measurePeakCharge(_ arguments: [String]) throws -> Int {
+        let name = "\(cgroupRoot)/farmem-bench-\(getpid())-\(cgroups.count)"
+        try FileManager.default.createDirectory(atPath: name, withIntermediateDirectories: false)
+        cgroups.append(name)
+        let command = arguments.map { "'\($0)'" }.joined(separator: " ")
+        _ = try Self.shell("echo $$ > \(name)/cgroup.procs && exec \(command)")
+        let peakFile = v2 ? "\(name)/memory.peak" : "\(name)/memory.max_usage_in_bytes"
+        let peak = (try? String(contentsOfFile: peakFile, encoding: .utf8)).flatMap {
+            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        try? FileManager.default.removeItem(atPath: name)
+        guard let peak else { throw Unavailable(description: "cannot read \(peakFile)") }
+        return peak
+    }
+
     func tearDown() {
         guard !tornDown else { return }
         tornDown = true
