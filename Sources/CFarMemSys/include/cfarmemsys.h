@@ -105,6 +105,11 @@ int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t 
 /// mremap(2) (variadic in glibc). Returns the new address or -errno.
 int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address);
 
+/// Handler placement at the floor: mode 1 = a handler thread spinning on a
+/// non-blocking read; mode 2 = the faulting thread itself (UFFD_FEATURE_SIGBUS
+/// and a signal handler doing UFFDIO_COPY). Same output as above.
+int fm_baseline_uffd_placement(uint64_t pages, int mode, uint64_t *latencies_ns, uint64_t *total_ns);
+
 /// The same handler behind a region of `pages` that a workload can use:
 /// first touches fault and are served zeros from local memory; no eviction.
 struct fm_uffd_floor;

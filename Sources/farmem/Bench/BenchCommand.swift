@@ -28,6 +28,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
     @Option(help: "Address of this host's RDMA device, to also run FarMem over RDMA.") var rdmaAddress: String?
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
+    @Option(help: "Also draw a PNG (throughput per budget, latency percentiles) to this file.") var plot: String?
+    @Option(help: "The workload the plot shows (default: zipfian if run, else the first).") var plotWorkload: String?
 
     func run() throws {
         LoggingSystem.bootstrap { label in
@@ -78,11 +80,18 @@ struct BenchCommand: ParsableCommand {
             bench.runWorkload(kind, percents: percents, swap: swap)
         }
         let roundTrips = bench.measureRoundTrips()
-        let report = BenchReport(rows: bench.rows, tcpRoundTripP50: roundTrips.tcp, uffdRoundTripP50: roundTrips.uffd, regionBytes: regionBytes, sortBytes: sortBytes, zipfSkew: zipfSkew,
+        let report = BenchReport(rows: bench.rows, tcpRoundTripP50: roundTrips.tcp, uffdRoundTripP50: roundTrips.uffd,
+                                 uffdSpinningP50: roundTrips.spin, uffdInThreadP50: roundTrips.sigbus, regionBytes: regionBytes, sortBytes: sortBytes, zipfSkew: zipfSkew,
                                  seconds: Date().timeIntervalSince(started), command: CommandLine.arguments.joined(separator: " "))
         print(report.table())
         try report.writeJSON(to: json)
         print("JSON written to \(json)")
+        if let plot {
+            let shown = plotWorkload ?? (kinds.contains(.zipfian) ? "zipfian" : kinds[0].rawValue)
+            let png = BenchPlot(report: report, workload: shown).render().encode()
+            try Data(png).write(to: URL(fileURLWithPath: plot))
+            print("plot of \(shown) written to \(plot)")
+        }
     }
 }
 
@@ -257,10 +266,12 @@ final class BenchRun {
     /// The two costs a fault over TCP is made of, measured alone: a plain
     /// userfaultfd round trip served from local memory, and a raw 4 KiB
     /// request/response over loopback TCP (a fresh server thread, no FarMem code).
-    func measureRoundTrips() -> (uffd: UInt64, tcp: UInt64) {
+    func measureRoundTrips() -> (uffd: UInt64, spin: UInt64, sigbus: UInt64, tcp: UInt64) {
         var latencies = [UInt64](repeating: 0, count: 4096)
         var total: UInt64 = 0
         let uffd = fm_baseline_uffd_roundtrip(4096, &latencies, &total) == 0 ? median(latencies) : 0
+        let spin = fm_baseline_uffd_placement(4096, 1, &latencies, &total) == 0 ? median(latencies) : 0
+        let sigbus = fm_baseline_uffd_placement(4096, 2, &latencies, &total) == 0 ? median(latencies) : 0
         var tcp: UInt64 = 0
         if let listener = try? TCPSocket.listen(on: TCPSocket.Endpoint(host: "127.0.0.1", port: 0)) {
             let port = listener.localPort
@@ -294,7 +305,7 @@ final class BenchRun {
             echo.join()
             listener.close()
         }
-        return (uffd, tcp)
+        return (uffd, spin, sigbus, tcp)
     }
 
     private func median(_ values: [UInt64]) -> UInt64 {
@@ -351,6 +362,8 @@ struct BenchReport: Codable {
     var rows: [BenchRow]
     var tcpRoundTripP50: UInt64
     var uffdRoundTripP50: UInt64
+    var uffdSpinningP50: UInt64
+    var uffdInThreadP50: UInt64
     var regionBytes: Int
     var sortBytes: Int
     var zipfSkew: Double
@@ -387,6 +400,9 @@ struct BenchReport: Codable {
         lines.append("")
         lines.append("baselines: raw 4 KiB TCP request/response on loopback p50 \(us(tcpRoundTripP50)) us; "
                      + "plain uffd round trip p50 \(us(uffdRoundTripP50)) us (both measured in this run)")
+        lines.append("handler placement at the floor (plain C, page from local memory): handler thread blocked in poll "
+                     + "\(us(uffdRoundTripP50)) us, handler thread spinning on read \(us(uffdSpinningP50)) us, "
+                     + "in the faulting thread (UFFD_FEATURE_SIGBUS) \(us(uffdInThreadP50)) us (p50 per fault)")
         return lines.joined(separator: "\n")
     }
 
