@@ -13,19 +13,14 @@ import Synchronization
 ///     try region.close()
 ///     memory.close()
 ///
-/// Threads: one fault handler (owns all page state; no lock on the fault
-/// path) and one evictor (write-back and discards), each with its own
-/// connection; a third connection carries control requests.
+/// Threads: a fault handler (owns all page state; no lock on the fault path)
+/// and an evictor (write-back and discards) per shard, each with its own
+/// connection (see `PagerShard`); one more connection carries control requests.
 public final class FarMemory: @unchecked Sendable {
     public let configuration: FarMemoryConfiguration
-    private let uffd: Userfaultfd
     private let control: Mutex<ServerLinkBox>
-    private let staging: StagingArea
-    private let handler: FaultHandler
-    private let evictor: Evictor
-    private let handlerThread: PosixThread
-    private let evictorThread: PosixThread
-    private let counters: PagerCounters
+    private let shards: [PagerShard]
+    private let histogram = LatencyHistogram()
     private let logger: Logger
     private let sessionKey: [UInt8]
     /// Whether the pager threads' data path is RDMA (regions are then exposed for one-sided access).
@@ -33,7 +28,7 @@ public final class FarMemory: @unchecked Sendable {
     private struct Book {
         var nextRegionSlot = 0
         var nextRegionID: UInt64 = 1
-        var open: [UInt64: RegionRecord] = [:]
+        var open: [UInt64: [RegionRecord]] = [:]
         var closed = false
     }
     private let book = Mutex(Book())
@@ -75,36 +70,31 @@ public final class FarMemory: @unchecked Sendable {
         }
         self.configuration = configuration
         self.logger = logger
-        counters = PagerCounters()
-
+        let shardCount = configuration.handlerThreads
+        guard configuration.budgetPages / shardCount >= 64 else {
+            throw .invalidArgument("each of \(shardCount) handler threads needs at least 64 pages of budget")
+        }
         let supported: Userfaultfd.Features
         do {
-            uffd = try Userfaultfd.open()
             supported = try Userfaultfd.supportedFeatures()
         } catch {
             throw .userfaultfdUnavailable(Userfaultfd.explain(error))
         }
         let missing = Self.requiredFeatures.filter { !supported.contains($0.0) }.map(\.1)
         guard missing.isEmpty else {
-            uffd.close()
             throw .kernelTooOld("this kernel's userfaultfd lacks \(missing.joined(separator: ", ")); FarMem needs Linux >= 6.8")
-        }
-        do {
-            try uffd.enable([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID])
-        } catch {
-            uffd.close()
-            throw .system("UFFDIO_API", error)
         }
 
         var generator = SystemRandomNumberGenerator()
-        sessionKey = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        let controlLink = ServerLink(configuration: configuration, sessionKey: sessionKey, counters: counters)
-        let faultLink = ServerLink(configuration: configuration, sessionKey: sessionKey, counters: counters)
-        let writeLink = ServerLink(configuration: configuration, sessionKey: sessionKey, counters: counters)
+        let key = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        sessionKey = key
+        let linkCounters = PagerCounters()
+        let controlLink = ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters)
+        let faultLinks = (0..<shardCount).map { _ in ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters) }
+        let writeLinks = (0..<shardCount).map { _ in ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters) }
         do {
-            for link in [controlLink, faultLink, writeLink] { try link.connect() }
+            for link in [controlLink] + faultLinks + writeLinks { try link.connect() }
         } catch {
-            uffd.close()
             switch error {
             case .network(let text): throw .serverUnreachable(text)
             case .refused(let refusal): throw .serverRefused(refusal)
@@ -112,39 +102,31 @@ public final class FarMemory: @unchecked Sendable {
         }
         control = Mutex(ServerLinkBox(link: controlLink))
         let rdmaReason = Self.attachRDMA(configuration: configuration, control: controlLink,
-                                         links: [faultLink, writeLink], logger: logger)
+                                         links: faultLinks + writeLinks, logger: logger)
         usesRDMA = rdmaReason == nil
         if let rdmaReason {
             if configuration.transport == .rdma {
-                uffd.close()
                 throw .transportUnavailable("RDMA was required but is unavailable: \(rdmaReason)")
             }
             if configuration.transport == .auto { logger.info("using TCP: \(rdmaReason)") }
         } else {
             logger.info("using RDMA to \(configuration.server)")
         }
-        for link in [faultLink, writeLink] {
+        for link in faultLinks + writeLinks {
             link.onRDMAFailure = { [logger] reason in logger.error("\(reason); this connection falls back to TCP") }
         }
-
-        let budget = configuration.budgetPages
-        let stagingSlots = min(max(budget / 4, 32), 1024)
-        let batchSize = max(1, min(configuration.evictionBatchPages, stagingSlots / 2))
+        var started: [PagerShard] = []
         do {
-            staging = try StagingArea(slots: stagingSlots, uffd: uffd)
-            handler = try FaultHandler(uffd: uffd, link: faultLink, staging: staging, counters: counters,
-                                       configuration: configuration, logger: logger, batchSize: batchSize)
+            for index in 0..<shardCount {
+                started.append(try PagerShard(index: index, budgetPages: configuration.budgetPages / shardCount,
+                                              configuration: configuration, faultLink: faultLinks[index],
+                                              writeLink: writeLinks[index], histogram: histogram, logger: logger))
+            }
         } catch {
-            uffd.close()
-            throw .system("setting up the staging area", error)
+            for shard in started { shard.stop() }
+            throw error
         }
-        let handler = self.handler
-        evictor = Evictor(link: writeLink, staging: staging, counters: counters, configuration: configuration,
-                          logger: logger) { batch, released in handler.evictionCompleted(batch, released: released) }
-        handler.evictor = evictor
-        handlerThread = PosixThread.spawn(name: "farmem-fault") { handler.run() }
-        let evictor = self.evictor
-        evictorThread = PosixThread.spawn(name: "farmem-evict") { evictor.run() }
+        shards = started
     }
 
     /// Allocates a far region of at least `bytes` (rounded up to whole pages),
@@ -173,8 +155,13 @@ public final class FarMemory: @unchecked Sendable {
             _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
             throw .system("mapping a \(length)-byte region", error)
         }
+        // One contiguous chunk per shard (a single chunk with one handler thread).
+        let chunkPages = (pages + shards.count - 1) / shards.count
+        let chunks = (0..<shards.count).map { k in min(k * chunkPages, pages)..<min((k + 1) * chunkPages, pages) }
         do {
-            try uffd.register(base, length: length, mode: [.missing, .writeProtect])
+            for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
+                try shard.uffd.register(base + UInt(chunk.lowerBound * 4096), length: chunk.count * 4096, mode: [.missing, .writeProtect])
+            }
         } catch {
             MemoryMapping.unmap(base, length: length)
             _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
@@ -192,37 +179,34 @@ public final class FarMemory: @unchecked Sendable {
                 logger.error("region \(id) is not exposed for RDMA (\(error)); its pages move over TCP")
             }
         }
-        let record = RegionRecord(serverID: id, pageCount: pages, slot: slot, base: base, remote: remote)
-        let added = DispatchSemaphore(value: 0)
-        handler.send(.add(record, added))
-        added.wait()
-        book.withLock { _ = $0.open[id] = record }
-        return FarRegion(memory: self, record: record, length: length)
+        var records: [RegionRecord] = []
+        for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
+            let record = RegionRecord(serverID: id, pageCount: pages, slot: slot, base: base, chunk: chunk, remote: remote)
+            shard.add(record)
+            records.append(record)
+        }
+        book.withLock { _ = $0.open[id] = records }
+        return FarRegion(memory: self, records: records, length: length)
     }
 
-    func close(_ record: RegionRecord) {
-        guard book.withLock({ $0.open.removeValue(forKey: record.serverID) }) != nil else { return }
-        let done = DispatchSemaphore(value: 0)
-        let extents = Mutex<[Extent]>([])
-        handler.send(.remove(record) { remaining in
-            extents.withLock { $0 = remaining }
-            done.signal()
-        })
-        done.wait()
-        // Unregistered first, so this munmap sends no event and waits for no one.
-        for extent in extents.withLock({ $0 }) {
-            MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
+    func close(regionID id: UInt64) {
+        guard let records = book.withLock({ $0.open.removeValue(forKey: id) }) else { return }
+        for (shard, record) in zip(shards, records) {
+            // Unregistered first, so this munmap sends no event and waits for no one.
+            for extent in shard.remove(record) {
+                MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
+            }
         }
         _ = try? withControl { link throws(ServerLink.LinkError) in
-            try link.exchange(.dropRegion, RegionRef(regionID: record.serverID).encode())
+            try link.exchange(.dropRegion, RegionRef(regionID: id).encode())
         }
     }
 
-    /// What the pager has done so far.
-    public var statistics: PagerStatistics { PagerStatistics(counters) }
+    /// What the pager has done so far (all shards together).
+    public var statistics: PagerStatistics { PagerStatistics(shards.map(\.counters)) }
 
     /// Resets the fault-service histogram (between phases of a measurement).
-    public func resetLatencyHistogram() { counters.faultService.reset() }
+    public func resetLatencyHistogram() { histogram.reset() }
 
     /// The memory server's figures, and this client's share of them.
     public func serverStatistics() throws(FarMemoryError) -> ServerStats {
@@ -235,20 +219,14 @@ public final class FarMemory: @unchecked Sendable {
     /// Closes every region, stops the pager threads and disconnects; the
     /// server then frees this client's pages. Idempotent.
     public func close() {
-        let open: [RegionRecord]? = book.withLock { book in
+        let open: [UInt64]? = book.withLock { book in
             guard !book.closed else { return nil }
             book.closed = true
-            return Array(book.open.values)
+            return Array(book.open.keys)
         }
         guard let open else { return }
-        for record in open { close(record) }
-        // The evictor first: its staging madvise needs the handler to read events.
-        evictor.submit(.stop)
-        evictorThread.join()
-        handler.send(.stop)
-        handlerThread.join()
-        staging.unmap(uffd: uffd)
-        uffd.close()
+        for id in open { close(regionID: id) }
+        for shard in shards { shard.stop() }
         control.withLock { $0.link.close() }
     }
 
@@ -274,23 +252,24 @@ struct ServerLinkBox: @unchecked Sendable {
 /// A far-memory region: ordinary memory to the application, paged by FarMemory.
 public final class FarRegion: @unchecked Sendable {
     private let memory: FarMemory
-    private let record: RegionRecord
+    /// One per shard; the first holds page 0.
+    private let records: [RegionRecord]
     /// Bytes, a multiple of the page size.
     public let length: Int
 
-    init(memory: FarMemory, record: RegionRecord, length: Int) {
+    init(memory: FarMemory, records: [RegionRecord], length: Int) {
         self.memory = memory
-        self.record = record
+        self.records = records
         self.length = length
     }
 
     /// Where the region starts now. It follows mremap (nil once page 0 was unmapped).
     public var baseAddress: UnsafeMutableRawPointer? {
-        UnsafeMutableRawPointer(bitPattern: record.currentBase.load(ordering: .acquiring))
+        UnsafeMutableRawPointer(bitPattern: records[0].currentBase.load(ordering: .acquiring))
     }
 
     /// Unmaps the region and frees its pages on the server.
-    public func close() { memory.close(record) }
+    public func close() { memory.close(regionID: records[0].serverID) }
 
-    public var pageCount: Int { record.pageCount }
+    public var pageCount: Int { records[0].pageCount }
 }

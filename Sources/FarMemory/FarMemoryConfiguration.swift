@@ -28,6 +28,11 @@ public struct FarMemoryConfiguration: Sendable {
     /// blocks (0: block at once). Spinning trades a CPU for the wake-up cost;
     /// see README, "Handler placement".
     public var handlerSpinMicroseconds: Int
+    /// Fault-handler threads (each with its own evictor, connections and an
+    /// equal share of the budget); every region is split into that many
+    /// contiguous chunks. More than one means a region is several mappings to
+    /// the kernel, so `mremap` of a whole region fails (EFAULT). See README.
+    public var handlerThreads: Int
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto
@@ -36,7 +41,8 @@ public struct FarMemoryConfiguration: Sendable {
     public init(server: TCPSocket.Endpoint, budgetBytes: Int, token: [UInt8] = [],
                 evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
                 retryWindowSeconds: Double = 3, transport: Transport = .auto,
-                prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0) {
+                prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0,
+                handlerThreads: Int = 1) {
         self.server = server
         self.budgetBytes = budgetBytes
         self.token = token
@@ -46,6 +52,7 @@ public struct FarMemoryConfiguration: Sendable {
         self.transport = transport
         self.prefetchPages = max(0, prefetchPages)
         self.handlerSpinMicroseconds = max(0, handlerSpinMicroseconds)
+        self.handlerThreads = min(max(1, handlerThreads), 64)
     }
 
     var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }

@@ -82,7 +82,7 @@ final class FaultHandler: @unchecked Sendable {
     private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
 
     init(uffd: Userfaultfd, link: ServerLink, staging: StagingArea, counters: PagerCounters,
-         configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int) throws(Errno) {
+         configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int, budgetPages: Int) throws(Errno) {
         self.uffd = uffd
         self.link = link
         self.staging = staging
@@ -91,7 +91,7 @@ final class FaultHandler: @unchecked Sendable {
         self.logger = logger
         self.batchSize = batchSize
         spinNanoseconds = UInt64(max(0, configuration.handlerSpinMicroseconds)) * 1000
-        budget = configuration.budgetPages
+        budget = budgetPages
         // Eviction starts two batches below the budget; staged pages still count
         // until the evictor frees them, and the throttle keeps resident + staged
         // within the budget while it catches up.

@@ -9,9 +9,11 @@ final class PagerCounters: @unchecked Sendable {
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched
     }
     private let values: UnsafeMutablePointer<UInt64>
-    let faultService = LatencyHistogram()
+    /// Shared by all shards of one FarMemory (recording is an atomic add).
+    let faultService: LatencyHistogram
 
-    init() {
+    init(faultService: LatencyHistogram = LatencyHistogram()) {
+        self.faultService = faultService
         values = .allocate(capacity: Counter.allCases.count)
         values.initialize(repeating: 0, count: Counter.allCases.count)
     }
@@ -66,19 +68,21 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var serviceP50Nanoseconds: UInt64
     public var serviceP99Nanoseconds: UInt64
 
-    init(_ c: PagerCounters) {
-        faults = c.get(.faults); writeProtectFaults = c.get(.writeProtectFaults)
-        duplicateFaults = c.get(.duplicateFaults); fetches = c.get(.fetches); zeroFills = c.get(.zeroFills)
-        evictions = c.get(.evictions); cleanDrops = c.get(.cleanDrops); writeBacks = c.get(.writeBacks)
-        discards = c.get(.discards); bytesIn = c.get(.bytesIn); bytesOut = c.get(.bytesOut)
-        retries = c.get(.retries); poisoned = c.get(.poisoned); eagainRetries = c.get(.eagain)
-        parkedFaults = c.get(.parkedFaults); budgetOvershoot = c.get(.budgetOvershoot)
-        residentPages = c.get(.residentPages); stagedPages = c.get(.stagedPages)
-        writeBackFailures = c.get(.writeBackFailures)
-        prefetched = c.get(.prefetched)
-        rdmaPagesIn = c.get(.rdmaPagesIn); rdmaPagesOut = c.get(.rdmaPagesOut)
-        serviceP50Nanoseconds = c.faultService.value(atPercentile: 50)
-        serviceP99Nanoseconds = c.faultService.value(atPercentile: 99)
+    /// Sums the shards' counters (budget overshoot: the sum of each shard's largest).
+    init(_ shards: [PagerCounters]) {
+        func sum(_ counter: PagerCounters.Counter) -> UInt64 { shards.reduce(0) { $0 + $1.get(counter) } }
+        faults = sum(.faults); writeProtectFaults = sum(.writeProtectFaults)
+        duplicateFaults = sum(.duplicateFaults); fetches = sum(.fetches); zeroFills = sum(.zeroFills)
+        evictions = sum(.evictions); cleanDrops = sum(.cleanDrops); writeBacks = sum(.writeBacks)
+        discards = sum(.discards); bytesIn = sum(.bytesIn); bytesOut = sum(.bytesOut)
+        retries = sum(.retries); poisoned = sum(.poisoned); eagainRetries = sum(.eagain)
+        parkedFaults = sum(.parkedFaults); budgetOvershoot = sum(.budgetOvershoot)
+        residentPages = sum(.residentPages); stagedPages = sum(.stagedPages)
+        writeBackFailures = sum(.writeBackFailures)
+        prefetched = sum(.prefetched)
+        rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
+        serviceP50Nanoseconds = shards.first?.faultService.value(atPercentile: 50) ?? 0
+        serviceP99Nanoseconds = shards.first?.faultService.value(atPercentile: 99) ?? 0
     }
 
     public var description: String {

@@ -16,15 +16,17 @@ final class RegionRecord: @unchecked Sendable {
     /// Where the server keeps the region for one-sided RDMA, if it exposed it.
     let remote: RemoteRegion?
 
-    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt, remote: RemoteRegion?) {
+    /// The shard's view of a region: all its page numbers, but only the pages
+    /// in `chunk` are mapped through this shard's userfaultfd.
+    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>, remote: RemoteRegion?) {
         self.remote = remote
         self.serverID = serverID
         self.pageCount = pageCount
         self.slot = slot
         states = .allocate(capacity: pageCount)
         states.initialize(repeating: 0, count: pageCount)
-        extents = [Extent(start: base, pageCount: pageCount, firstPage: 0)]
-        currentBase = Atomic(base)
+        extents = [Extent(start: base + UInt(chunk.lowerBound * 4096), pageCount: chunk.count, firstPage: chunk.lowerBound)]
+        currentBase = Atomic(chunk.lowerBound == 0 ? base : 0)
     }
 
     deinit { states.deallocate() }

@@ -14,7 +14,8 @@ final class ServerLink {
     private var nextRequestID: UInt32 = 1
     private let request: UnsafeMutableRawPointer
     private let header: UnsafeMutableRawPointer
-    private let counters: PagerCounters
+    /// Where this link counts bytes (its shard's counters).
+    var counters: PagerCounters
     private(set) var helloReply: HelloReply?
     /// The RDMA data path, when attached. Any RDMA failure drops it (logged) and
     /// the link carries on over TCP.

@@ -25,6 +25,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
     @Flag(help: "Skip the plain userfaultfd baseline.") var noBaseline = false
     @Option(help: "Most pages to prefetch on a sequential or strided trend (0: off).") var prefetch = 64
+    @Option(help: "Fault-handler threads (the region is split among them).") var handlerThreads = 1
     @Option(help: "Microseconds the fault handler spins for the next fault before it blocks (0: block at once).") var spin = 0
 
     func run() throws {
@@ -62,7 +63,8 @@ struct DemoCommand: ParsableCommand {
 
         let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes,
                                                                          transport: pageTransport, prefetchPages: prefetch,
-                                                                         handlerSpinMicroseconds: spin))
+                                                                         handlerSpinMicroseconds: spin,
+                                                                         handlerThreads: handlerThreads))
         defer { memory.close() }
         let region = try memory.allocate(bytes: regionBytes)
         let pages = region.pageCount

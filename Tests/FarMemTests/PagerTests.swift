@@ -96,6 +96,25 @@ final class PagerTests: XCTestCase {
         XCTAssertEqual(stats.budgetOvershoot, 0, "prefetching and eviction stay within the budget")
     }
 
+    func testSeveralHandlerThreadsSplitTheRegionAndLoseNothing() throws {
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            server: server.endpoint, budgetBytes: budget, handlerThreads: 3))
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 21)
+        fill(region, pattern, threads: 4)
+        XCTAssertEqual(mismatches(region, pattern, threads: 4), [])
+        // Application MADV_DONTNEED across the chunk boundaries reaches every handler.
+        let pages = region.pageCount
+        XCTAssertEqual(madvise(address(region, pages / 4), pages / 2 * 4096, MADV_DONTNEED), 0)
+        XCTAssertTrue((pages / 4..<pages / 4 + pages / 2).allSatisfy { isZero(address(region, $0)) })
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<pages / 4) + Array(pages / 4 + pages / 2..<pages)), [])
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.evictions, UInt64(pages), stats.description)
+        XCTAssertEqual(stats.budgetOvershoot, 0)
+        XCTAssertLessThanOrEqual(stats.residentPages + stats.stagedPages, UInt64(budget / 4096))
+    }
+
     func testManyThreadsFaultingOnTheSamePagesAllSeeTheData() throws {
         let memory = try makeMemory()
         defer { memory.close() }

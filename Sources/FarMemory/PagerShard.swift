@@ -1,0 +1,84 @@
+import Dispatch
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// One fault-handler thread and everything it owns: a userfaultfd, a staging
+/// area, an evictor thread, a fetch link and a write-back link, and a share of
+/// the budget. A FarMemory has one shard, or several when one handler thread
+/// cannot keep up: each region is then split into contiguous chunks, one per
+/// shard, each registered on its shard's userfaultfd, so no page is ever
+/// handled by two threads and no state is shared between them.
+final class PagerShard: @unchecked Sendable {
+    let uffd: Userfaultfd
+    let counters: PagerCounters
+    private let staging: StagingArea
+    private let handler: FaultHandler
+    private let evictor: Evictor
+    private let handlerThread: PosixThread
+    private let evictorThread: PosixThread
+
+    init(index: Int, budgetPages: Int, configuration: FarMemoryConfiguration, faultLink: ServerLink, writeLink: ServerLink,
+         histogram: LatencyHistogram, logger: Logger) throws(FarMemoryError) {
+        counters = PagerCounters(faultService: histogram)
+        do {
+            uffd = try Userfaultfd.open()
+        } catch {
+            throw .userfaultfdUnavailable(Userfaultfd.explain(error))
+        }
+        do {
+            try uffd.enable([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID])
+        } catch {
+            uffd.close()
+            throw .system("UFFDIO_API", error)
+        }
+        faultLink.counters = counters
+        writeLink.counters = counters
+        let stagingSlots = min(max(budgetPages / 4, 32), 1024)
+        let batchSize = max(1, min(configuration.evictionBatchPages, stagingSlots / 2))
+        do {
+            staging = try StagingArea(slots: stagingSlots, uffd: uffd)
+            handler = try FaultHandler(uffd: uffd, link: faultLink, staging: staging, counters: counters,
+                                       configuration: configuration, logger: logger, batchSize: batchSize, budgetPages: budgetPages)
+        } catch {
+            uffd.close()
+            throw .system("setting up the staging area", error)
+        }
+        let handler = self.handler
+        evictor = Evictor(link: writeLink, staging: staging, counters: counters, configuration: configuration,
+                          logger: logger) { batch, released in handler.evictionCompleted(batch, released: released) }
+        handler.evictor = evictor
+        handlerThread = PosixThread.spawn(name: "farmem-fault\(index)") { handler.run() }
+        let evictor = self.evictor
+        evictorThread = PosixThread.spawn(name: "farmem-evict\(index)") { evictor.run() }
+    }
+
+    /// Hands a registered chunk to the handler; returns once it knows it.
+    func add(_ record: RegionRecord) {
+        let added = DispatchSemaphore(value: 0)
+        handler.send(.add(record, added))
+        added.wait()
+    }
+
+    /// Unregisters the chunk; returns the extents still mapped (to unmap).
+    func remove(_ record: RegionRecord) -> [Extent] {
+        let done = DispatchSemaphore(value: 0)
+        let extents = Mutex<[Extent]>([])
+        handler.send(.remove(record) { remaining in
+            extents.withLock { $0 = remaining }
+            done.signal()
+        })
+        done.wait()
+        return extents.withLock { $0 }
+    }
+
+    func stop() {
+        // The evictor first: its staging madvise needs the handler to read events.
+        evictor.submit(.stop)
+        evictorThread.join()
+        handler.send(.stop)
+        handlerThread.join()
+        staging.unmap(uffd: uffd)
+        uffd.close()
+    }
+}
