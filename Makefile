@@ -6,7 +6,7 @@ APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release demo test test-rdma bench clean
+.PHONY: all deps build release lib demo test test-rdma bench clean
 
 all: build
 
@@ -28,6 +28,13 @@ release: deps
 	$(SWIFT) build -c release --product farmem
 	$(SWIFT) build -c release --product farmemd
 
+# libFarMemoryC.so and include/farmemory.h for C and C++ programs, in dist/.
+lib: deps
+	$(SWIFT) build -c release --product FarMemoryC
+	mkdir -p dist/lib dist/include
+	cp .build/release/libFarMemoryC.so dist/lib/
+	cp include/farmemory.h dist/include/
+
 demo: release
 	.build/release/farmem demo $(DEMO_ARGS)
 
@@ -37,6 +44,7 @@ demo: release
 # "SKIP rdma: <reason>" and the host suite still runs.
 test: deps
 	$(SWIFT) build --build-tests
+	$(SWIFT) build --product FarMemoryC
 	deploy/rdma-vm/run-rdma-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
 

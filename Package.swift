@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "FarMemory", targets: ["FarMemory"]),
         .library(name: "FarMemServer", targets: ["FarMemServer"]),
+        // libFarMemoryC.so, with include/farmemory.h, for C and C++ programs.
+        .library(name: "FarMemoryC", type: .dynamic, targets: ["FarMemoryC"]),
         .executable(name: "farmemd", targets: ["farmemd"]),
         .executable(name: "farmem", targets: ["farmem"]),
     ],
@@ -31,6 +33,8 @@ let package = Package(
         .target(name: "FarMemory", dependencies: [
             "FarMemProtocol", "FarMemSystem", "CFarMemSys", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
+        // The C interface (include/farmemory.h) over FarMemory.
+        .target(name: "FarMemoryC", dependencies: ["FarMemory", "FarMemSystem"]),
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
         .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys", "FarMemory"]),
         .executableTarget(name: "farmemd", dependencies: [

@@ -1,0 +1,76 @@
+import FarMemSystem
+import FarMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The C interface declared in include/farmemory.h. Handles are retained Swift
+// objects passed as opaque pointers; nothing here throws across the C boundary.
+
+private func report(_ message: String, into buffer: UnsafeMutablePointer<CChar>?, length: Int) {
+    guard let buffer, length > 0 else { return }
+    let bytes = Array(message.utf8.prefix(length - 1))
+    for (i, byte) in bytes.enumerated() { buffer[i] = CChar(bitPattern: byte) }
+    buffer[bytes.count] = 0
+}
+
+@_cdecl("farmem_open")
+public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ token: UnsafePointer<CChar>?,
+                        _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
+    guard let server, let endpoint = TCPSocket.Endpoint(parsing: String(cString: server)) else {
+        report("server must be HOST:PORT", into: errorBuffer, length: errorLength)
+        return nil
+    }
+    let tokenBytes = token.map { Array(String(cString: $0).utf8) } ?? []
+    do {
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes, token: tokenBytes))
+        return Unmanaged.passRetained(memory).toOpaque()
+    } catch {
+        report("\(error)", into: errorBuffer, length: errorLength)
+        return nil
+    }
+}
+
+@_cdecl("farmem_alloc")
+public func farmem_alloc(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ regionOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                         _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
+    guard let handle else { report("no FarMemory handle", into: errorBuffer, length: errorLength); return nil }
+    let memory = Unmanaged<FarMemory>.fromOpaque(handle).takeUnretainedValue()
+    do {
+        let region = try memory.allocate(bytes: bytes)
+        regionOut?.pointee = Unmanaged.passRetained(region).toOpaque()
+        return region.baseAddress
+    } catch {
+        report("\(error)", into: errorBuffer, length: errorLength)
+        return nil
+    }
+}
+
+@_cdecl("farmem_free")
+public func farmem_free(_ handle: UnsafeMutableRawPointer?, _ region: UnsafeMutableRawPointer?) {
+    guard let region else { return }
+    let owned = Unmanaged<FarRegion>.fromOpaque(region).takeRetainedValue()
+    owned.close()
+}
+
+/// Mirrors farmem_stats_t.
+public struct CStatistics {
+    var faults, fetches, prefetched, zeroFills, evictions, writeBacks, bytesIn, bytesOut, residentPages, poisoned: UInt64
+}
+
+@_cdecl("farmem_stats")
+public func farmem_stats(_ handle: UnsafeMutableRawPointer?, _ out: UnsafeMutableRawPointer?) -> Int32 {
+    guard let handle, let out else { return -1 }
+    let s = Unmanaged<FarMemory>.fromOpaque(handle).takeUnretainedValue().statistics
+    out.storeBytes(of: CStatistics(faults: s.faults, fetches: s.fetches, prefetched: s.prefetched, zeroFills: s.zeroFills,
+                                   evictions: s.evictions, writeBacks: s.writeBacks, bytesIn: s.bytesIn, bytesOut: s.bytesOut,
+                                   residentPages: s.residentPages, poisoned: s.poisoned), as: CStatistics.self)
+    return 0
+}
+
+@_cdecl("farmem_close")
+public func farmem_close(_ handle: UnsafeMutableRawPointer?) {
+    guard let handle else { return }
+    let memory = Unmanaged<FarMemory>.fromOpaque(handle).takeRetainedValue()
+    memory.close()
+}

@@ -1,0 +1,61 @@
+/*
+ * FarMemory for C and C++: far-memory regions paged through userfaultfd from
+ * a FarMem memory server (farmemd). Link with -lFarMemoryC (libFarMemoryC.so,
+ * built by `make lib`). Every function is thread-safe. Errors come back as
+ * NULL or -1 with a message in the caller's buffer.
+ *
+ *     char why[256];
+ *     farmem_t *fm = farmem_open("10.0.0.5:7070", 256 << 20, NULL, why, sizeof why);
+ *     if (!fm) { fprintf(stderr, "%s\n", why); exit(1); }
+ *     farmem_region_t *region;
+ *     uint64_t *a = farmem_alloc(fm, 8ULL << 30, &region, why, sizeof why);
+ *     a[123456789] = 42;              // ordinary memory
+ *     farmem_free(fm, region);
+ *     farmem_close(fm);
+ */
+#ifndef FARMEMORY_H
+#define FARMEMORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct farmem farmem_t;
+typedef struct farmem_region farmem_region_t;
+
+typedef struct {
+    uint64_t faults;           /* missing-page faults */
+    uint64_t fetches;          /* pages read from the server on a fault */
+    uint64_t prefetched;       /* pages read ahead of a fault */
+    uint64_t zero_fills;       /* never-written pages installed as zeros */
+    uint64_t evictions;        /* pages moved out of local memory */
+    uint64_t write_backs;      /* dirty pages written to the server */
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t resident_pages;
+    uint64_t poisoned;         /* pages that raise SIGBUS: the server was lost */
+} farmem_stats_t;
+
+/* Connects to the server at "HOST:PORT" with a local budget (bytes resident
+ * at most, all regions together). `token` may be NULL. */
+farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token, char *error, size_t error_len);
+
+/* A region of at least `bytes` (whole pages), page aligned, reading as zeros.
+ * The server reserves it in full now: a full server fails here. */
+void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *error, size_t error_len);
+
+/* Unmaps the region and frees its pages on the server. */
+void farmem_free(farmem_t *fm, farmem_region_t *region);
+
+int farmem_stats(farmem_t *fm, farmem_stats_t *out);
+
+/* Frees every region, stops the pager threads, disconnects. */
+void farmem_close(farmem_t *fm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
