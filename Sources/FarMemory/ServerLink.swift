@@ -88,26 +88,41 @@ final class ServerLink {
     @discardableResult
     func exchange(_ opcode: Opcode, _ payload: [UInt8]) throws(LinkError) -> [UInt8] {
         if opcode != .hello { try connect() }
+        payload.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { request.copyMemory(from: base, byteCount: raw.count) }
+        }
+        let id = try send(opcode, payloadLength: payload.count)
+        let reply = try receiveHeader(expecting: opcode, id: id)
+        let body = try readBody(Int(reply.payloadLength), of: opcode)
+        if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
+        return body
+    }
+
+    /// Sends one frame whose payload is already in `request`; returns its id.
+    private func send(_ opcode: Opcode, payloadLength: Int) throws(LinkError) -> UInt32 {
         guard let socket else { throw .network("not connected") }
         let id = takeRequestID()
+        FrameHeader(opcode: opcode.rawValue, requestID: id, payloadLength: UInt32(payloadLength)).encode(into: header)
         do {
-            try payload.withUnsafeBytes { raw in
-                FrameHeader(opcode: opcode.rawValue, requestID: id, payloadLength: UInt32(raw.count)).encode(into: header)
-                try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size), raw)
-            }
+            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
+                                UnsafeRawBufferPointer(start: request, count: payloadLength))
         } catch {
             close()
             throw .network("sending \(opcode) failed: \(error)")
         }
-        let reply = try receiveHeader(expecting: opcode, id: id)
-        var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
+        return id
+    }
+
+    /// Reads a reply payload of `length` bytes (control replies and errors: allocates).
+    private func readBody(_ length: Int, of opcode: Opcode) throws(LinkError) -> [UInt8] {
+        guard let socket else { throw .network("not connected") }
+        var body = [UInt8](repeating: 0, count: length)
         do {
-            try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
+            if length > 0 { try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) } }
         } catch {
             close()
             throw .network("reading \(opcode) reply failed: \(error)")
         }
-        if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
         return body
     }
 
@@ -127,34 +142,20 @@ final class ServerLink {
             }
         }
         try connect()
-        guard let socket else { throw .network("not connected") }
-        let id = takeRequestID()
-        let listLength = PageBatchHeader.fixedSize(count: pages.count)
         writeBatchHeader(region: region, pages: pages)
-        FrameHeader(opcode: Opcode.readPages.rawValue, requestID: id, payloadLength: UInt32(listLength)).encode(into: header)
-        do {
-            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
-                                UnsafeRawBufferPointer(start: request, count: listLength))
-        } catch {
-            close()
-            throw .network("sending READ_PAGES failed: \(error)")
-        }
+        let id = try send(.readPages, payloadLength: PageBatchHeader.fixedSize(count: pages.count))
         let reply = try receiveHeader(expecting: .readPages, id: id)
+        guard let socket else { throw .network("not connected") }
         let expected = pages.count * ProtocolLimits.pageSize
         if reply.status == 0 && Int(reply.payloadLength) != expected {
             close()
             throw .network("READ_PAGES reply of \(reply.payloadLength) bytes, expected \(expected)")
         }
+        if reply.status != 0 {
+            throw .refused(Self.refusal(status: reply.status, body: try readBody(Int(reply.payloadLength), of: .readPages)))
+        }
         do {
-            if reply.status == 0 {
-                try socket.readExactly(into: destination, count: expected)
-            } else {
-                var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
-                try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
-                throw LinkError.refused(Self.refusal(status: reply.status, body: body))
-            }
-        } catch let error as LinkError {
-            throw error
+            try socket.readExactly(into: destination, count: expected)
         } catch {
             close()
             throw .network("reading READ_PAGES reply failed: \(error)")
@@ -177,29 +178,13 @@ final class ServerLink {
             }
         }
         try connect()
-        guard let socket else { throw .network("not connected") }
-        let id = takeRequestID()
         let listLength = PageBatchHeader.fixedSize(count: pages.count)
         writeBatchHeader(region: region, pages: pages)
         let size = ProtocolLimits.pageSize
         for i in 0..<pages.count { (request + listLength + i * size).copyMemory(from: source(i), byteCount: size) }
-        let total = listLength + pages.count * size
-        FrameHeader(opcode: Opcode.writePages.rawValue, requestID: id, payloadLength: UInt32(total)).encode(into: header)
-        do {
-            try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size),
-                                UnsafeRawBufferPointer(start: request, count: total))
-        } catch {
-            close()
-            throw .network("sending WRITE_PAGES failed: \(error)")
-        }
+        let id = try send(.writePages, payloadLength: listLength + pages.count * size)
         let reply = try receiveHeader(expecting: .writePages, id: id)
-        var body = [UInt8](repeating: 0, count: Int(reply.payloadLength))
-        do {
-            try body.withUnsafeMutableBytes { try socket.readExactly(into: $0.baseAddress!, count: $0.count) }
-        } catch {
-            close()
-            throw .network("reading WRITE_PAGES reply failed: \(error)")
-        }
+        let body = try readBody(Int(reply.payloadLength), of: .writePages)
         if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
         counters.add(.bytesOut, UInt64(pages.count * size))
     }

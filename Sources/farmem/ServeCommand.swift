@@ -20,13 +20,7 @@ struct ServeCommand: ParsableCommand {
         let server = try MemoryServer(configuration: ServerConfiguration(listen: endpoint, capacityBytes: bytes))
         server.start()
         print("farmem: serving on \(endpoint.host):\(server.port) with \(formatByteSize(bytes)); Ctrl-C stops")
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        var received: Int32 = 0
-        sigwait(&signals, &received)
+        waitForTerminationSignal()
         server.stop()
     }
 }

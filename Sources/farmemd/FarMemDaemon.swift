@@ -82,13 +82,7 @@ struct FarMemDaemon: ParsableCommand {
             fclose(file)
         }
         // Serve until SIGINT or SIGTERM, then disconnect everyone cleanly.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
-        var received: Int32 = 0
-        sigwait(&signals, &received)
+        waitForTerminationSignal()
         server.stop()
     }
 }
