@@ -30,6 +30,13 @@ final class Evictor: @unchecked Sendable {
     /// Where finished batches go: the fault handler's inbox.
     private let complete: @Sendable (EvictionBatch?, [Int32]) -> Void
     private var pageList: [UInt64] = []
+    /// Written-back slots not yet emptied. Emptying is one MADV_DONTNEED per
+    /// contiguous run, and each is a REMOVE event whose mmap_changing window
+    /// makes the handler's installs fail with EAGAIN, so slots are emptied in
+    /// large groups: a quarter of the staging area, or whenever the evictor
+    /// has been idle for a millisecond (the handler may be waiting for them).
+    private var pendingRelease: [Int32] = []
+    private var releaseThreshold: Int { max(1, staging.slotCount / 4) }
 
     init(link: ServerLink, staging: StagingArea, counters: PagerCounters, configuration: FarMemoryConfiguration,
          logger: Logger, complete: @escaping @Sendable (EvictionBatch?, [Int32]) -> Void) {
@@ -51,11 +58,17 @@ final class Evictor: @unchecked Sendable {
     func run() {
         var pending: [Job] = []
         while true {
-            condition.wait(until: { jobs.withLock { !$0.isEmpty } })
+            let woken = condition.wait(until: { jobs.withLock { !$0.isEmpty } },
+                                       timeoutMilliseconds: pendingRelease.isEmpty ? nil : 1)
+            if !woken {
+                releasePending()
+                continue
+            }
             jobs.withLock { swap(&pending, &$0) }
             for job in pending {
                 switch job {
                 case .stop:
+                    releasePending()
                     return
                 case .evict(let batch):
                     writeBack(batch)
@@ -67,7 +80,15 @@ final class Evictor: @unchecked Sendable {
                 }
             }
             pending.removeAll(keepingCapacity: true)
+            if pendingRelease.count >= releaseThreshold { releasePending() }
         }
+    }
+
+    private func releasePending() {
+        guard !pendingRelease.isEmpty else { return }
+        release(pendingRelease)
+        complete(nil, pendingRelease)
+        pendingRelease.removeAll(keepingCapacity: true)
     }
 
     /// Writes the batch's dirty pages (grouped by region, up to the protocol's
@@ -103,7 +124,9 @@ final class Evictor: @unchecked Sendable {
                 for i in group { batch.entries[i].failed = true }
             }
         }
-        release(batch.entries.filter { !$0.failed }.map(\.stagingSlot))
+        // The pages are on the server: report now (parked faults wake); their
+        // slots are emptied later, in a group, and returned then.
+        for entry in batch.entries where !entry.failed { pendingRelease.append(entry.stagingSlot) }
         complete(batch, [])
     }
 
@@ -177,11 +200,23 @@ final class Condition: @unchecked Sendable {
         pthread_cond_signal(&cond)
         pthread_mutex_unlock(&mutex)
     }
-    /// Waits until `ready()` is true (checked under the mutex, so no wake-up is lost).
-    func wait(until ready: () -> Bool) {
+    /// Waits until `ready()` is true (checked under the mutex, so no wake-up is
+    /// lost), or at most `timeoutMilliseconds`. Returns whether it is ready.
+    func wait(until ready: () -> Bool, timeoutMilliseconds: Int? = nil) -> Bool {
         pthread_mutex_lock(&mutex)
-        while !ready() { pthread_cond_wait(&cond, &mutex) }
-        pthread_mutex_unlock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard let timeoutMilliseconds else {
+            while !ready() { pthread_cond_wait(&cond, &mutex) }
+            return true
+        }
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        deadline.tv_nsec += timeoutMilliseconds * 1_000_000
+        if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+        while !ready() {
+            if pthread_cond_timedwait(&cond, &mutex, &deadline) == ETIMEDOUT { return ready() }
+        }
+        return true
     }
 }
 

@@ -72,13 +72,17 @@ final class FaultHandler: @unchecked Sendable {
     /// after a 1 ms poll for an application thread's madvise/munmap/mremap.
     private var awaitingEvent = false
     /// Fetched pages land here: the faulting page first, then the prefetched ones.
-    private let fetchBuffer: UnsafeMutableRawPointer
-    private let fetchPages: UnsafeMutablePointer<UInt64>
+    private var fetchBuffer: UnsafeMutableRawPointer
+    private var fetchPages: UnsafeMutablePointer<UInt64>
     private var trends: TrendDetector
     /// A fetched page whose install met EAGAIN, kept for the retry so the
     /// deferred fault does not cross the network twice.
-    private let keptBuffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
-    private var keptPage: (region: Int, page: Int)?
+    /// A fetched batch whose first page's install met EAGAIN, kept (buffers
+    /// swapped, no copy) for the retry so the deferred fault crosses the network
+    /// once. Dropped if any of its pages is written back or discarded meanwhile.
+    private var keptBuffer: UnsafeMutableRawPointer
+    private var keptPages: UnsafeMutablePointer<UInt64>
+    private var kept: (region: Int, count: Int)?
     private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
 
     init(uffd: Userfaultfd, link: ServerLink, staging: StagingArea, counters: PagerCounters,
@@ -102,6 +106,8 @@ final class FaultHandler: @unchecked Sendable {
         trends = TrendDetector(maxWindow: window)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
+        keptBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
+        keptPages = .allocate(capacity: window + 1)
         zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         // Batches come back from the evictor; more are made only if rounds end short.
         for _ in 0..<(staging.slotCount / batchSize + 1) { spareBatches.append(EvictionBatch(capacity: batchSize)) }
@@ -113,6 +119,7 @@ final class FaultHandler: @unchecked Sendable {
         fetchBuffer.deallocate()
         fetchPages.deallocate()
         keptBuffer.deallocate()
+        keptPages.deallocate()
         zeroPage.deallocate()
         queue.deallocate()
         notifier.close()
@@ -317,8 +324,9 @@ final class FaultHandler: @unchecked Sendable {
             region.states[page] = state
             resident -= 1
             if fromServer {
-                keptBuffer.copyMemory(from: fetchBuffer, byteCount: 4096)
-                keptPage = (region.slot, page)
+                swap(&fetchBuffer, &keptBuffer)
+                swap(&fetchPages, &keptPages)
+                kept = (region.slot, fetched)
             }
             deferUntilEvent(message)
         case .gone:
@@ -382,11 +390,20 @@ final class FaultHandler: @unchecked Sendable {
     /// Returns how many pages arrived (0: failed, and the page was poisoned so
     /// that the access raises SIGBUS instead of hanging forever).
     private func fetch(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?, address: UInt) -> Int {
-        if let kept = keptPage {
-            keptPage = nil
-            if kept == (region.slot, page) {
-                fetchBuffer.copyMemory(from: keptBuffer, byteCount: 4096)
-                return 1
+        if let held = kept {
+            kept = nil
+            if held.region == region.slot, keptPages[0] == UInt64(page) {
+                swap(&fetchBuffer, &keptBuffer)
+                swap(&fetchPages, &keptPages)
+                // Prefetched pages are still good while they live on the server
+                // only; stop at the first that does not (installs stay in runs).
+                var count = 1
+                while count < held.count {
+                    let state = region.states[Int(fetchPages[count])]
+                    guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
+                    count += 1
+                }
+                return count
             }
         }
         var count = 1
@@ -479,9 +496,10 @@ final class FaultHandler: @unchecked Sendable {
     /// copies are discarded so they can never be served stale.
     private func handleRemove(start: UInt, end: UInt, unmapped: Bool) {
         if staging.contains(start) { return }   // the evictor emptying staging slots
-        if let kept = keptPage, let region = regions[kept.region], let address = region.address(of: kept.page),
-           address >= start, address < end {
-            keptPage = nil   // that page's data is being dropped: never install the kept copy
+        if let held = kept, let region = regions[held.region],
+           (0..<held.count).contains(where: { i in
+               region.address(of: Int(keptPages[i])).map { $0 >= start && $0 < end } ?? false }) {
+            kept = nil   // data being dropped: never install the kept copy
         }
         for case let region? in regions where region.alive {
             for run in region.pageRuns(in: start, end) {
@@ -618,9 +636,12 @@ final class FaultHandler: @unchecked Sendable {
         for entry in batch.entries {
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
             guard entry.failed else {
-                staging.give(entry.stagingSlot)
-                staged -= 1
+                // Its slot comes back through `releasedSlots` once the evictor has emptied it.
                 guard entry.dirty, let region, region.alive else { continue }
+                if let held = kept, held.region == entry.regionSlot,
+                   (0..<held.count).contains(where: { keptPages[$0] == UInt64(entry.page) }) {
+                    kept = nil   // the server has newer data for a kept page
+                }
                 let state = region.states[entry.page]
                 if state & PageState.discardedInFlight != 0 {
                     region.states[entry.page] = state & PageState.queued
