@@ -218,8 +218,13 @@ int fm_rdma_next_event(fm_rdma_listener *l, fm_rdma_event *out, int timeout_ms) 
         if (event->param.conn.private_data) memcpy(out->private_data, event->param.conn.private_data, out->private_len);
         break;
     case RDMA_CM_EVENT_ESTABLISHED: out->type = FM_RDMA_EVENT_ESTABLISHED; break;
+    // Every way an accepted connection can end is a disconnect to the server.
     case RDMA_CM_EVENT_DISCONNECTED:
     case RDMA_CM_EVENT_TIMEWAIT_EXIT:
+    case RDMA_CM_EVENT_CONNECT_ERROR:
+    case RDMA_CM_EVENT_UNREACHABLE:
+    case RDMA_CM_EVENT_REJECTED:
+    case RDMA_CM_EVENT_DEVICE_REMOVAL:
         out->type = FM_RDMA_EVENT_DISCONNECTED; break;
     default: out->type = FM_RDMA_EVENT_OTHER; break;
     }
@@ -247,7 +252,9 @@ int fm_rdma_accept(void *raw_id, void *pd) {
 }
 
 int fm_rdma_reject(void *id, const char *reason) {
-    return rdma_reject(id, reason, (uint8_t)strnlen(reason, 48)) ? -errno : 0;
+    int rc = rdma_reject(id, reason, (uint8_t)strnlen(reason, 48)) ? -errno : 0;
+    rdma_destroy_id(id);   // a refused request must not keep its id
+    return rc;
 }
 
 void fm_rdma_drop(void *raw_id) {

@@ -51,7 +51,9 @@ public final class MemoryServer: Sendable {
     private let context: ServerContext
     private let listener: TCPSocket
     private let acceptThread = Mutex<PosixThread?>(nil)
-    private let liveSockets = Mutex<[Int32: TCPSocket]>([:])
+    /// Open connections by a number of their own (not the fd, which the kernel
+    /// reuses as soon as it is closed).
+    private let liveSockets = Mutex<(next: Int, sockets: [Int: TCPSocket])>((0, [:]))
 
     /// The port actually bound (useful with port 0).
     public let port: UInt16
@@ -91,7 +93,7 @@ public final class MemoryServer: Sendable {
         let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
         acceptThread.withLock { $0 = thread }
         let context = self.context
-        context.rdma?.start { session in context.detach(session) }
+        context.rdma?.start(sessions: context.sessions) { session in context.detach(session) }
         if let rdma = context.rdma { context.logger.info("serving RDMA on \(context.configuration.listen.host):\(rdma.port)") }
         context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
     }
@@ -111,11 +113,17 @@ public final class MemoryServer: Sendable {
             }
             try? socket.setTimeouts(seconds: context.configuration.frameTimeoutSeconds)
             context.connections.add(1, ordering: .relaxed)
-            liveSockets.withLock { $0[socket.descriptor.rawValue] = socket }
-            let connection = ServerConnection(socket: socket, context: context, peer: "fd\(socket.descriptor.rawValue)")
-            _ = PosixThread.spawn(name: "farmemd-conn") { [self] in
+            let key = liveSockets.withLock { live -> Int in
+                live.next += 1
+                live.sockets[live.next] = socket
+                return live.next
+            }
+            let connection = ServerConnection(socket: socket, context: context, peer: "connection \(key)") { [self] in
+                // Called before the socket is closed, so stop() never shuts down a reused fd.
+                liveSockets.withLock { _ = $0.sockets.removeValue(forKey: key) }
+            }
+            _ = PosixThread.spawn(name: "farmemd-conn") { [context] in
                 connection.run()
-                liveSockets.withLock { _ = $0.removeValue(forKey: socket.descriptor.rawValue) }
                 context.connections.subtract(1, ordering: .relaxed)
             }
         }
@@ -130,7 +138,7 @@ public final class MemoryServer: Sendable {
         listener.close()
         context.rdma?.stop()
         acceptThread.withLock { $0 }?.join()
-        liveSockets.withLock { sockets in for socket in sockets.values { socket.shutdown() } }
+        liveSockets.withLock { live in for socket in live.sockets.values { socket.shutdown() } }
         // Connection threads exit on their own once their sockets are shut down.
         for _ in 0..<200 where context.connections.load(ordering: .relaxed) > 0 {
             _ = usleepSeconds(0.01)

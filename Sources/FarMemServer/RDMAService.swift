@@ -42,8 +42,8 @@ final class RDMAService: @unchecked Sendable {
         self.logger = logger
     }
 
-    func start(detach: @escaping @Sendable (Session) -> Void) {
-        thread = PosixThread.spawn(name: "farmemd-rdma") { [self] in run(detach: detach) }
+    func start(sessions: SessionTable, detach: @escaping @Sendable (Session) -> Void) {
+        thread = PosixThread.spawn(name: "farmemd-rdma") { [self] in run(sessions: sessions, detach: detach) }
     }
 
     func stop() {
@@ -72,17 +72,25 @@ final class RDMAService: @unchecked Sendable {
         guard let domain = withBook({ $0.domains[ObjectIdentifier(session)] }) else {
             throw ProtocolError(.rdmaUnavailable, "no RDMA connection of this session yet: connect with the RDMA_ATTACH ticket first")
         }
-        return try session.withRegion(id) { region throws(ProtocolError) -> RDMAExposeReply in
-            if region.registration == nil {
-                var err: Int32 = 0
-                guard let mr = fm_rdma_register(domain, UnsafeMutableRawPointer(bitPattern: region.base), region.length, &err) else {
-                    throw ProtocolError(.rdmaUnavailable, "cannot register region \(id) for RDMA: \(Errno(negated: err))")
-                }
-                region.registration = mr
-                region.pinned = true
-            }
-            return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(region.registration), length: UInt64(region.length))
+        // Registering pins (and faults in) the whole region, which can take a
+        // while: done outside the session's lock, then published under it.
+        let region = try session.withRegion(id) { region throws(ProtocolError) in region }
+        if let existing = try session.withRegion(id, { $0.registration }) {
+            return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(existing), length: UInt64(region.length))
         }
+        var err: Int32 = 0
+        guard let mr = fm_rdma_register(domain, UnsafeMutableRawPointer(bitPattern: region.base), region.length, &err) else {
+            throw ProtocolError(.rdmaUnavailable, "cannot register region \(id) for RDMA: \(Errno(negated: err))")
+        }
+        let published = try session.withRegion(id) { current throws(ProtocolError) -> UnsafeMutableRawPointer in
+            guard current === region else { throw ProtocolError(.noSuchRegion, "region \(id) was dropped meanwhile") }
+            if let other = current.registration { return other }   // registered twice at once: keep the first
+            current.registration = mr
+            current.pinned = true
+            return mr
+        }
+        if published != mr { _ = fm_rdma_deregister(mr) }
+        return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(published), length: UInt64(region.length))
     }
 
     /// The session is gone (its regions are already deregistered): free its domain.
@@ -96,7 +104,7 @@ final class RDMAService: @unchecked Sendable {
         if let domain { _ = fm_rdma_dealloc_pd(domain) }
     }
 
-    private func run(detach: @escaping @Sendable (Session) -> Void) {
+    private func run(sessions: SessionTable, detach: @escaping @Sendable (Session) -> Void) {
         var event = fm_rdma_event()
         while !stopping.load(ordering: .relaxed) {
             let rc = fm_rdma_next_event(listener, &event, 200)
@@ -104,7 +112,7 @@ final class RDMAService: @unchecked Sendable {
             guard let id = event.id else { continue }
             switch Int(event.type) {
             case Int(FM_RDMA_EVENT_CONNECT_REQUEST):
-                accept(id, event: event)
+                accept(id, event: event, sessions: sessions, detach: detach)
             case Int(FM_RDMA_EVENT_DISCONNECTED):
                 if let session = withBook({ $0.connections.removeValue(forKey: id) }) {
                     fm_rdma_drop(id)
@@ -116,7 +124,8 @@ final class RDMAService: @unchecked Sendable {
         }
     }
 
-    private func accept(_ id: UnsafeMutableRawPointer, event: fm_rdma_event) {
+    private func accept(_ id: UnsafeMutableRawPointer, event: fm_rdma_event, sessions: SessionTable,
+                        detach: @Sendable (Session) -> Void) {
         let ticket = withUnsafeBytes(of: event.private_data) { Array($0.prefix(Int(event.private_len))) }
         guard ticket.count >= 16, let session = withBook({ $0.sessionsByTicket[SessionKey(Array(ticket.prefix(16)))] }) else {
             logger.warning("RDMA connection refused: unknown ticket")
@@ -133,14 +142,20 @@ final class RDMAService: @unchecked Sendable {
             _ = fm_rdma_reject(id, "no protection domain")
             return
         }
-        session.attach()
+        // Joins only a session that is still live (its TCP connections may have
+        // just closed): an ended session is never revived.
+        guard sessions.attach(existing: session) else {
+            _ = fm_rdma_reject(id, "session ended")
+            forget(session)
+            return
+        }
         withBook { _ = $0.connections[id] = session }
         let rc = fm_rdma_accept(id, domain)
         if rc != 0 {
             logger.warning("RDMA accept failed: \(Errno(negated: rc))")
             withBook { _ = $0.connections.removeValue(forKey: id) }
             fm_rdma_drop(id)
-            session.detachQuietly()
+            detach(session)
         }
     }
 }

@@ -15,8 +15,11 @@ final class ServerConnection: @unchecked Sendable {
     private let reply: UnsafeMutableRawPointer
     private let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
-    init(socket: TCPSocket, context: ServerContext, peer: String) {
+    private let onClose: @Sendable () -> Void
+
+    init(socket: TCPSocket, context: ServerContext, peer: String, onClose: @escaping @Sendable () -> Void) {
         self.socket = socket
+        self.onClose = onClose
         self.context = context
         var logger = context.logger
         logger[metadataKey: "peer"] = "\(peer)"
@@ -34,6 +37,7 @@ final class ServerConnection: @unchecked Sendable {
     func run() {
         defer {
             if let session { context.detach(session) }
+            onClose()
             socket.close()
         }
         while true {
@@ -72,6 +76,11 @@ final class ServerConnection: @unchecked Sendable {
                 return .fatal(requestID: 0, ProtocolError(.malformedFrame, "connection closed mid-header"))
             } catch let error as Errno where error == .timedOut && received == 0 {
                 if context.stopping.load(ordering: .relaxed) { return .closed }
+                // Idle is fine once authenticated; a peer that never says HELLO
+                // does not get to hold a thread and buffers.
+                if session == nil {
+                    return .fatal(requestID: 0, ProtocolError(.helloRequired, "no HELLO within \(context.configuration.frameTimeoutSeconds) s"))
+                }
                 continue
             } catch {
                 if received == 0 { return .closed }

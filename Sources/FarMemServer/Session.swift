@@ -31,8 +31,6 @@ final class Session: @unchecked Sendable {
     /// Returns true when this was the last connection: the caller then removes the session.
     func detach() -> Bool { locked { $0.connections -= 1; return $0.connections == 0 } }
 
-    /// Undoes an `attach` whose connection never came up (the session had other connections).
-    func detachQuietly() { locked { $0.connections -= 1 } }
 
     /// Runs `body` on a region under the session's lock.
     func withRegion<T>(_ id: UInt64, _ body: (RegionStore) throws(ProtocolError) -> T) throws(ProtocolError) -> T {
@@ -155,12 +153,22 @@ final class SessionTable: Sendable {
         }
     }
 
+    /// Adds a connection to a session that must still be live (an RDMA
+    /// connection joining by ticket); false if the session has ended.
+    func attach(existing session: Session) -> Bool {
+        sessions.withLock { table in
+            guard table[session.key] === session else { return false }
+            session.attach()
+            return true
+        }
+    }
+
     /// Detaches a connection; returns the session if that was its last one
     /// (the caller frees its regions).
     func detach(_ session: Session) -> Session? {
         sessions.withLock { table in
             guard session.detach() else { return nil }
-            table[session.key] = nil
+            if table[session.key] === session { table[session.key] = nil }
             return session
         }
     }

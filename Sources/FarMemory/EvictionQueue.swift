@@ -15,9 +15,10 @@ struct EvictionQueue {
 
     func deallocate() { storage.deallocate() }
 
-    @inline(__always) static func pack(slot: Int, page: Int) -> UInt64 { UInt64(slot) << 40 | UInt64(page) }
+    /// 32 bits of region slot, 32 of page number (regions up to 16 TiB).
+    @inline(__always) static func pack(slot: Int, page: Int) -> UInt64 { UInt64(UInt32(truncatingIfNeeded: slot)) << 32 | UInt64(page) }
     @inline(__always) static func unpack(_ entry: UInt64) -> (slot: Int, page: Int) {
-        (Int(entry >> 40), Int(entry & ((1 << 40) - 1)))
+        (Int(entry >> 32), Int(entry & 0xFFFF_FFFF))
     }
 
     @inline(__always)

@@ -118,7 +118,10 @@ final class Evictor: @unchecked Sendable {
             case .done:
                 counters.add(.writeBacks, UInt64(group.count))
             case .regionGone:
-                break   // closed meanwhile: nothing to keep
+                // Closed here meanwhile (the handler then drops the slots), or lost
+                // on the server (it restarted): either way the staged copy is
+                // the one to keep, so the handler restores it if the region lives.
+                for i in group { batch.entries[i].failed = true }
             case .failed:
                 counters.add(.writeBackFailures, UInt64(group.count))
                 for i in group { batch.entries[i].failed = true }

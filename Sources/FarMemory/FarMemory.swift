@@ -32,6 +32,7 @@ public final class FarMemory: @unchecked Sendable {
         var closed = false
     }
     private let book = Mutex(Book())
+    private let lifecycle = Lock()
 
     /// Userfaultfd features FarMem needs, and the kernel that brought each.
     static let requiredFeatures: [(Userfaultfd.Features, String)] = [
@@ -133,6 +134,12 @@ public final class FarMemory: @unchecked Sendable {
     /// page aligned, reading as zeros. The server reserves its full size now,
     /// so a full server fails here, never later at a fault.
     public func allocate(bytes: Int) throws(FarMemoryError) -> FarRegion {
+        // Serialized with close(): a region is either seen and closed by it, or
+        // refused because close() came first; never half-registered with stopped shards.
+        try lifecycle.withLock { () throws(FarMemoryError) -> FarRegion in try allocateLocked(bytes: bytes) }
+    }
+
+    private func allocateLocked(bytes: Int) throws(FarMemoryError) -> FarRegion {
         guard bytes > 0 else { throw .invalidArgument("region size must be positive, got \(bytes)") }
         let pages = (bytes + 4095) / 4096
         let length = pages * 4096
@@ -219,10 +226,12 @@ public final class FarMemory: @unchecked Sendable {
     /// Closes every region, stops the pager threads and disconnects; the
     /// server then frees this client's pages. Idempotent.
     public func close() {
-        let open: [UInt64]? = book.withLock { book in
-            guard !book.closed else { return nil }
-            book.closed = true
-            return Array(book.open.keys)
+        let open: [UInt64]? = lifecycle.withLock {
+            book.withLock { book in
+                guard !book.closed else { return nil }
+                book.closed = true
+                return Array(book.open.keys)
+            }
         }
         guard let open else { return }
         for id in open { close(regionID: id) }

@@ -22,6 +22,8 @@ import Synchronization
 final class FaultHandler: @unchecked Sendable {
     enum Command {
         case add(RegionRecord, DispatchSemaphore)
+        /// No new eviction rounds from now on (shutting down: the evictor stops next).
+        case suspendEviction(DispatchSemaphore)
         /// Unregister and forget a region; `done` gets the extents to unmap.
         case remove(RegionRecord, @Sendable ([Extent]) -> Void)
         case stop
@@ -46,16 +48,23 @@ final class FaultHandler: @unchecked Sendable {
     private let spinNanoseconds: UInt64
     var evictor: Evictor!
 
+    /// By slot (eviction-queue entries and batches name regions by slot).
     private var regions: [RegionRecord?] = []
+    /// The same regions, live ones only: what the fault path scans.
+    private var liveRegions: [RegionRecord] = []
     private var queue = EvictionQueue(capacity: 1024)
     private var spareBatches: [EvictionBatch] = []
     private var resident = 0
+    /// Resident pages eviction cannot move (not counted in `resident`).
+    private var unevictable = 0
     private var staged = 0
     private let budget: Int
     private let highWater: Int
     private let batchSize: Int
     /// Set when a write-back failed for good: pages stay local from then on.
     private var evictionSuspended = false
+    /// Failed write-backs whose move back met EAGAIN, retried after the event.
+    private var pendingRestores: [EvictionBatch.Entry] = []
     private var running = true
 
     private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
@@ -159,6 +168,7 @@ final class FaultHandler: @unchecked Sendable {
                 notifier.drain()
                 drainInbox()
             }
+            retryRestores()
             evictIfNeeded()
             serveDeferred()
             readMessages()
@@ -218,7 +228,9 @@ final class FaultHandler: @unchecked Sendable {
                 let message = messages[i]
                 switch message.event {
                 case UInt8(FM_UFFD_EVENT_PAGEFAULT):
-                    if mustThrottle || awaitingEvent || deferredCount > 0 {
+                    // A write-protect fault needs no budget: only a pending event holds it.
+                    let needsBudget = message.flags & FM_UFFD_PAGEFAULT_FLAG_WP == 0
+                    if awaitingEvent || (needsBudget && (mustThrottle || deferredCount > 0)) {
                         deferFault(message)
                     } else {
                         handleFault(message)
@@ -257,7 +269,7 @@ final class FaultHandler: @unchecked Sendable {
 
     @inline(__always)
     private func locate(_ address: UInt) -> (RegionRecord, Int)? {
-        for case let region? in regions where region.alive {
+        for region in liveRegions {
             if let page = region.page(at: address) { return (region, page) }
         }
         return nil
@@ -270,7 +282,11 @@ final class FaultHandler: @unchecked Sendable {
             // Staging, or memory mremap added past a region's end: plain zero-filled
             // memory, so that no thread ever waits on an address nobody serves.
             counters.add(.faults)
-            if install(zeroPage, at: address, writeProtect: false) == .eventPending { deferUntilEvent(message) }
+            switch install(zeroPage, at: address, writeProtect: false) {
+            case .eventPending: deferUntilEvent(message)
+            case .gone: try? uffd.wake(address, length: 4096)
+            case .installed, .alreadyThere: break
+            }
             return
         }
         if message.flags & FM_UFFD_PAGEFAULT_FLAG_WP != 0 {
@@ -292,7 +308,8 @@ final class FaultHandler: @unchecked Sendable {
             switch install(zeroPage, at: address, writeProtect: true) {
             case .installed: region.states[page] = PageState.resident | (state & PageState.queued)
             case .eventPending: deferUntilEvent(message)
-            case .alreadyThere, .gone: break
+            case .alreadyThere: break
+            case .gone: try? uffd.wake(address, length: 4096)
             }
             return
         }
@@ -332,6 +349,7 @@ final class FaultHandler: @unchecked Sendable {
         case .gone:
             region.states[page] = state
             resident -= 1
+            try? uffd.wake(address, length: 4096)   // it faults again, or finds the range gone
         }
         counters.set(.residentPages, UInt64(resident))
     }
@@ -379,7 +397,8 @@ final class FaultHandler: @unchecked Sendable {
             case .again:
                 return .eventPending
             default:
-                // ENOENT: unmapped under us; ESRCH/ENOSPC: the process is exiting.
+                // ENOENT: unmapped under us; ENOMEM: no memory for the page;
+                // ESRCH/ENOSPC: the process is exiting. Callers wake the thread.
                 return .gone
             }
         }
@@ -510,7 +529,11 @@ final class FaultHandler: @unchecked Sendable {
                         region.states[page] = state | PageState.discardedInFlight
                         continue
                     }
-                    if state & PageState.resident != 0 { resident -= 1 }
+                    if state & PageState.unevictable != 0 {
+                        unevictable -= 1
+                    } else if state & PageState.resident != 0 {
+                        resident -= 1
+                    }
                     region.states[page] = state & PageState.queued
                     if state & PageState.backed != 0 {
                         if discardStart == nil { discardStart = page }
@@ -581,9 +604,9 @@ final class FaultHandler: @unchecked Sendable {
                 _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
             } catch {
                 staging.give(stagingSlot)
-                region.states[page] = state
-                queue.push(entry)
                 if error == .again {
+                    region.states[page] = state
+                    queue.push(entry)
                     counters.add(.eagain)
                     awaitingEvent = true
                     return false
@@ -591,9 +614,18 @@ final class FaultHandler: @unchecked Sendable {
                 if error == .noEntry {
                     // Not mapped after all (discarded in a race): it reads as zeros now.
                     region.states[page] = PageState.queued
+                    queue.push(entry)
                     resident -= 1
+                    continue
                 }
-                continue   // EBUSY (pinned page) and the like: try it again later
+                // EBUSY, EINVAL: this page cannot be moved. Left where it is and out of
+                // the budget, so it can never wedge eviction (and with it every fault).
+                region.states[page] = (state | PageState.unevictable) & ~PageState.queued
+                resident -= 1
+                unevictable += 1
+                counters.set(.unevictablePages, UInt64(unevictable))
+                logger.warning("page \(page) of region \(region.serverID) cannot be evicted (\(error)); it stays resident, outside the budget")
+                continue
             }
             resident -= 1
             staged += 1
@@ -653,21 +685,11 @@ final class FaultHandler: @unchecked Sendable {
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
-            if !evictionSuspended {
+            if !evictionSuspended, let region, region.alive {
                 evictionSuspended = true
                 logger.error("write-back failed: eviction suspended, pages stay in local memory (the budget is no longer kept)")
             }
-            if let region, region.alive, region.states[entry.page] & PageState.discardedInFlight == 0,
-               let address = region.address(of: entry.page),
-               (try? uffd.move(to: address, from: staging.address(of: entry.stagingSlot), length: 4096, wake: true)) != nil {
-                region.states[entry.page] = PageState.resident | PageState.dirty | (region.states[entry.page] & (PageState.backed | PageState.queued))
-                resident += 1
-                staging.give(entry.stagingSlot)
-                staged -= 1
-            } else {
-                if let region, let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
-                keepSlots.append(entry.stagingSlot)   // the evictor empties it and returns it
-            }
+            if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
         }
         batch.entries.removeAll(keepingCapacity: true)
         spareBatches.append(batch)
@@ -675,11 +697,57 @@ final class FaultHandler: @unchecked Sendable {
         counters.set(.residentPages, UInt64(resident))
     }
 
+    /// Moves a page whose write-back failed from its staging slot back into
+    /// the region. Returns false when the slot's data is not wanted any more
+    /// (region closed, page discarded or unmapped): the caller empties the slot.
+    /// EAGAIN (an event is pending) keeps the entry for a retry after it.
+    private func restore(_ entry: EvictionBatch.Entry) -> Bool {
+        guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot], region.alive else { return false }
+        let state = region.states[entry.page]
+        guard state & PageState.discardedInFlight == 0, let address = region.address(of: entry.page) else {
+            // Discarded or unmapped while in flight: it reads as zeros (or is gone). Faults go on.
+            region.states[entry.page] = state & PageState.queued
+            if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
+            return false
+        }
+        do {
+            _ = try uffd.move(to: address, from: staging.address(of: entry.stagingSlot), length: 4096, wake: true)
+        } catch {
+            if error == .again {
+                pendingRestores.append(entry)
+                awaitingEvent = true
+                return true
+            }
+            // Cannot happen while the page is in flight (its faults are parked); if
+            // it does, the data cannot be put back: fail that page loudly, never hang.
+            logger.critical("page \(entry.page) of region \(region.serverID) could not be restored (\(error)); it raises SIGBUS")
+            region.states[entry.page] = state & PageState.queued
+            counters.add(.poisoned)
+            try? uffd.poison(address, length: 4096)
+            return false
+        }
+        region.states[entry.page] = PageState.resident | PageState.dirty | (state & (PageState.backed | PageState.queued))
+        resident += 1
+        staging.give(entry.stagingSlot)
+        staged -= 1
+        return true
+    }
+
+    private func retryRestores() {
+        guard !pendingRestores.isEmpty, !awaitingEvent else { return }
+        let entries = pendingRestores
+        pendingRestores.removeAll(keepingCapacity: true)
+        var discard: [Int32] = []
+        for entry in entries where !restore(entry) { discard.append(entry.stagingSlot) }
+        if !discard.isEmpty { evictor.submit(.release(discard)) }
+    }
+
     private func execute(_ command: Command) {
         switch command {
         case .add(let region, let done):
             if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
             regions[region.slot] = region
+            liveRegions.append(region)
             let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
             queue.rebuild(capacity: live + 16) { _ in true }
             done.signal()
@@ -688,13 +756,20 @@ final class FaultHandler: @unchecked Sendable {
             for extent in region.extents {
                 try? uffd.unregister(extent.start, length: extent.pageCount * 4096)
             }
-            for page in 0..<region.pageCount where region.states[page] & PageState.resident != 0 { resident -= 1 }
+            for page in 0..<region.pageCount where region.states[page] & PageState.resident != 0 {
+                if region.states[page] & PageState.unevictable != 0 { unevictable -= 1 } else { resident -= 1 }
+            }
+            counters.set(.unevictablePages, UInt64(unevictable))
             let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
             let slot = region.slot
             queue.rebuild(capacity: live + 16) { EvictionQueue.unpack($0).slot != slot }
             regions[slot] = nil
+            liveRegions.removeAll { $0 === region }
             counters.set(.residentPages, UInt64(resident))
             done(region.extents)
+        case .suspendEviction(let done):
+            evictionSuspended = true
+            done.signal()
         case .stop:
             running = false
         }

@@ -13,6 +13,10 @@ enum PageState {
     static let discardedInFlight: UInt8 = 1 << 4
     /// Has an entry in the eviction queue.
     static let queued: UInt8 = 1 << 5
+    /// Resident, but UFFDIO_MOVE refuses it (pinned by O_DIRECT, io_uring or an
+    /// RDMA registration of the application's, or mprotect/mlock made its area
+    /// differ from staging): it stays, outside the budget, and is counted apart.
+    static let unevictable: UInt8 = 1 << 6
 }
 
 /// A run of a region's pages at some address. A region starts as one extent;

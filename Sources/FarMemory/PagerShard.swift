@@ -73,7 +73,11 @@ final class PagerShard: @unchecked Sendable {
     }
 
     func stop() {
-        // The evictor first: its staging madvise needs the handler to read events.
+        // No new eviction rounds, then the evictor (it finishes what it has; its
+        // staging madvise needs the handler still reading events), then the handler.
+        let suspended = DispatchSemaphore(value: 0)
+        handler.send(.suspendEviction(suspended))
+        suspended.wait()
         evictor.submit(.stop)
         evictorThread.join()
         handler.send(.stop)

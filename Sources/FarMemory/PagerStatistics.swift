@@ -6,7 +6,7 @@ final class PagerCounters: @unchecked Sendable {
     enum Counter: Int, CaseIterable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
-        case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched
+        case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -59,6 +59,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var residentPages: UInt64
     public var stagedPages: UInt64
     public var writeBackFailures: UInt64
+    /// Resident pages the kernel would not let FarMem move (pinned, mlocked,
+    /// mprotected differently): kept, outside the budget.
+    public var unevictablePages: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -79,6 +82,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         parkedFaults = sum(.parkedFaults); budgetOvershoot = sum(.budgetOvershoot)
         residentPages = sum(.residentPages); stagedPages = sum(.stagedPages)
         writeBackFailures = sum(.writeBackFailures)
+        unevictablePages = sum(.unevictablePages)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = shards.first?.faultService.value(atPercentile: 50) ?? 0

@@ -115,6 +115,25 @@ final class PagerTests: XCTestCase {
         XCTAssertLessThanOrEqual(stats.residentPages + stats.stagedPages, UInt64(budget / 4096))
     }
 
+    func testPagesTheKernelWillNotMoveStayOutsideTheBudgetAndNothingWedges() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pattern = PagePattern(seed: 31)
+        fill(region, pattern)
+        // mlock faults the pages in and locks them: UFFDIO_MOVE refuses locked
+        // pages (the area's flags differ from staging's), so eviction must skip them.
+        let locked = 128
+        XCTAssertEqual(mlock(region.baseAddress!, locked * 4096), 0, "mlock: \(String(cString: strerror(errno)))")
+        defer { munlock(region.baseAddress!, locked * 4096) }
+        XCTAssertEqual(mismatches(region, pattern), [], "all data intact, no fault left waiting")
+        XCTAssertEqual(mismatches(region, pattern), [])
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.unevictablePages, 0, stats.description)
+        XCTAssertLessThanOrEqual(stats.unevictablePages, UInt64(locked))
+        XCTAssertLessThanOrEqual(stats.residentPages + stats.stagedPages, UInt64(budget / 4096))
+    }
+
     func testManyThreadsFaultingOnTheSamePagesAllSeeTheData() throws {
         let memory = try makeMemory()
         defer { memory.close() }

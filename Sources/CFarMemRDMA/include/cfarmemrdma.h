@@ -61,6 +61,7 @@ void *fm_rdma_alloc_pd(void *id);
 int fm_rdma_dealloc_pd(void *pd);
 /// Creates the connection's queue pair in `pd` and accepts it.
 int fm_rdma_accept(void *id, void *pd);
+/// Rejects a connection request and frees its id.
 int fm_rdma_reject(void *id, const char *reason);
 /// Disconnects and frees a server-side connection.
 void fm_rdma_drop(void *id);
