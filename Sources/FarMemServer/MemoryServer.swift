@@ -93,7 +93,7 @@ public final class MemoryServer: Sendable {
         let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
         acceptThread.withLock { $0 = thread }
         let context = self.context
-        context.rdma?.start(sessions: context.sessions) { session in context.detach(session) }
+        context.rdma?.start()
         if let rdma = context.rdma { context.logger.info("serving RDMA on \(context.configuration.listen.host):\(rdma.port)") }
         context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
     }
@@ -112,6 +112,8 @@ public final class MemoryServer: Sendable {
                 continue
             }
             try? socket.setTimeouts(seconds: context.configuration.frameTimeoutSeconds)
+            // A client host that dies silently is noticed in about a minute, and its session freed.
+            try? socket.setKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
             context.connections.add(1, ordering: .relaxed)
             let key = liveSockets.withLock { live -> Int in
                 live.next += 1

@@ -8,7 +8,8 @@ import Synchronization
 /// session named by their ticket, and per-session protection domains in which
 /// regions are registered for one-sided READ and WRITE. Clients move pages
 /// with no server CPU on the data path; this thread only sees connects and
-/// disconnects.
+/// disconnects. A session's life is its TCP connections' (kept honest by TCP
+/// keepalive); when it ends, its RDMA connections are dropped with it.
 final class RDMAService: @unchecked Sendable {
     let port: UInt16
     private let listener: OpaquePointer
@@ -42,8 +43,8 @@ final class RDMAService: @unchecked Sendable {
         self.logger = logger
     }
 
-    func start(sessions: SessionTable, detach: @escaping @Sendable (Session) -> Void) {
-        thread = PosixThread.spawn(name: "farmemd-rdma") { [self] in run(sessions: sessions, detach: detach) }
+    func start() {
+        thread = PosixThread.spawn(name: "farmemd-rdma") { [self] in run() }
     }
 
     func stop() {
@@ -93,18 +94,22 @@ final class RDMAService: @unchecked Sendable {
         return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(published), length: UInt64(region.length))
     }
 
-    /// The session is gone (its regions are already deregistered): free its domain.
+    /// The session has ended: drop its RDMA connections, then free its domain
+    /// (its regions are already deregistered).
     func forget(_ session: Session) {
-        let (domain, ticket) = withBook { book in
-            let ticket = book.tickets.removeValue(forKey: ObjectIdentifier(session))
-            if let ticket { book.sessionsByTicket[SessionKey(ticket)] = nil }
-            return (book.domains.removeValue(forKey: ObjectIdentifier(session)), ticket)
+        let (domain, connections) = withBook { book in
+            if let ticket = book.tickets.removeValue(forKey: ObjectIdentifier(session)) {
+                book.sessionsByTicket[SessionKey(ticket)] = nil
+            }
+            let ids = book.connections.filter { $0.value === session }.map(\.key)
+            for id in ids { book.connections[id] = nil }
+            return (book.domains.removeValue(forKey: ObjectIdentifier(session)), ids)
         }
-        _ = ticket
+        for id in connections { fm_rdma_drop(id) }
         if let domain { _ = fm_rdma_dealloc_pd(domain) }
     }
 
-    private func run(sessions: SessionTable, detach: @escaping @Sendable (Session) -> Void) {
+    private func run() {
         var event = fm_rdma_event()
         while !stopping.load(ordering: .relaxed) {
             let rc = fm_rdma_next_event(listener, &event, 200)
@@ -112,20 +117,16 @@ final class RDMAService: @unchecked Sendable {
             guard let id = event.id else { continue }
             switch Int(event.type) {
             case Int(FM_RDMA_EVENT_CONNECT_REQUEST):
-                accept(id, event: event, sessions: sessions, detach: detach)
+                accept(id, event: event)
             case Int(FM_RDMA_EVENT_DISCONNECTED):
-                if let session = withBook({ $0.connections.removeValue(forKey: id) }) {
-                    fm_rdma_drop(id)
-                    detach(session)
-                }
+                if withBook({ $0.connections.removeValue(forKey: id) }) != nil { fm_rdma_drop(id) }
             default:
                 break
             }
         }
     }
 
-    private func accept(_ id: UnsafeMutableRawPointer, event: fm_rdma_event, sessions: SessionTable,
-                        detach: @Sendable (Session) -> Void) {
+    private func accept(_ id: UnsafeMutableRawPointer, event: fm_rdma_event) {
         let ticket = withUnsafeBytes(of: event.private_data) { Array($0.prefix(Int(event.private_len))) }
         guard ticket.count >= 16, let session = withBook({ $0.sessionsByTicket[SessionKey(Array(ticket.prefix(16)))] }) else {
             logger.warning("RDMA connection refused: unknown ticket")
@@ -142,20 +143,21 @@ final class RDMAService: @unchecked Sendable {
             _ = fm_rdma_reject(id, "no protection domain")
             return
         }
-        // Joins only a session that is still live (its TCP connections may have
-        // just closed): an ended session is never revived.
-        guard sessions.attach(existing: session) else {
+        // Joins only a live session. The check and the insert happen under the
+        // lock forget() takes, so a session ending meanwhile drops this one too.
+        let joined = withBook { book -> Bool in
+            guard !session.ended.load(ordering: .acquiring) else { return false }
+            book.connections[id] = session
+            return true
+        }
+        guard joined else {
             _ = fm_rdma_reject(id, "session ended")
-            forget(session)
             return
         }
-        withBook { _ = $0.connections[id] = session }
         let rc = fm_rdma_accept(id, domain)
-        if rc != 0 {
+        if rc != 0, withBook({ $0.connections.removeValue(forKey: id) }) != nil {
             logger.warning("RDMA accept failed: \(Errno(negated: rc))")
-            withBook { _ = $0.connections.removeValue(forKey: id) }
             fm_rdma_drop(id)
-            detach(session)
         }
     }
 }

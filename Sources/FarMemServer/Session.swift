@@ -8,6 +8,8 @@ import Synchronization
 final class Session: @unchecked Sendable {
     let key: SessionKey
     private let ledger: CapacityLedger
+    /// Set once its last TCP connection has closed; an ended session never comes back.
+    let ended = Atomic<Bool>(false)
     private let lock = Lock()
     private var _state = State()
 
@@ -153,22 +155,13 @@ final class SessionTable: Sendable {
         }
     }
 
-    /// Adds a connection to a session that must still be live (an RDMA
-    /// connection joining by ticket); false if the session has ended.
-    func attach(existing session: Session) -> Bool {
-        sessions.withLock { table in
-            guard table[session.key] === session else { return false }
-            session.attach()
-            return true
-        }
-    }
-
     /// Detaches a connection; returns the session if that was its last one
     /// (the caller frees its regions).
     func detach(_ session: Session) -> Session? {
         sessions.withLock { table in
             guard session.detach() else { return nil }
             if table[session.key] === session { table[session.key] = nil }
+            session.ended.store(true, ordering: .releasing)
             return session
         }
     }

@@ -111,6 +111,17 @@ public struct TCPSocket: Sendable {
         _ = try checkedLibc { setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size)) }
     }
 
+    /// TCP keepalive: after `idleSeconds` of silence, probe every `intervalSeconds`;
+    /// after `probes` unanswered probes the connection fails (reads return an error).
+    public func setKeepAlive(idleSeconds: Int32, intervalSeconds: Int32, probes: Int32) throws(Errno) {
+        var on: Int32 = 1, idle = idleSeconds, interval = intervalSeconds, count = probes
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        _ = try checkedLibc { setsockopt(descriptor.rawValue, SOL_SOCKET, SO_KEEPALIVE, &on, size) }
+        _ = try checkedLibc { setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, size) }
+        _ = try checkedLibc { setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, size) }
+        _ = try checkedLibc { setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, size) }
+    }
+
     /// SO_RCVTIMEO and SO_SNDTIMEO; 0 means block forever.
     public func setTimeouts(seconds: Double) throws(Errno) {
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))

@@ -160,8 +160,9 @@ final class FaultHandler: @unchecked Sendable {
             // event never come (the change was abandoned), deferred faults still go on.
             let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, awaitingEvent ? 1 : -1)
             if ready < 0 {
-                logger.critical("poll on userfaultfd failed: \(Errno(negated: ready)); fault handler stops")
-                return
+                // Without its handler every far page would hang its thread forever:
+                // stop loudly instead.
+                fatalError("FarMemory: poll on userfaultfd failed: \(Errno(negated: ready))")
             }
             if ready == 0 { awaitingEvent = false }
             if ready & 2 != 0 {
@@ -219,8 +220,7 @@ final class FaultHandler: @unchecked Sendable {
         while true {
             let count: Int
             do { count = try uffd.read(into: messages, capacity: 64) } catch {
-                logger.critical("reading userfaultfd failed: \(error)")
-                return total
+                fatalError("FarMemory: reading userfaultfd failed: \(error)")
             }
             if count == 0 { return total }
             total += count

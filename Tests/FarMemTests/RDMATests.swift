@@ -101,4 +101,23 @@ final class RDMATests: XCTestCase {
         let port = try ticketReply.body.withUnsafeBytes { try RDMAAttachReply.decode($0) }.port
         XCTAssertThrowsError(try RDMAChannel(host: address, port: port, ticket: RawClient.randomKey(), capacityPages: 1, timeoutSeconds: 10))
     }
+
+    func testSessionEndDropsItsRDMAConnectionsAndFreesPinnedMemory() throws {
+        let server = try ServerProcess(capacity: "16MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        let (client, channel, exposed) = try attach(server, writeByte: 0x11)
+        XCTAssertNotNil(exposed)
+        _ = channel
+        client.socket.shutdown()   // the session's only TCP connection goes
+        let observer = try RawClient(server.endpoint)
+        XCTAssertNil(try observer.hello().error)
+        var stats = ServerStats()
+        for _ in 0..<100 {
+            stats = try observer.call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
+            if stats.reservedPages == 0 && stats.sessions == 1 { break }
+            usleep(50_000)
+        }
+        XCTAssertEqual(stats.reservedPages, 0, "the pinned region was freed with its session")
+        XCTAssertEqual(stats.sessions, 1, "only the observer's session is left")
+    }
 }
