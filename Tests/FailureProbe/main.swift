@@ -1,5 +1,6 @@
-// farmem-failure-probe SERVER_PORT MODE
-// Fills a far region 4x its budget through the server on 127.0.0.1:PORT, prints
+// farmem-failure-probe PORT MODE [HOST]
+// Fills a far region 4x its budget through the server on HOST:PORT (default
+// 127.0.0.1; transport auto, so RDMA where HOST has a device), prints
 // READY, waits for a line on stdin, then:
 //   read-evicted: reads an evicted page (the test killed the server: expect SIGBUS);
 //   hold: waits to be killed (the test checks the server frees the pages).
@@ -11,12 +12,12 @@ import Glibc
 #endif
 
 let arguments = CommandLine.arguments
-guard arguments.count == 3, let port = UInt16(arguments[1]) else {
-    print("usage: farmem-failure-probe PORT read-evicted|hold")
+guard arguments.count == 3 || arguments.count == 4, let port = UInt16(arguments[1]) else {
+    print("usage: farmem-failure-probe PORT read-evicted|hold [HOST]")
     exit(64)
 }
 let configuration = FarMemoryConfiguration(
-    server: TCPSocket.Endpoint(host: "127.0.0.1", port: port), budgetBytes: 1 << 20,
+    server: TCPSocket.Endpoint(host: arguments.count == 4 ? arguments[3] : "127.0.0.1", port: port), budgetBytes: 1 << 20,
     requestTimeoutSeconds: 1, retryWindowSeconds: 1)
 let memory: FarMemory
 do { memory = try FarMemory(configuration: configuration) } catch {
@@ -31,7 +32,7 @@ for page in 0..<region.pageCount where !pattern.verify(page: page, at: base + pa
     print("MISMATCH \(page)")
     exit(2)
 }
-print("READY evictions=\(memory.statistics.evictions)")
+print("READY evictions=\(memory.statistics.evictions) rdma=\(memory.usesRDMA)")
 fflush(nil)
 _ = readLine()
 if arguments[2] == "read-evicted" {

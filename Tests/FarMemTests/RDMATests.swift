@@ -120,4 +120,33 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(stats.reservedPages, 0, "the pinned region was freed with its session")
         XCTAssertEqual(stats.sessions, 1, "only the observer's session is left")
     }
+
+    func testLostServerOverRDMAIsSIGBUSNotAHang() throws {
+        let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
+        probe.arguments = [String(server.endpoint.port), "read-evicted", address]
+        let output = Pipe(), errors = Pipe(), input = Pipe()
+        probe.standardOutput = output
+        probe.standardError = errors
+        probe.standardInput = input
+        try probe.run()
+        let pid = probe.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + 120) { if probe.isRunning { kill(pid, SIGKILL) } }
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let byte = output.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty { break }
+            line += String(decoding: byte, as: UTF8.self)
+        }
+        XCTAssertTrue(line.hasPrefix("READY") && line.contains("rdma=true"), "probe said: \(line)")
+        server.kill()   // its queue pairs die with it
+        input.fileHandleForWriting.write("go\n".data(using: .utf8)!)
+        probe.waitUntilExit()
+        XCTAssertEqual(probe.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(probe.terminationStatus, SIGBUS, "a clear failure (SIGBUS), not the watchdog's SIGKILL")
+        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(log.contains("falls back to TCP") || log.contains("could not be fetched"), log)
+    }
 }
