@@ -143,20 +143,7 @@ public final class MemoryServer: Sendable {
         liveSockets.withLock { live in for socket in live.sockets.values { socket.shutdown() } }
         // Connection threads exit on their own once their sockets are shut down.
         for _ in 0..<200 where context.connections.load(ordering: .relaxed) > 0 {
-            _ = usleepSeconds(0.01)
+            sleepSeconds(0.01)
         }
     }
 }
-
-@discardableResult
-func usleepSeconds(_ seconds: Double) -> Int32 {
-    var ts = timespecFrom(seconds)
-    return nanosleep(&ts, nil)
-}
-
-func timespecFrom(_ seconds: Double) -> timespec {
-    timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - Double(Int(seconds))) * 1e9))
-}
-#if canImport(Glibc)
-import Glibc
-#endif
