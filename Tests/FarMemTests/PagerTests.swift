@@ -317,44 +317,24 @@ final class PagerTests: XCTestCase {
         }
     }
 
-    private func startProbe(_ mode: String) throws -> (Process, Pipe, Pipe, FileHandle) {
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
-        probe.arguments = [String(server.endpoint.port), mode]
-        let output = Pipe(), errors = Pipe(), input = Pipe()
-        probe.standardOutput = output
-        probe.standardError = errors
-        probe.standardInput = input
-        try probe.run()
-        watchdog(probe, seconds: 60)
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = output.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
-        XCTAssertTrue(line.hasPrefix("READY"), "probe said: \(line)")
-        return (probe, output, errors, input.fileHandleForWriting)
-    }
-
     func testDeadServerRaisesSIGBUSOnTheEvictedPageInsteadOfHanging() throws {
-        let (probe, _, errors, input) = try startProbe("read-evicted")
+        let probe = try FailureProbe(port: server.endpoint.port, mode: "read-evicted", watchdogSeconds: 60)
+        XCTAssertTrue(probe.readyLine.hasPrefix("READY"), "probe said: \(probe.readyLine)")
         server.kill()
         let started = Date()
-        input.write("go\n".data(using: .utf8)!)
-        probe.waitUntilExit()
+        let log = probe.proceed()
         XCTAssertLessThan(Date().timeIntervalSince(started), 20, "bounded retry, then failure")
-        XCTAssertEqual(probe.terminationReason, .uncaughtSignal)
-        XCTAssertEqual(probe.terminationStatus, SIGBUS, "killed by SIGBUS, not by the watchdog's SIGKILL")
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(probe.process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(probe.process.terminationStatus, SIGBUS, "killed by SIGBUS, not by the watchdog's SIGKILL")
         XCTAssertTrue(log.contains("could not be fetched"), log)
     }
 
     func testKilledClientsPagesAreFreedByTheServer() throws {
-        let (probe, _, _, _) = try startProbe("hold")
+        let probe = try FailureProbe(port: server.endpoint.port, mode: "hold", watchdogSeconds: 60)
+        XCTAssertTrue(probe.readyLine.hasPrefix("READY"), "probe said: \(probe.readyLine)")
         XCTAssertGreaterThan(try serverStats().storedPages, 0)
-        kill(probe.processIdentifier, SIGKILL)
-        probe.waitUntilExit()
+        kill(probe.process.processIdentifier, SIGKILL)
+        probe.process.waitUntilExit()
         try waitFor("the server to free the killed client's pages") {
             let stats = try serverStats()
             return stats.storedPages == 0 && stats.reservedPages == 0

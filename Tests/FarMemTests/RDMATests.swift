@@ -111,12 +111,7 @@ final class RDMATests: XCTestCase {
         client.socket.shutdown()   // the session's only TCP connection goes
         let observer = try RawClient(server.endpoint)
         XCTAssertNil(try observer.hello().error)
-        var stats = ServerStats()
-        for _ in 0..<100 {
-            stats = try observer.call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
-            if stats.reservedPages == 0 && stats.sessions == 1 { break }
-            usleep(50_000)
-        }
+        let stats = try observer.statsEventually { $0.reservedPages == 0 && $0.sessions == 1 }
         XCTAssertEqual(stats.reservedPages, 0, "the pinned region was freed with its session")
         XCTAssertEqual(stats.sessions, 1, "only the observer's session is left")
     }
@@ -124,29 +119,13 @@ final class RDMATests: XCTestCase {
     func testLostServerOverRDMAIsSIGBUSNotAHang() throws {
         let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"])
         defer { server.stop() }
-        let probe = Process()
-        probe.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
-        probe.arguments = [String(server.endpoint.port), "read-evicted", address]
-        let output = Pipe(), errors = Pipe(), input = Pipe()
-        probe.standardOutput = output
-        probe.standardError = errors
-        probe.standardInput = input
-        try probe.run()
-        let pid = probe.processIdentifier
-        DispatchQueue.global().asyncAfter(deadline: .now() + 120) { if probe.isRunning { kill(pid, SIGKILL) } }
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = output.fileHandleForReading.readData(ofLength: 1)
-            if byte.isEmpty { break }
-            line += String(decoding: byte, as: UTF8.self)
-        }
-        XCTAssertTrue(line.hasPrefix("READY") && line.contains("rdma=true"), "probe said: \(line)")
+        let probe = try FailureProbe(port: server.endpoint.port, mode: "read-evicted", host: address)
+        XCTAssertTrue(probe.readyLine.hasPrefix("READY") && probe.readyLine.contains("rdma=true"), "probe said: \(probe.readyLine)")
         server.kill()   // its queue pairs die with it
-        input.fileHandleForWriting.write("go\n".data(using: .utf8)!)
-        probe.waitUntilExit()
-        XCTAssertEqual(probe.terminationReason, .uncaughtSignal)
-        XCTAssertEqual(probe.terminationStatus, SIGBUS, "a clear failure (SIGBUS), not the watchdog's SIGKILL")
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let log = probe.proceed()
+        XCTAssertEqual(probe.process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(probe.process.terminationStatus, SIGBUS, "a clear failure (SIGBUS), not the watchdog's SIGKILL")
+
         XCTAssertTrue(log.contains("falls back to TCP") || log.contains("could not be fetched"), log)
     }
 }

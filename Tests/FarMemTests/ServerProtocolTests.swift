@@ -79,12 +79,7 @@ final class ServerProtocolTests: XCTestCase {
         second.socket.shutdown()
         let observer = try RawClient(server.endpoint)
         XCTAssertNil(try observer.hello().error)
-        var stats = ServerStats()
-        for _ in 0..<50 {
-            stats = try observer.call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
-            if stats.storedPages == 0 && stats.reservedPages == 0 { break }
-            usleep(20_000)
-        }
+        let stats = try observer.statsEventually { $0.storedPages == 0 && $0.reservedPages == 0 }
         XCTAssertEqual(stats.storedPages, 0, "pages freed when the session's last connection closed")
         XCTAssertEqual(stats.reservedPages, 0)
     }

@@ -154,3 +154,52 @@ final class RawClient {
         return payload
     }
 }
+
+extension RawClient {
+    /// Polls STATS (bounded: about 5 s) until `done` holds; returns the last figures.
+    func statsEventually(_ done: (ServerStats) -> Bool) throws -> ServerStats {
+        var stats = ServerStats()
+        for _ in 0..<100 {
+            stats = try call(.stats, []).body.withUnsafeBytes { try ServerStats.decode($0) }
+            if done(stats) { break }
+            usleep(50_000)
+        }
+        return stats
+    }
+}
+
+/// Tests/FailureProbe run as a process: it fills a region through the server,
+/// says READY, and acts when told (see its header). A watchdog kills it if it
+/// hangs, so a hang fails the test instead of the suite.
+struct FailureProbe {
+    let process = Process()
+    let errors = Pipe()
+    let input = Pipe()
+    let readyLine: String
+
+    init(port: UInt16, mode: String, host: String? = nil, watchdogSeconds: Double = 120) throws {
+        process.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
+        process.arguments = [String(port), mode] + (host.map { [$0] } ?? [])
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = input
+        try process.run()
+        let pid = process.processIdentifier, running = process
+        DispatchQueue.global().asyncAfter(deadline: .now() + watchdogSeconds) { if running.isRunning { kill(pid, SIGKILL) } }
+        var line = ""
+        while !line.hasSuffix("\n") {
+            let byte = output.fileHandleForReading.readData(ofLength: 1)
+            if byte.isEmpty { break }
+            line += String(decoding: byte, as: UTF8.self)
+        }
+        readyLine = line
+    }
+
+    /// Lets the probe go on, waits for it, and returns its log (standard error).
+    func proceed() -> String {
+        input.fileHandleForWriting.write("go\n".data(using: .utf8)!)
+        process.waitUntilExit()
+        return String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+}
