@@ -36,7 +36,7 @@ final class RDMAService: @unchecked Sendable {
         var err: Int32 = 0
         var why = [CChar](repeating: 0, count: 256)
         guard let listener = fm_rdma_listen(host, requested, &bound, &err, &why, why.count) else {
-            throw Unavailable(description: String(cString: why))
+            throw Unavailable(description: stringFromCBuffer(why))
         }
         self.listener = listener
         self.port = bound

@@ -21,3 +21,8 @@ public func readTokenFile(_ path: String) -> [UInt8]? {
     guard let text = readTextFile(path) else { return nil }
     return Array((text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "").utf8)
 }
+
+/// The text in a NUL-terminated C buffer (an error message a C call filled in).
+public func stringFromCBuffer(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

@@ -1,5 +1,6 @@
 import CFarMemRDMA
 import FarMemProtocol
+import FarMemSystem
 
 /// A region's server memory as RDMA_EXPOSE described it.
 struct RemoteRegion: Sendable {
@@ -31,7 +32,7 @@ final class RDMAChannel {
         guard let connection = ticket.withUnsafeBytes({ raw in
             fm_rdma_connect(host, port, raw.baseAddress, UInt8(raw.count), capacityPages * 4096, timeout, &err, &why, why.count)
         }) else {
-            throw ConnectError(description: "RDMA connect to \(host):\(port) failed: \(String(cString: why))")
+            throw ConnectError(description: "RDMA connect to \(host):\(port) failed: \(stringFromCBuffer(why))")
         }
         self.connection = connection
         self.capacityPages = capacityPages
