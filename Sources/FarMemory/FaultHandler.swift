@@ -84,8 +84,6 @@ final class FaultHandler: @unchecked Sendable {
     private var fetchBuffer: UnsafeMutableRawPointer
     private var fetchPages: UnsafeMutablePointer<UInt64>
     private var trends: TrendDetector
-    /// A fetched page whose install met EAGAIN, kept for the retry so the
-    /// deferred fault does not cross the network twice.
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
