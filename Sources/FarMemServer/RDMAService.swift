@@ -50,7 +50,13 @@ final class RDMAService: @unchecked Sendable {
     func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         thread?.join()
-        let live = withBook { book in Array(book.connections.keys) }
+        // Taken out of the table as they are dropped: a session ending later
+        // (its TCP connections close after this) must not drop them again.
+        let live = withBook { book -> [UnsafeMutableRawPointer] in
+            let ids = Array(book.connections.keys)
+            book.connections.removeAll()
+            return ids
+        }
         for id in live { fm_rdma_drop(id) }
         fm_rdma_listener_close(listener)
     }

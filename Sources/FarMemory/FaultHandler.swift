@@ -83,6 +83,9 @@ final class FaultHandler: @unchecked Sendable {
     /// Fetched pages land here: the faulting page first, then the prefetched ones.
     private var fetchBuffer: UnsafeMutableRawPointer
     private var fetchPages: UnsafeMutablePointer<UInt64>
+    /// Where the last fetch's pages are: `fetchBuffer` over TCP, the RDMA
+    /// channel's registered buffer over RDMA (installed from there, no copy).
+    private var fetchedData: UnsafeRawPointer
     private var trends: TrendDetector
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
@@ -113,6 +116,7 @@ final class FaultHandler: @unchecked Sendable {
         trends = TrendDetector(maxWindow: window)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
+        fetchedData = UnsafeRawPointer(fetchBuffer)
         keptBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         keptPages = .allocate(capacity: window + 1)
         zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
@@ -319,7 +323,7 @@ final class FaultHandler: @unchecked Sendable {
         if fromServer {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
-            source = UnsafeMutableRawPointer(fetchBuffer)
+            source = UnsafeMutableRawPointer(mutating: fetchedData)
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault.
@@ -339,6 +343,10 @@ final class FaultHandler: @unchecked Sendable {
             region.states[page] = state
             resident -= 1
             if fromServer {
+                if fetchedData != UnsafeRawPointer(fetchBuffer) {
+                    // Over RDMA the pages sit in the channel's buffer, which the next fetch reuses.
+                    fetchBuffer.copyMemory(from: fetchedData, byteCount: fetched * 4096)
+                }
                 swap(&fetchBuffer, &keptBuffer)
                 swap(&fetchPages, &keptPages)
                 kept = (region.slot, fetched)
@@ -403,7 +411,7 @@ final class FaultHandler: @unchecked Sendable {
     }
 
     /// Fetches the faulting page, and the pages the trend predicts, into
-    /// `fetchBuffer` with one request, reconnecting within the retry window.
+    /// `fetchedData` with one request, reconnecting within the retry window.
     /// Returns how many pages arrived (0: failed, and the page was poisoned so
     /// that the access raises SIGBUS instead of hanging forever).
     private func fetch(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?, address: UInt) -> Int {
@@ -412,6 +420,7 @@ final class FaultHandler: @unchecked Sendable {
             if held.region == region.slot, keptPages[0] == UInt64(page) {
                 swap(&fetchBuffer, &keptBuffer)
                 swap(&fetchPages, &keptPages)
+                fetchedData = UnsafeRawPointer(fetchBuffer)
                 // Prefetched pages are still good while they live on the server
                 // only; stop at the first that does not (installs stay in runs).
                 var count = 1
@@ -445,8 +454,8 @@ final class FaultHandler: @unchecked Sendable {
         var reason = ""
         while true {
             do {
-                try link.readPages(region: region.serverID, remote: region.remote,
-                                   pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+                fetchedData = try link.readPages(region: region.serverID, remote: region.remote,
+                                                 pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
                 return count
             } catch {
                 if case .refused(let refusal) = error {
@@ -469,7 +478,7 @@ final class FaultHandler: @unchecked Sendable {
         return 0
     }
 
-    /// Installs prefetched pages (fetchBuffer slots 1...count), write-protected
+    /// Installs prefetched pages (slots 1...count of the fetched data), write-protected
     /// and clean. Contiguous pages go in with one UFFDIO_COPY. A page that is
     /// already there or meets a pending event ends the run: the rest stay on the
     /// server, which is always correct.
@@ -485,7 +494,7 @@ final class FaultHandler: @unchecked Sendable {
             for i in 0..<run { region.states[first + i] |= PageState.resident }
             let copied: Int
             do {
-                copied = try uffd.copy(to: address, from: fetchBuffer + slot * 4096, length: run * 4096, writeProtect: true) / 4096
+                copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: true) / 4096
             } catch {
                 for i in 0..<run { region.states[first + i] &= ~PageState.resident }
                 if error == .again { awaitingEvent = true }

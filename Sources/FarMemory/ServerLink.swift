@@ -126,17 +126,18 @@ final class ServerLink {
         return body
     }
 
-    /// Fetches `pages` of `region` straight into `destination` (count x 4 KiB).
+    /// Fetches `pages` of `region` (count x 4 KiB) and returns where they are:
+    /// over RDMA, the registered buffer the READs landed in (no further copy;
+    /// valid until this link's next transfer); over TCP, `destination`.
     /// The fault path: no allocation on success.
     func readPages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
-                   into destination: UnsafeMutableRawPointer) throws(LinkError) {
+                   into destination: UnsafeMutableRawPointer) throws(LinkError) -> UnsafeRawPointer {
         if let rdma, let remote {
             do {
                 try rdma.transfer(write: false, remote: remote, pages: pages)
-                destination.copyMemory(from: rdma.buffer, byteCount: pages.count * 4096)
                 counters.add(.bytesIn, UInt64(pages.count * 4096))
                 counters.add(.rdmaPagesIn, UInt64(pages.count))
-                return
+                return UnsafeRawPointer(rdma.buffer)
             } catch {
                 dropRDMA(error.description)
             }
@@ -161,6 +162,7 @@ final class ServerLink {
             throw .network("reading READ_PAGES reply failed: \(error)")
         }
         counters.add(.bytesIn, UInt64(expected))
+        return UnsafeRawPointer(destination)
     }
 
     /// Writes pages; `source(i)` gives the 4 KiB of the i-th page.

@@ -133,6 +133,7 @@ final class ServerProtocolTests: XCTestCase {
         // Wrong token on a server without one is fine; a wrong key is simply another session.
         XCTAssertEqual(try keeper.call(.readPages, PageBatchHeader(regionID: 1, pages: [2]).encode()).body,
                        [UInt8](repeating: 0xC3, count: 4096), "stored page intact")
+        XCTAssertEqual(server.stopCleanly(), 0, "farmemd shuts down cleanly with clients connected")
     }
 
     func testStalledFrameIsCutOffAfterTheFrameTimeout() throws {

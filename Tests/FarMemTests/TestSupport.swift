@@ -72,6 +72,13 @@ final class ServerProcess {
         try? FileManager.default.removeItem(at: directory)
     }
 
+    /// SIGTERM, then farmemd's exit status: 0 when it shut down cleanly
+    /// (disconnecting every client), a signal number if it crashed doing so.
+    func stopCleanly() -> Int32 {
+        stop()
+        return process.terminationReason == .exit ? process.terminationStatus : 128 + process.terminationStatus
+    }
+
     deinit { stop() }
 }
 
