@@ -415,22 +415,24 @@ final class FaultHandler: @unchecked Sendable {
     /// Returns how many pages arrived (0: failed, and the page was poisoned so
     /// that the access raises SIGBUS instead of hanging forever).
     private func fetch(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?, address: UInt) -> Int {
-        if let held = kept {
+        // A kept batch waits for its own page (another thread's fault may come
+        // first); its invalidation rules hold however long it waits.
+        if let held = kept, held.region == region.slot, keptPages[0] == UInt64(page) {
             kept = nil
-            if held.region == region.slot, keptPages[0] == UInt64(page) {
-                swap(&fetchBuffer, &keptBuffer)
-                swap(&fetchPages, &keptPages)
-                fetchedData = UnsafeRawPointer(fetchBuffer)
-                // Prefetched pages are still good while they live on the server
-                // only; stop at the first that does not (installs stay in runs).
-                var count = 1
-                while count < held.count {
-                    let state = region.states[Int(fetchPages[count])]
-                    guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
-                    count += 1
-                }
-                return count
+            swap(&fetchBuffer, &keptBuffer)
+            swap(&fetchPages, &keptPages)
+            fetchedData = UnsafeRawPointer(fetchBuffer)
+            // Prefetched pages are still good while they live on the server
+            // only; stop at the first that does not (installs stay in runs),
+            // and never install past the budget.
+            var count = 1
+            let limit = min(held.count, max(1, budget - resident - staged))
+            while count < limit {
+                let state = region.states[Int(fetchPages[count])]
+                guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
+                count += 1
             }
+            return count
         }
         var count = 1
         fetchPages[0] = UInt64(page)
@@ -497,7 +499,10 @@ final class FaultHandler: @unchecked Sendable {
                 copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: true) / 4096
             } catch {
                 for i in 0..<run { region.states[first + i] &= ~PageState.resident }
-                if error == .again { awaitingEvent = true }
+                if error == .again {
+                    awaitingEvent = true
+                    keepRemainder(region: region, from: slot, count: count)
+                }
                 return
             }
             for i in 0..<run {
@@ -510,9 +515,24 @@ final class FaultHandler: @unchecked Sendable {
                 }
             }
             counters.add(.prefetched, UInt64(copied))
-            if copied < run { return }
+            if copied < run {
+                keepRemainder(region: region, from: slot + copied, count: count)
+                return
+            }
             slot += run
         }
+    }
+
+    /// Keeps prefetched pages that could not be installed (an event was
+    /// pending): in a scan the next fault is the first of them, and `fetch`
+    /// then installs the kept copies (checked and invalidated like any kept
+    /// batch) instead of crossing the network again.
+    private func keepRemainder(region: RegionRecord, from slot: Int, count: Int) {
+        let n = count - slot + 1
+        guard n > 0 else { return }
+        keptBuffer.copyMemory(from: fetchedData + slot * 4096, byteCount: n * 4096)
+        for i in 0..<n { keptPages[i] = fetchPages[slot + i] }
+        kept = (region.slot, n)
     }
 
     // MARK: Non-cooperative events
