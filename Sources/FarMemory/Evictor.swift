@@ -2,9 +2,6 @@ import FarMemProtocol
 import FarMemSystem
 import Logging
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The eviction worker: writes staged dirty pages to the server, empties
 /// their staging slots, and sends discards. It owns its own server link so a
@@ -92,7 +89,7 @@ final class Evictor: @unchecked Sendable {
     }
 
     /// Writes the batch's dirty pages (grouped by region, up to the protocol's
-    /// batch limit), then frees the slots of every page that is safe.
+    /// batch limit), reports the batch, and queues its written slots for release.
     private func writeBack(_ batch: EvictionBatch) {
         var index = 0
         let entries = batch.entries.count
@@ -157,31 +154,19 @@ final class Evictor: @unchecked Sendable {
 
     enum Outcome { case done, regionGone, failed }
 
-    /// Runs `body`, reconnecting on network errors until the retry window ends.
+    /// Runs `body` with the link's retries and says what came of it.
     private func withRetries(_ what: String, _ body: () throws(ServerLink.LinkError) -> Void) -> Outcome {
-        let deadline = monotonicSeconds() + configuration.retryWindowSeconds
-        var delay = 0.02
-        while true {
-            do {
-                try body()
-                return .done
-            } catch {
-                switch error {
-                case .refused(let refusal) where refusal.code == .noSuchRegion:
-                    return .regionGone
-                case .refused(let refusal):
-                    logger.error("\(what) refused by the server: \(refusal)")
-                    return .failed
-                case .network(let text):
-                    counters.add(.retries)
-                    if monotonicSeconds() + delay > deadline {
-                        logger.error("\(what) failed: \(text); gave up after \(configuration.retryWindowSeconds) s")
-                        return .failed
-                    }
-                    sleepSeconds(delay)
-                    delay = min(delay * 2, 0.5)
-                }
-            }
+        switch link.withRetries(windowSeconds: configuration.retryWindowSeconds, body) {
+        case nil:
+            return .done
+        case .refused(let refusal)? where refusal.code == .noSuchRegion:
+            return .regionGone
+        case .refused(let refusal)?:
+            logger.error("\(what) refused by the server: \(refusal)")
+            return .failed
+        case .network(let text)?:
+            logger.error("\(what) failed: \(text); gave up after \(configuration.retryWindowSeconds) s")
+            return .failed
         }
     }
 }

@@ -159,7 +159,7 @@ public final class FarMemory: @unchecked Sendable {
             try MemoryMapping.advise(base, length: length, .noHugePage)
             try MemoryMapping.advise(base, length: length, .dontFork)
         } catch {
-            _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
+            dropOnServer(id)
             throw .system("mapping a \(length)-byte region", error)
         }
         // One contiguous chunk per shard (a single chunk with one handler thread).
@@ -171,7 +171,7 @@ public final class FarMemory: @unchecked Sendable {
             }
         } catch {
             MemoryMapping.unmap(base, length: length)
-            _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
+            dropOnServer(id)
             throw .system("registering the region with userfaultfd", error)
         }
         var remote: RemoteRegion?
@@ -204,9 +204,13 @@ public final class FarMemory: @unchecked Sendable {
                 MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
             }
         }
-        _ = try? withControl { link throws(ServerLink.LinkError) in
-            try link.exchange(.dropRegion, RegionRef(regionID: id).encode())
-        }
+        dropOnServer(id)
+    }
+
+    /// Frees a region on the server. Best effort: if the server cannot be
+    /// reached, the session's end frees it anyway.
+    private func dropOnServer(_ id: UInt64) {
+        _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
     }
 
     /// What the pager has done so far (all shards together).

@@ -451,26 +451,13 @@ final class FaultHandler: @unchecked Sendable {
                 count += 1
             }
         }
-        let deadline = monotonicSeconds() + configuration.retryWindowSeconds
-        var delay = 0.02
-        var reason = ""
-        while true {
-            do {
-                fetchedData = try link.readPages(region: region.serverID, remote: region.remote,
-                                                 pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
-                return count
-            } catch {
-                if case .refused(let refusal) = error {
-                    reason = "refused by the server: \(refusal)"
-                    break
-                }
-                reason = error.description
-                counters.add(.retries)
-                if monotonicSeconds() + delay > deadline { break }
-                sleepSeconds(delay)
-                delay = min(delay * 2, 0.5)
-            }
+        let failure = link.withRetries(windowSeconds: configuration.retryWindowSeconds) { () throws(ServerLink.LinkError) in
+            fetchedData = try link.readPages(region: region.serverID, remote: region.remote,
+                                             pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
         }
+        guard let failure else { return count }
+        let reason: String
+        if case .refused(let refusal) = failure { reason = "refused by the server: \(refusal)" } else { reason = failure.description }
         logger.error("page \(page) of region \(region.serverID) could not be fetched (\(reason)); the access raises SIGBUS")
         counters.add(.poisoned)
         do { try uffd.poison(address, length: 4096) } catch {

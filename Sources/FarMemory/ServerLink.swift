@@ -38,6 +38,27 @@ final class ServerLink {
 
     func attach(_ channel: RDMAChannel) { rdma = channel }
 
+    /// Runs `body` until it succeeds (nil), the server refuses (that error, at
+    /// once), or network errors outlast `windowSeconds` (the last of them).
+    /// Between tries: back-off from 20 ms to 500 ms; the link reconnects on its
+    /// next request.
+    func withRetries(windowSeconds: Double, _ body: () throws(LinkError) -> Void) -> LinkError? {
+        let deadline = monotonicSeconds() + windowSeconds
+        var delay = 0.02
+        while true {
+            do {
+                try body()
+                return nil
+            } catch {
+                if case .refused = error { return error }
+                counters.add(.retries)
+                if monotonicSeconds() + delay > deadline { return error }
+                sleepSeconds(delay)
+                delay = min(delay * 2, 0.5)
+            }
+        }
+    }
+
     private func dropRDMA(_ reason: String) {
         rdma = nil
         onRDMAFailure?(reason)
