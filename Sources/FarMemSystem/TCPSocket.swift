@@ -162,7 +162,10 @@ public struct TCPSocket: Sendable {
         }
     }
 
-    /// Writes two buffers (a header and a payload) with one writev where possible.
+    /// Writes two buffers (a header and a payload) with one sendmsg where possible.
+    /// sendmsg, not writev: writev to a peer that has gone raises SIGPIPE, which
+    /// would kill farmemd or the application linked with FarMemory (a library must
+    /// not change the process's signal dispositions), while MSG_NOSIGNAL gives EPIPE.
     public func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws(Errno) {
         // A tuple, not an array: no allocation on the fault path.
         var vectors = (
@@ -172,10 +175,15 @@ public struct TCPSocket: Sendable {
         let total = first.count + second.count
         let fd = descriptor.rawValue
         let n = withUnsafeMutablePointer(to: &vectors) {
-            $0.withMemoryRebound(to: iovec.self, capacity: 2) { writev(fd, $0, second.count > 0 ? 2 : 1) }
+            $0.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
+                var message = msghdr()
+                message.msg_iov = iov
+                message.msg_iovlen = second.count > 0 ? 2 : 1
+                return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            }
         }
         if n == total { return }
-        // Rare: a short or interrupted writev. Finish with plain sends.
+        // Rare: a short or interrupted sendmsg. Finish with plain sends.
         let sent = max(n, 0)
         if n < 0, Errno.current != .interrupted, Errno.current != .again { throw Errno.current }
         if sent < first.count {

@@ -136,6 +136,29 @@ final class ServerProtocolTests: XCTestCase {
         XCTAssertEqual(server.stopCleanly(), 0, "farmemd shuts down cleanly with clients connected")
     }
 
+    /// Regression: stopping shuts every connection down to wake its thread; a
+    /// thread woken half-way through a frame answers "truncated frame" on a
+    /// socket that is already shut down. That write must fail with EPIPE, not
+    /// raise SIGPIPE and kill farmemd (CI saw exit status 128 + 13).
+    func testStopWhileAFrameIsHalfReceivedExitsCleanly() throws {
+        var clients: [RawClient] = []
+        for id in 0..<4 {
+            let client = try RawClient(server.endpoint)
+            XCTAssertNil(try client.hello().error)
+            // A WRITE_PAGES header announcing one page, and only half of the page.
+            let frame = RawClient.frame(Opcode.writePages.rawValue, id: UInt32(id),
+                                        RawClient.writePayload(region: 1, pages: [0]) { _ in 7 })
+            try client.sendRaw(Array(frame.prefix(frame.count / 2)))
+            clients.append(client)
+        }
+        // Every connection thread is now blocked in the middle of a payload.
+        let observer = try RawClient(server.endpoint)
+        XCTAssertNil(try observer.hello().error)
+        XCTAssertEqual(try observer.statsEventually { $0.connections == 5 }.connections, 5)
+        XCTAssertEqual(server.stopCleanly(), 0, "farmemd exits 0, not killed by SIGPIPE")
+        withExtendedLifetime((clients, observer)) {}
+    }
+
     func testStalledFrameIsCutOffAfterTheFrameTimeout() throws {
         server.stop()
         server = try ServerProcess(capacity: "4MiB", extra: ["--frame-timeout", "0.5"])
