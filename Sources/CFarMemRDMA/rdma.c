@@ -37,6 +37,13 @@ static uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Says which verbs or RDMA-CM call failed and why; returns -errno as the error code. */
+static int call_failed(char *why, size_t why_len, const char *call) {
+    int error = errno;
+    snprintf(why, why_len, "%s: %s", call, strerror(error));
+    return -error;
+}
+
 int fm_rdma_device_count(void) {
     int count = 0;
     struct ibv_device **list = ibv_get_device_list(&count);
@@ -61,7 +68,7 @@ static int wait_cm_event(struct rdma_event_channel *channel, enum rdma_cm_event_
             snprintf(why, why_len, "expected %s, got %s (status %d)", rdma_event_str(expected), rdma_event_str(type), status);
             return type == RDMA_CM_EVENT_REJECTED ? -ECONNREFUSED : -EHOSTUNREACH;
         }
-        if (errno != EAGAIN) { snprintf(why, why_len, "rdma_get_cm_event: %s", strerror(errno)); return -errno; }
+        if (errno != EAGAIN) return call_failed(why, why_len, "rdma_get_cm_event");
         uint64_t now = now_ms();
         if (now >= deadline) { snprintf(why, why_len, "timed out waiting for %s", rdma_event_str(expected)); return -ETIMEDOUT; }
         struct pollfd p = { .fd = channel->fd, .events = POLLIN };
@@ -93,28 +100,28 @@ fm_rdma_conn *fm_rdma_connect(const char *host, uint16_t port, const void *priva
     memset(c->buffer, 0, buffer_size);
     if (!(c->channel = rdma_create_event_channel())) { rc = -errno; snprintf(why, why_len, "no RDMA-CM (%s)", strerror(errno)); goto fail; }
     fcntl(c->channel->fd, F_SETFL, fcntl(c->channel->fd, F_GETFL) | O_NONBLOCK);
-    if (rdma_create_id(c->channel, &c->id, NULL, RDMA_PS_TCP)) { rc = -errno; snprintf(why, why_len, "rdma_create_id: %s", strerror(errno)); goto fail; }
+    if (rdma_create_id(c->channel, &c->id, NULL, RDMA_PS_TCP)) { rc = call_failed(why, why_len, "rdma_create_id"); goto fail; }
     char service[8];
     snprintf(service, sizeof service, "%u", port);
     struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM };
     if (getaddrinfo(host, service, &hints, &ai) != 0) { rc = -EINVAL; snprintf(why, why_len, "cannot resolve %s", host); goto fail; }
-    if (rdma_resolve_addr(c->id, NULL, ai->ai_addr, timeout_ms)) { rc = -errno; snprintf(why, why_len, "rdma_resolve_addr: %s", strerror(errno)); goto fail; }
+    if (rdma_resolve_addr(c->id, NULL, ai->ai_addr, timeout_ms)) { rc = call_failed(why, why_len, "rdma_resolve_addr"); goto fail; }
     if ((rc = wait_cm_event(c->channel, RDMA_CM_EVENT_ADDR_RESOLVED, timeout_ms, why, why_len))) goto fail;
-    if (rdma_resolve_route(c->id, timeout_ms)) { rc = -errno; snprintf(why, why_len, "rdma_resolve_route: %s", strerror(errno)); goto fail; }
+    if (rdma_resolve_route(c->id, timeout_ms)) { rc = call_failed(why, why_len, "rdma_resolve_route"); goto fail; }
     if ((rc = wait_cm_event(c->channel, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout_ms, why, why_len))) goto fail;
-    if (!(c->pd = ibv_alloc_pd(c->id->verbs))) { rc = -errno; snprintf(why, why_len, "ibv_alloc_pd: %s", strerror(errno)); goto fail; }
-    if (!(c->cq = ibv_create_cq(c->id->verbs, FM_RDMA_MAX_WR * 2, NULL, NULL, 0))) { rc = -errno; snprintf(why, why_len, "ibv_create_cq: %s", strerror(errno)); goto fail; }
+    if (!(c->pd = ibv_alloc_pd(c->id->verbs))) { rc = call_failed(why, why_len, "ibv_alloc_pd"); goto fail; }
+    if (!(c->cq = ibv_create_cq(c->id->verbs, FM_RDMA_MAX_WR * 2, NULL, NULL, 0))) { rc = call_failed(why, why_len, "ibv_create_cq"); goto fail; }
     struct ibv_qp_init_attr qp = {
         .send_cq = c->cq, .recv_cq = c->cq, .qp_type = IBV_QPT_RC, .sq_sig_all = 0,
         .cap = { .max_send_wr = FM_RDMA_MAX_WR, .max_recv_wr = 1, .max_send_sge = 1, .max_recv_sge = 1 },
     };
-    if (rdma_create_qp(c->id, c->pd, &qp)) { rc = -errno; snprintf(why, why_len, "rdma_create_qp: %s", strerror(errno)); goto fail; }
-    if (!(c->mr = ibv_reg_mr(c->pd, c->buffer, buffer_size, IBV_ACCESS_LOCAL_WRITE))) { rc = -errno; snprintf(why, why_len, "ibv_reg_mr: %s", strerror(errno)); goto fail; }
+    if (rdma_create_qp(c->id, c->pd, &qp)) { rc = call_failed(why, why_len, "rdma_create_qp"); goto fail; }
+    if (!(c->mr = ibv_reg_mr(c->pd, c->buffer, buffer_size, IBV_ACCESS_LOCAL_WRITE))) { rc = call_failed(why, why_len, "ibv_reg_mr"); goto fail; }
     struct rdma_conn_param param = {
         .private_data = private_data, .private_data_len = private_len,
         .initiator_depth = 16, .responder_resources = 16, .retry_count = 7, .rnr_retry_count = 7,
     };
-    if (rdma_connect(c->id, &param)) { rc = -errno; snprintf(why, why_len, "rdma_connect: %s", strerror(errno)); goto fail; }
+    if (rdma_connect(c->id, &param)) { rc = call_failed(why, why_len, "rdma_connect"); goto fail; }
     if ((rc = wait_cm_event(c->channel, RDMA_CM_EVENT_ESTABLISHED, timeout_ms, why, why_len))) goto fail;
     freeaddrinfo(ai);
     return c;
@@ -176,14 +183,14 @@ fm_rdma_listener *fm_rdma_listen(const char *host, uint16_t port, uint16_t *boun
     if (fm_rdma_device_count() == 0) { rc = -ENODEV; snprintf(why, why_len, "no RDMA device on this host"); goto fail; }
     if (!(l->channel = rdma_create_event_channel())) { rc = -errno; snprintf(why, why_len, "no RDMA-CM (%s)", strerror(errno)); goto fail; }
     fcntl(l->channel->fd, F_SETFL, fcntl(l->channel->fd, F_GETFL) | O_NONBLOCK);
-    if (rdma_create_id(l->channel, &l->id, NULL, RDMA_PS_TCP)) { rc = -errno; snprintf(why, why_len, "rdma_create_id: %s", strerror(errno)); goto fail; }
+    if (rdma_create_id(l->channel, &l->id, NULL, RDMA_PS_TCP)) { rc = call_failed(why, why_len, "rdma_create_id"); goto fail; }
     char service[8];
     snprintf(service, sizeof service, "%u", port);
     struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
     if (getaddrinfo(host, service, &hints, &ai) != 0) { rc = -EINVAL; snprintf(why, why_len, "cannot resolve %s", host); goto fail; }
     if (rdma_bind_addr(l->id, ai->ai_addr)) { rc = -errno; snprintf(why, why_len, "rdma_bind_addr %s: %s", host, strerror(errno)); goto fail; }
     if (!l->id->verbs) { rc = -ENODEV; snprintf(why, why_len, "%s is not the address of an RDMA device", host); goto fail; }
-    if (rdma_listen(l->id, 64)) { rc = -errno; snprintf(why, why_len, "rdma_listen: %s", strerror(errno)); goto fail; }
+    if (rdma_listen(l->id, 64)) { rc = call_failed(why, why_len, "rdma_listen"); goto fail; }
     *bound_port = ntohs(rdma_get_src_port(l->id));
     freeaddrinfo(ai);
     return l;
