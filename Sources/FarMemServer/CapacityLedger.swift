@@ -24,7 +24,7 @@ final class CapacityLedger: Sendable {
     var reservedPages: Int { reserved.withLock { $0 } }
     var unreservedPages: Int { capacityPages - reservedPages }
 
-    /// Pages that hold data (written, or pinned for RDMA).
+    /// Pages that hold data (written and not discarded; RDMA writes are not seen, see README).
     func addStored(_ delta: Int) { stored.add(delta, ordering: .relaxed) }
     var storedPages: Int { stored.load(ordering: .relaxed) }
 }

@@ -13,21 +13,22 @@ final class ServerContext: Sendable {
     let connections = Atomic<Int>(0)
     let pagesRead = Atomic<UInt64>(0)
     let pagesWritten = Atomic<UInt64>(0)
-    /// Set once at start when RDMA is served.
-    nonisolated(unsafe) var rdma: RDMAService?
+    /// Present when RDMA is served.
+    let rdma: RDMAService?
 
-    init(configuration: ServerConfiguration, ledger: CapacityLedger, logger: Logger) {
+    init(configuration: ServerConfiguration, ledger: CapacityLedger, logger: Logger, rdma: RDMAService?) {
         self.configuration = configuration
         self.ledger = ledger
         self.sessions = SessionTable(ledger: ledger)
         self.logger = logger
+        self.rdma = rdma
     }
 
     /// A connection of `session` closed; the last one frees all its regions.
     func detach(_ session: Session) {
         guard let ended = sessions.detach(session) else { return }
         // Regions first (each deregisters its memory), then the protection domain.
-        for id in ended.regionIDs { _ = try? ended.removeRegion(id) }
+        for id in ended.regionIDs { try? ended.removeRegion(id) }
         rdma?.forget(ended)
     }
 
@@ -71,10 +72,10 @@ public final class MemoryServer: Sendable {
             throw StartError(description: "cannot listen on \(configuration.listen): \(error)")
         }
         port = listener.localPort
-        context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger)
+        var rdma: RDMAService?
         if configuration.transport != .tcp {
             do {
-                context.rdma = try RDMAService(host: configuration.listen.host, port: configuration.rdmaPort ?? port, logger: logger)
+                rdma = try RDMAService(host: configuration.listen.host, port: configuration.rdmaPort ?? port, logger: logger)
             } catch {
                 if configuration.transport == .rdma {
                     listener.close()
@@ -83,6 +84,7 @@ public final class MemoryServer: Sendable {
                 logger.info("RDMA unavailable on \(configuration.listen.host) (\(error)); serving TCP only")
             }
         }
+        context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger, rdma: rdma)
     }
 
     /// The RDMA-CM port, when RDMA is served.
@@ -138,12 +140,15 @@ public final class MemoryServer: Sendable {
         guard !context.stopping.exchange(true, ordering: .relaxed) else { return }
         listener.shutdown()
         listener.close()
-        context.rdma?.stop()
         acceptThread.withLock { $0 }?.join()
         liveSockets.withLock { live in for socket in live.sockets.values { socket.shutdown() } }
-        // Connection threads exit on their own once their sockets are shut down.
+        // Connection threads exit on their own once their sockets are shut down;
+        // the last one of each session frees its regions and RDMA resources.
         for _ in 0..<200 where context.connections.load(ordering: .relaxed) > 0 {
             sleepSeconds(0.01)
         }
+        // RDMA last: its listener keeps the device open while the sessions above
+        // release their registrations and protection domains on it.
+        context.rdma?.stop()
     }
 }

@@ -81,20 +81,25 @@ final class RDMAService: @unchecked Sendable {
         }
         // Registering pins (and faults in) the whole region, which can take a
         // while: done outside the session's lock, then published under it.
-        let region = try session.withRegion(id) { region throws(ProtocolError) in region }
-        if let existing = try session.withRegion(id, { $0.registration }) {
+        let (region, existing) = try session.withRegion(id) { region throws(ProtocolError) in (region, region.registration) }
+        if let existing {
             return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(existing), length: UInt64(region.length))
         }
         var err: Int32 = 0
         guard let mr = fm_rdma_register(domain, UnsafeMutableRawPointer(bitPattern: region.base), region.length, &err) else {
             throw ProtocolError(.rdmaUnavailable, "cannot register region \(id) for RDMA: \(Errno(negated: err))")
         }
-        let published = try session.withRegion(id) { current throws(ProtocolError) -> UnsafeMutableRawPointer in
-            guard current === region else { throw ProtocolError(.noSuchRegion, "region \(id) was dropped meanwhile") }
-            if let other = current.registration { return other }   // registered twice at once: keep the first
-            current.registration = mr
-            current.pinned = true
-            return mr
+        let published: UnsafeMutableRawPointer
+        do {
+            published = try session.withRegion(id) { current throws(ProtocolError) -> UnsafeMutableRawPointer in
+                guard current === region else { throw ProtocolError(.noSuchRegion, "region \(id) was dropped meanwhile") }
+                if let other = current.registration { return other }   // registered twice at once: keep the first
+                current.registration = mr
+                return mr
+            }
+        } catch {
+            _ = fm_rdma_deregister(mr)   // else it pins the pages and keeps the domain busy
+            throw error
         }
         if published != mr { _ = fm_rdma_deregister(mr) }
         return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(published), length: UInt64(region.length))
@@ -139,30 +144,28 @@ final class RDMAService: @unchecked Sendable {
             _ = fm_rdma_reject(id, "unknown ticket")
             return
         }
-        let domain: UnsafeMutableRawPointer? = withBook { book in
-            if let domain = book.domains[ObjectIdentifier(session)] { return domain }
-            guard let domain = fm_rdma_alloc_pd(id) else { return nil }
-            book.domains[ObjectIdentifier(session)] = domain
-            return domain
-        }
-        guard let domain else {
-            _ = fm_rdma_reject(id, "no protection domain")
-            return
-        }
-        // Joins only a live session. The check and the insert happen under the
-        // lock forget() takes, so a session ending meanwhile drops this one too.
-        let joined = withBook { book -> Bool in
-            guard !session.ended.load(ordering: .acquiring) else { return false }
+        // All under the lock forget() takes: a session that ends meanwhile either
+        // refuses this connection here or finds it in the table and drops it. It
+        // never frees the id or the domain while they are in use here, and no
+        // domain is made for a session that has already ended.
+        enum Outcome { case accepted, refused(String), failed(Errno) }
+        let outcome = withBook { book -> Outcome in
+            guard !session.ended.load(ordering: .acquiring) else { return .refused("session ended") }
+            let key = ObjectIdentifier(session)
+            guard let domain = book.domains[key] ?? fm_rdma_alloc_pd(id) else { return .refused("no protection domain") }
+            book.domains[key] = domain
+            let rc = fm_rdma_accept(id, domain)
+            guard rc == 0 else { return .failed(Errno(negated: rc)) }
             book.connections[id] = session
-            return true
+            return .accepted
         }
-        guard joined else {
-            _ = fm_rdma_reject(id, "session ended")
-            return
-        }
-        let rc = fm_rdma_accept(id, domain)
-        if rc != 0, withBook({ $0.connections.removeValue(forKey: id) }) != nil {
-            logger.warning("RDMA accept failed: \(Errno(negated: rc))")
+        switch outcome {
+        case .accepted:
+            break
+        case .refused(let reason):
+            _ = fm_rdma_reject(id, reason)
+        case .failed(let error):
+            logger.warning("RDMA accept failed: \(error)")
             fm_rdma_drop(id)
         }
     }

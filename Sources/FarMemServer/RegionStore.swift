@@ -12,27 +12,28 @@ final class RegionStore {
     /// Pages that were written and not discarded (for statistics).
     private var written: [UInt64]
     private(set) var writtenCount = 0
-    /// Set while an RDMA client may access the memory directly: it is pinned,
-    /// so discards zero it instead of giving it back to the kernel.
-    var pinned = false
     /// The RDMA memory registration (ibv_mr) while exposed; deregistered before the memory is freed.
     var registration: UnsafeMutableRawPointer?
+    /// True while an RDMA client may access the memory directly: it is pinned,
+    /// so discards zero it instead of giving it back to the kernel.
+    var pinned: Bool { registration != nil }
+    private static let pageSize = ProtocolLimits.pageSize
 
     init(pageCount: Int) throws(Errno) {
         self.pageCount = pageCount
-        base = try MemoryMapping.anonymous(length: pageCount * 4096, noReserve: true)
+        base = try MemoryMapping.anonymous(length: pageCount * Self.pageSize, noReserve: true)
         written = Array(repeating: 0, count: (pageCount + 63) / 64)
     }
 
     deinit {
         if let registration { _ = fm_rdma_deregister(registration) }
-        MemoryMapping.unmap(base, length: pageCount * 4096)
+        MemoryMapping.unmap(base, length: pageCount * Self.pageSize)
     }
 
-    var length: Int { pageCount * 4096 }
+    var length: Int { pageCount * Self.pageSize }
 
     @inline(__always) func pointer(_ page: Int) -> UnsafeMutableRawPointer {
-        UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!
+        UnsafeMutableRawPointer(bitPattern: base + UInt(page * Self.pageSize))!
     }
 
     /// Records that `page` holds data; returns true the first time.
@@ -57,9 +58,9 @@ final class RegionStore {
         }
         writtenCount -= dropped
         if pinned {
-            pointer(first).initializeMemory(as: UInt8.self, repeating: 0, count: count * 4096)
+            pointer(first).initializeMemory(as: UInt8.self, repeating: 0, count: count * Self.pageSize)
         } else {
-            try? MemoryMapping.advise(base + UInt(first) * 4096, length: count * 4096, .dontNeed)
+            try? MemoryMapping.advise(base + UInt(first * Self.pageSize), length: count * Self.pageSize, .dontNeed)
         }
         return dropped
     }

@@ -138,7 +138,7 @@ final class ServerConnection: @unchecked Sendable {
             try session.createRegion(try RegionSpec.decode(body))
             return 0
         case .dropRegion:
-            _ = try session.removeRegion(try RegionRef.decode(body).regionID)
+            try session.removeRegion(try RegionRef.decode(body).regionID)
             return 0
         case .readPages:
             let (batch, _) = try PageBatchHeader.decode(body, withData: false)

@@ -64,9 +64,9 @@ final class Session: @unchecked Sendable {
         }
     }
 
-    /// Removes a region; the caller releases anything else that refers to it
-    /// (an RDMA registration) before the store is freed.
-    func removeRegion(_ id: UInt64) throws(ProtocolError) -> RegionStore {
+    /// Removes a region. Its store is freed (RDMA registration released, memory
+    /// unmapped) when this returns, outside the session's lock.
+    func removeRegion(_ id: UInt64) throws(ProtocolError) {
         let region = try locked { state throws(ProtocolError) -> RegionStore in
             guard let region = state.regions.removeValue(forKey: id) else {
                 throw ProtocolError(.noSuchRegion, "no region \(id) in this session")
@@ -75,7 +75,6 @@ final class Session: @unchecked Sendable {
         }
         ledger.release(region.pageCount)
         ledger.addStored(-region.writtenCount)
-        return region
     }
 
     var regionIDs: [UInt64] { locked { Array($0.regions.keys) } }
