@@ -52,8 +52,8 @@ struct BenchCommand: ParsableCommand {
 
         let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, zipfSkew: zipfSkew,
                              deadline: runDeadline, rdmaAddress: rdmaAddress)
+        defer { bench.stopServer() }   // also when start-up fails half-way
         try bench.startServer(capacityBytes: max(regionBytes, sortBytes) * 2 + (64 << 20))
-        defer { bench.stopServer() }
         var swap: KernelSwapSandbox?
         if !noSwap {
             do { swap = try KernelSwapSandbox(swapBytes: max(regionBytes, sortBytes) * 2) } catch {
@@ -128,7 +128,7 @@ final class BenchRun {
                              "--transport", "tcp", "--log-level", "warning"]
         do { try process.run() } catch { throw ValidationError("cannot start \(binary): \(error)") }
         server = process
-        for _ in 0..<500 {
+        for _ in 0..<500 where process.isRunning {
             if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n"),
                let port = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
@@ -188,15 +188,15 @@ final class BenchRun {
             }
         }
 
+        let worker = [CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue, "--pages", "\(pages)"]
+        // The worker's own runtime and access list are not part of the budget
+        // FarMem gets either; they depend on the workload only, not the budget.
+        let swapOverhead = swap.map { (try? $0.measurePeakCharge(worker + ["--measure-overhead"])) ?? (16 << 20) }
         for percent in percents {
             let budgetPages = max(64, pages * percent / 100)
             // (3) kernel swap on zram under the same budget
-            if let swap {
-                let arguments = [CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue, "--pages", "\(pages)",
-                                 "--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
-                // The worker's own runtime and access list are not part of the budget FarMem gets either.
-                let overhead = (try? swap.measurePeakCharge([CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue,
-                                                              "--pages", "\(pages)", "--measure-overhead"])) ?? (16 << 20)
+            if let swap, let overhead = swapOverhead {
+                let arguments = worker + ["--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
                 // The kernel charges the cgroup for page tables and its own
                 // structures too: without some margin a tight limit OOM-kills the worker.
                 let limit = budgetPages * 4096 + overhead + (2 << 20)

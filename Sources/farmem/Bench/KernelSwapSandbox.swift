@@ -43,33 +43,40 @@ final class KernelSwapSandbox {
 
     /// Runs `arguments` in a fresh cgroup limited to `limitBytes`; returns its standard output.
     func run(limitBytes: Int, _ arguments: [String]) throws -> String {
-        let name = "\(cgroupRoot)/farmem-bench-\(getpid())-\(cgroups.count)"
-        try FileManager.default.createDirectory(atPath: name, withIntermediateDirectories: false)
-        cgroups.append(name)
-        try Self.write("\(limitBytes)", to: v2 ? "\(name)/memory.max" : "\(name)/memory.limit_in_bytes")
-        if !v2 { try? Self.write("100", to: "\(name)/memory.swappiness") }
-        let command = arguments.map { "'\($0)'" }.joined(separator: " ")
-        // `echo $$` from the shell that then execs the worker: it moves exactly that process.
-        let output = try Self.shell("echo $$ > \(name)/cgroup.procs && exec \(command)")
-        try? FileManager.default.removeItem(atPath: name)
-        return output
+        try inFreshCgroup(limitBytes: limitBytes, arguments) { output, _ in output }
     }
 
     /// Peak memory the cgroup was charged while `arguments` ran with no limit:
     /// what the worker holds before its region (runtime, its access list).
     func measurePeakCharge(_ arguments: [String]) throws -> Int {
+        try inFreshCgroup(limitBytes: nil, arguments) { _, name in
+            let peakFile = v2 ? "\(name)/memory.peak" : "\(name)/memory.max_usage_in_bytes"
+            guard let text = try? String(contentsOfFile: peakFile, encoding: .utf8),
+                  let peak = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+                throw Unavailable(description: "cannot read \(peakFile)")
+            }
+            return peak
+        }
+    }
+
+    /// Runs `arguments` as the only process of a new cgroup (memory-limited when
+    /// `limitBytes` is given); `inspect` sees its output and the cgroup before the
+    /// cgroup is removed. A run that fails leaves the cgroup to `tearDown`.
+    private func inFreshCgroup<T>(limitBytes: Int?, _ arguments: [String],
+                                  inspect: (_ output: String, _ cgroup: String) throws -> T) throws -> T {
         let name = "\(cgroupRoot)/farmem-bench-\(getpid())-\(cgroups.count)"
         try FileManager.default.createDirectory(atPath: name, withIntermediateDirectories: false)
         cgroups.append(name)
-        let command = arguments.map { "'\($0)'" }.joined(separator: " ")
-        _ = try Self.shell("echo $$ > \(name)/cgroup.procs && exec \(command)")
-        let peakFile = v2 ? "\(name)/memory.peak" : "\(name)/memory.max_usage_in_bytes"
-        let peak = (try? String(contentsOfFile: peakFile, encoding: .utf8)).flatMap {
-            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        if let limitBytes {
+            try Self.write("\(limitBytes)", to: v2 ? "\(name)/memory.max" : "\(name)/memory.limit_in_bytes")
+            if !v2 { try? Self.write("100", to: "\(name)/memory.swappiness") }
         }
+        let command = arguments.map { "'\($0)'" }.joined(separator: " ")
+        // `echo $$` from the shell that then execs the worker: it moves exactly that process.
+        let output = try Self.shell("echo $$ > \(name)/cgroup.procs && exec \(command)")
+        let result = try inspect(output, name)
         try? FileManager.default.removeItem(atPath: name)
-        guard let peak else { throw Unavailable(description: "cannot read \(peakFile)") }
-        return peak
+        return result
     }
 
     func tearDown() {
