@@ -43,40 +43,45 @@ static void *baseline_handler(void *arg) {
     return NULL;
 }
 
-int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns) {
+/* A fresh anonymous region of `pages` small pages, registered for MISSING
+ * faults on a new userfaultfd that has `features`. Returns 0, or -errno with
+ * nothing left open. */
+static int open_registered_region(uint64_t pages, uint64_t features, char **region_out, int *uffd_out) {
     size_t length = pages * 4096;
     char *region = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (region == MAP_FAILED) return -errno;
     madvise(region, length, MADV_NOHUGEPAGE);
-    struct baseline_ctx ctx = { .uffd = fm_uffd_open(0), .stop_fd = fm_eventfd() };
-    if (ctx.uffd < 0) ctx.uffd = fm_uffd_open_dev();
-    int err = 0;
-    if (ctx.uffd < 0) { err = ctx.uffd; goto out_unmap; }
-    uint64_t features = 0;
-    if ((err = fm_uffd_api(ctx.uffd, &features, NULL)) < 0) goto out_close;
-    if ((err = fm_uffd_register(ctx.uffd, (uint64_t)(uintptr_t)region, length, FM_UFFD_REGISTER_MODE_MISSING, NULL)) < 0) goto out_close;
-    ctx.source = aligned_alloc(4096, 4096);
-    memset(ctx.source, 0x5A, 4096);
-    pthread_t thread;
-    if (pthread_create(&thread, NULL, baseline_handler, &ctx) != 0) { err = -EAGAIN; free(ctx.source); goto out_close; }
-    uint64_t start = fm_now_ns();
-    uint64_t sum = 0;
+    int uffd = fm_uffd_open(0);
+    if (uffd < 0) uffd = fm_uffd_open_dev();
+    int err = uffd < 0 ? uffd : fm_uffd_api(uffd, &features, NULL);
+    if (err == 0) err = fm_uffd_register(uffd, (uint64_t)(uintptr_t)region, length, FM_UFFD_REGISTER_MODE_MISSING, NULL);
+    if (err < 0) {
+        if (uffd >= 0) close(uffd);
+        munmap(region, length);
+        return err;
+    }
+    *region_out = region;
+    *uffd_out = uffd;
+    return 0;
+}
+
+/* The page every fault is served from (its contents do not matter). */
+static char *source_page(void) {
+    char *page = aligned_alloc(4096, 4096);
+    if (page) memset(page, 0, 4096);
+    return page;
+}
+
+/* Reads one byte of every page in order, timing each access (each is a fault). */
+static void touch_each_page(const char *region, uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns) {
+    uint64_t start = fm_now_ns(), sum = 0;
     for (uint64_t i = 0; i < pages; i++) {
         uint64_t t0 = fm_now_ns();
-        sum += *(volatile uint8_t *)(region + i * 4096);
+        sum += *(volatile const uint8_t *)(region + i * 4096);
         latencies_ns[i] = fm_now_ns() - t0;
     }
     *total_ns = fm_now_ns() - start;
     fm_sink(sum);
-    fm_eventfd_signal(ctx.stop_fd);
-    pthread_join(thread, NULL);
-    free(ctx.source);
-out_close:
-    close(ctx.uffd);
-    close(ctx.stop_fd);
-out_unmap:
-    munmap(region, length);
-    return err;
 }
 
 // The same plain handler as a region any workload can run on: every first
@@ -93,28 +98,20 @@ struct fm_uffd_floor *fm_uffd_floor_start(uint64_t pages, int *err) {
     struct fm_uffd_floor *f = calloc(1, sizeof *f);
     if (!f) { *err = -ENOMEM; return NULL; }
     f->length = pages * 4096;
-    f->region = mmap(NULL, f->length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (f->region == MAP_FAILED) { *err = -errno; free(f); return NULL; }
-    madvise(f->region, f->length, MADV_NOHUGEPAGE);
-    f->ctx.uffd = fm_uffd_open(0);
-    if (f->ctx.uffd < 0) f->ctx.uffd = fm_uffd_open_dev();
+    int rc = open_registered_region(pages, 0, &f->region, &f->ctx.uffd);
+    if (rc < 0) { free(f); *err = rc; return NULL; }
     f->ctx.stop_fd = fm_eventfd();
-    uint64_t features = 0;
-    int rc;
-    if (f->ctx.uffd < 0) { rc = f->ctx.uffd; goto fail; }
-    if ((rc = fm_uffd_api(f->ctx.uffd, &features, NULL)) < 0) goto fail;
-    if ((rc = fm_uffd_register(f->ctx.uffd, (uint64_t)(uintptr_t)f->region, f->length, FM_UFFD_REGISTER_MODE_MISSING, NULL)) < 0) goto fail;
-    f->ctx.source = aligned_alloc(4096, 4096);
-    memset(f->ctx.source, 0, 4096);
-    if (pthread_create(&f->thread, NULL, baseline_handler, &f->ctx) != 0) { rc = -EAGAIN; free(f->ctx.source); goto fail; }
+    f->ctx.source = source_page();
+    if (!f->ctx.source || pthread_create(&f->thread, NULL, baseline_handler, &f->ctx) != 0) {
+        free(f->ctx.source);
+        close(f->ctx.uffd);
+        close(f->ctx.stop_fd);
+        munmap(f->region, f->length);
+        free(f);
+        *err = -EAGAIN;
+        return NULL;
+    }
     return f;
-fail:
-    if (f->ctx.uffd >= 0) close(f->ctx.uffd);
-    close(f->ctx.stop_fd);
-    munmap(f->region, f->length);
-    free(f);
-    *err = rc;
-    return NULL;
 }
 
 void *fm_uffd_floor_base(struct fm_uffd_floor *f) { return f->region; }
@@ -127,6 +124,16 @@ void fm_uffd_floor_stop(struct fm_uffd_floor *f) {
     munmap(f->region, f->length);
     free(f->ctx.source);
     free(f);
+}
+
+// The handler blocked in poll(), timed one fault at a time.
+int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t *total_ns) {
+    int err = 0;
+    struct fm_uffd_floor *floor = fm_uffd_floor_start(pages, &err);
+    if (!floor) return err;
+    touch_each_page(floor->region, pages, latencies_ns, total_ns);
+    fm_uffd_floor_stop(floor);
+    return 0;
 }
 
 // Handler placement, measured at the floor: the same page service done by a
@@ -165,48 +172,34 @@ static void *spin_handler(void *arg) {
 }
 
 int fm_baseline_uffd_placement(uint64_t pages, int mode, uint64_t *latencies_ns, uint64_t *total_ns) {
-    size_t length = pages * 4096;
-    char *region = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (region == MAP_FAILED) return -errno;
-    madvise(region, length, MADV_NOHUGEPAGE);
-    int uffd = fm_uffd_open(0);
-    if (uffd < 0) uffd = fm_uffd_open_dev();
-    int err = 0;
-    if (uffd < 0) { err = uffd; goto out_unmap; }
-    uint64_t features = mode == 2 ? FM_UFFD_FEATURE_SIGBUS : 0;
-    if ((err = fm_uffd_api(uffd, &features, NULL)) < 0) goto out_close;
-    if ((err = fm_uffd_register(uffd, (uint64_t)(uintptr_t)region, length, FM_UFFD_REGISTER_MODE_MISSING, NULL)) < 0) goto out_close;
-    char *source = aligned_alloc(4096, 4096);
-    memset(source, 0x5A, 4096);
+    char *region;
+    int uffd;
+    int err = open_registered_region(pages, mode == 2 ? FM_UFFD_FEATURE_SIGBUS : 0, &region, &uffd);
+    if (err < 0) return err;
+    char *source = source_page();
     struct sigaction old_action, action = { .sa_sigaction = sigbus_install, .sa_flags = SA_SIGINFO };
     struct spin_ctx spin = { .uffd = uffd, .source = source };
     pthread_t thread;
-    if (mode == 2) {
+    if (!source) {
+        err = -ENOMEM; goto out;
+    } else if (mode == 2) {
         sigbus_ctx.uffd = uffd;
         sigbus_ctx.source = source;
         sigemptyset(&action.sa_mask);
         sigaction(SIGBUS, &action, &old_action);
     } else if (pthread_create(&thread, NULL, spin_handler, &spin) != 0) {
-        err = -EAGAIN; free(source); goto out_close;
+        err = -EAGAIN; goto out;
     }
-    uint64_t start = fm_now_ns(), sum = 0;
-    for (uint64_t i = 0; i < pages; i++) {
-        uint64_t t0 = fm_now_ns();
-        sum += *(volatile uint8_t *)(region + i * 4096);
-        latencies_ns[i] = fm_now_ns() - t0;
-    }
-    *total_ns = fm_now_ns() - start;
-    fm_sink(sum);
+    touch_each_page(region, pages, latencies_ns, total_ns);
     if (mode == 2) {
         sigaction(SIGBUS, &old_action, NULL);
     } else {
         atomic_store(&spin.stop, 1);
         pthread_join(thread, NULL);
     }
+out:
     free(source);
-out_close:
     close(uffd);
-out_unmap:
-    munmap(region, length);
+    munmap(region, pages * 4096);
     return err;
 }
