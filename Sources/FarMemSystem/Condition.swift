@@ -8,7 +8,12 @@ public final class Condition: @unchecked Sendable {
     private var cond = pthread_cond_t()
     public init() {
         pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
+        // Deadlines on the monotonic clock: a wall-clock jump neither stretches nor cuts a wait.
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(&cond, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
     deinit {
         pthread_cond_destroy(&cond)
@@ -30,9 +35,10 @@ public final class Condition: @unchecked Sendable {
             return true
         }
         var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
-        deadline.tv_nsec += timeoutMilliseconds * 1_000_000
-        if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let nanoseconds = deadline.tv_nsec + timeoutMilliseconds % 1000 * 1_000_000
+        deadline.tv_sec += timeoutMilliseconds / 1000 + nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
         while !ready() {
             if pthread_cond_timedwait(&cond, &mutex, &deadline) == ETIMEDOUT { return ready() }
         }

@@ -72,8 +72,7 @@ final class Evictor: @unchecked Sendable {
                 case .discard(let serverID, let first, let count):
                     discard(serverID: serverID, first: first, count: count)
                 case .release(let slots):
-                    release(slots)
-                    complete(nil, slots)
+                    releaseAndHandBack(slots)
                 }
             }
             pending.removeAll(keepingCapacity: true)
@@ -83,8 +82,7 @@ final class Evictor: @unchecked Sendable {
 
     private func releasePending() {
         guard !pendingRelease.isEmpty else { return }
-        release(pendingRelease)
-        complete(nil, pendingRelease)
+        releaseAndHandBack(pendingRelease)
         pendingRelease.removeAll(keepingCapacity: true)
     }
 
@@ -136,6 +134,12 @@ final class Evictor: @unchecked Sendable {
             try link.exchange(.discard, payload)
         }
         if case .done = outcome { counters.add(.discards, UInt64(count)) }
+    }
+
+    /// Empties the slots, then hands them back to the fault handler for reuse.
+    private func releaseAndHandBack(_ slots: [Int32]) {
+        release(slots)
+        complete(nil, slots)
     }
 
     /// Empties staging slots with MADV_DONTNEED, one call per contiguous run.

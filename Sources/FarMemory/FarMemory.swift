@@ -43,7 +43,7 @@ public final class FarMemory: @unchecked Sendable {
     /// Connects the fault and write-back links over RDMA. Returns nil on
     /// success, or why RDMA is not used.
     private static func attachRDMA(configuration: FarMemoryConfiguration, control: ServerLink,
-                                   links: [ServerLink], logger: Logger) -> String? {
+                                   links: [ServerLink]) -> String? {
         guard configuration.transport != .tcp else { return "TCP was asked for" }
         guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
         let attach: RDMAAttachReply
@@ -60,6 +60,9 @@ public final class FarMemory: @unchecked Sendable {
                                             timeoutSeconds: configuration.requestTimeoutSeconds))
             }
         } catch {
+            // All links or none: the channels already made would hold queue pairs
+            // and pinned buffers on both sides for nothing.
+            for link in links { link.detachRDMA() }
             return error.description
         }
         return nil
@@ -103,7 +106,7 @@ public final class FarMemory: @unchecked Sendable {
         }
         control = Mutex(ServerLinkBox(link: controlLink))
         let rdmaReason = Self.attachRDMA(configuration: configuration, control: controlLink,
-                                         links: faultLinks + writeLinks, logger: logger)
+                                         links: faultLinks + writeLinks)
         usesRDMA = rdmaReason == nil
         if let rdmaReason {
             if configuration.transport == .rdma {
@@ -142,6 +145,8 @@ public final class FarMemory: @unchecked Sendable {
     private func allocateLocked(bytes: Int) throws(FarMemoryError) -> FarRegion {
         guard bytes > 0 else { throw .invalidArgument("region size must be positive, got \(bytes)") }
         let pages = (bytes + 4095) / 4096
+        // Eviction-queue entries carry the page number in 32 bits.
+        guard pages <= Int(UInt32.max) else { throw .invalidArgument("a region is at most 16 TiB, got \(bytes) bytes") }
         let length = pages * 4096
         let (slot, id): (Int, UInt64) = try book.withLock { book throws(FarMemoryError) in
             guard !book.closed else { throw .closed }

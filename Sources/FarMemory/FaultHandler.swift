@@ -174,8 +174,7 @@ final class FaultHandler: @unchecked Sendable {
             retryRestores()
             evictIfNeeded()
             serveDeferred()
-            readMessages()
-            evictIfNeeded()
+            readMessages()   // evicts and serves deferred faults after each batch itself
         }
     }
 
@@ -207,11 +206,7 @@ final class FaultHandler: @unchecked Sendable {
         guard spinNanoseconds > 0 else { return }
         var deadline = fm_now_ns() + spinNanoseconds
         while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running {
-            if readMessages() > 0 {
-                evictIfNeeded()
-                serveDeferred()
-                deadline = fm_now_ns() + spinNanoseconds
-            }
+            if readMessages() > 0 { deadline = fm_now_ns() + spinNanoseconds }
         }
     }
 
@@ -428,8 +423,7 @@ final class FaultHandler: @unchecked Sendable {
             var count = 1
             let limit = min(held.count, max(1, budget - resident - staged))
             while count < limit {
-                let state = region.states[Int(fetchPages[count])]
-                guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
+                guard PageState.isOnServerOnly(region.states[Int(fetchPages[count])]) else { break }
                 count += 1
             }
             return count
@@ -445,8 +439,7 @@ final class FaultHandler: @unchecked Sendable {
             for _ in 0..<min(trend.window, headroom) {
                 candidate += trend.stride
                 guard candidate >= 0, candidate < region.pageCount else { break }
-                let state = region.states[candidate]
-                guard state & (PageState.resident | PageState.inFlight) == 0, state & PageState.backed != 0 else { break }
+                guard PageState.isOnServerOnly(region.states[candidate]) else { break }
                 fetchPages[count] = UInt64(candidate)
                 count += 1
             }
@@ -534,7 +527,7 @@ final class FaultHandler: @unchecked Sendable {
                region.address(of: Int(keptPages[i])).map { $0 >= start && $0 < end } ?? false }) {
             kept = nil   // data being dropped: never install the kept copy
         }
-        for case let region? in regions where region.alive {
+        for region in liveRegions {
             for run in region.pageRuns(in: start, end) {
                 var discardStart: Int?
                 for page in run {
@@ -563,12 +556,13 @@ final class FaultHandler: @unchecked Sendable {
             if unmapped { region.cut(start, end) }
         }
         counters.set(.residentPages, UInt64(resident))
+        counters.set(.unevictablePages, UInt64(unevictable))
     }
 
     /// mremap moved [from, from+length) to `to`: the region follows, evicted
     /// pages included.
     private func handleRemap(from: UInt, to: UInt, length: UInt) {
-        for case let region? in regions where region.alive {
+        for region in liveRegions {
             region.move(from: from, to: to, length: length)
         }
     }
@@ -605,7 +599,7 @@ final class FaultHandler: @unchecked Sendable {
         while batch.entries.count < limit, examined < maxExamined, let entry = queue.pop() {
             examined += 1
             let (slot, page) = EvictionQueue.unpack(entry)
-            guard slot < regions.count, let region = regions[slot], region.alive else { continue }
+            guard slot < regions.count, let region = regions[slot] else { continue }
             let state = region.states[page]
             region.states[page] = state & ~PageState.queued
             guard state & PageState.resident != 0, let address = region.address(of: page) else { continue }
@@ -638,7 +632,10 @@ final class FaultHandler: @unchecked Sendable {
                 resident -= 1
                 unevictable += 1
                 counters.set(.unevictablePages, UInt64(unevictable))
-                logger.warning("page \(page) of region \(region.serverID) cannot be evicted (\(error)); it stays resident, outside the budget")
+                // Logged at 1, 2, 4, 8... such pages: an mlock of a large range must not flood the log.
+                if unevictable & (unevictable - 1) == 0 {
+                    logger.warning("pages that cannot be evicted: \(unevictable) (latest: page \(page) of region \(region.serverID), \(error)); they stay resident, outside the budget (statistics: unevictablePages)")
+                }
                 continue
             }
             resident -= 1
@@ -683,7 +680,7 @@ final class FaultHandler: @unchecked Sendable {
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
             guard entry.failed else {
                 // Its slot comes back through `releasedSlots` once the evictor has emptied it.
-                guard entry.dirty, let region, region.alive else { continue }
+                guard entry.dirty, let region else { continue }
                 if let held = kept, held.region == entry.regionSlot,
                    (0..<held.count).contains(where: { keptPages[$0] == UInt64(entry.page) }) {
                     kept = nil   // the server has newer data for a kept page
@@ -699,7 +696,7 @@ final class FaultHandler: @unchecked Sendable {
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
-            if !evictionSuspended, let region, region.alive {
+            if !evictionSuspended, region != nil {
                 evictionSuspended = true
                 logger.error("write-back failed: eviction suspended, pages stay in local memory (the budget is no longer kept)")
             }
@@ -716,7 +713,7 @@ final class FaultHandler: @unchecked Sendable {
     /// (region closed, page discarded or unmapped): the caller empties the slot.
     /// EAGAIN (an event is pending) keeps the entry for a retry after it.
     private func restore(_ entry: EvictionBatch.Entry) -> Bool {
-        guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot], region.alive else { return false }
+        guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot] else { return false }
         let state = region.states[entry.page]
         guard state & PageState.discardedInFlight == 0, let address = region.address(of: entry.page) else {
             // Discarded or unmapped while in flight: it reads as zeros (or is gone). Faults go on.
@@ -756,29 +753,29 @@ final class FaultHandler: @unchecked Sendable {
         if !discard.isEmpty { evictor.submit(.release(discard)) }
     }
 
+    /// Every page this shard can ever queue, plus slack.
+    private var queueCapacity: Int { liveRegions.reduce(16) { $0 + $1.chunk.count } }
+
     private func execute(_ command: Command) {
         switch command {
         case .add(let region, let done):
             if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
             regions[region.slot] = region
             liveRegions.append(region)
-            let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
-            queue.rebuild(capacity: live + 16) { _ in true }
+            queue.rebuild(capacity: queueCapacity) { _ in true }
             done.signal()
         case .remove(let region, let done):
-            region.alive = false
             for extent in region.extents {
                 try? uffd.unregister(extent.start, length: extent.pageCount * 4096)
             }
-            for page in 0..<region.pageCount where region.states[page] & PageState.resident != 0 {
+            for page in region.chunk where region.states[page] & PageState.resident != 0 {
                 if region.states[page] & PageState.unevictable != 0 { unevictable -= 1 } else { resident -= 1 }
             }
             counters.set(.unevictablePages, UInt64(unevictable))
-            let live = regions.reduce(0) { $0 + ($1?.alive == true ? $1!.pageCount : 0) }
             let slot = region.slot
-            queue.rebuild(capacity: live + 16) { EvictionQueue.unpack($0).slot != slot }
             regions[slot] = nil
             liveRegions.removeAll { $0 === region }
+            queue.rebuild(capacity: queueCapacity) { EvictionQueue.unpack($0).slot != slot }
             counters.set(.residentPages, UInt64(resident))
             done(region.extents)
         case .suspendEviction(let done):

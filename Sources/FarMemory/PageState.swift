@@ -17,6 +17,12 @@ enum PageState {
     /// RDMA registration of the application's, or mprotect/mlock made its area
     /// differ from staging): it stays, outside the budget, and is counted apart.
     static let unevictable: UInt8 = 1 << 6
+
+    /// Lives on the server only: worth fetching (or prefetching) as it is.
+    @inline(__always)
+    static func isOnServerOnly(_ state: UInt8) -> Bool {
+        state & (resident | inFlight) == 0 && state & backed != 0
+    }
 }
 
 /// A run of a region's pages at some address. A region starts as one extent;

@@ -10,7 +10,9 @@ final class RegionRecord: @unchecked Sendable {
     let slot: Int
     let states: UnsafeMutablePointer<UInt8>
     var extents: [Extent]
-    var alive = true
+    /// The pages this shard handles; no other page of the region is ever
+    /// resident or queued here (mremap moves them, never renumbers them).
+    let chunk: Range<Int>
     /// Address of page 0 now (it follows mremap); 0 once page 0 is unmapped.
     let currentBase: Atomic<UInt>
     /// Where the server keeps the region for one-sided RDMA, if it exposed it.
@@ -25,6 +27,7 @@ final class RegionRecord: @unchecked Sendable {
         self.slot = slot
         states = .allocate(capacity: pageCount)
         states.initialize(repeating: 0, count: pageCount)
+        self.chunk = chunk
         extents = [Extent(start: base + UInt(chunk.lowerBound * 4096), pageCount: chunk.count, firstPage: chunk.lowerBound)]
         currentBase = Atomic(chunk.lowerBound == 0 ? base : 0)
     }

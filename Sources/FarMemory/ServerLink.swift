@@ -37,6 +37,7 @@ final class ServerLink {
     }
 
     func attach(_ channel: RDMAChannel) { rdma = channel }
+    func detachRDMA() { rdma = nil }
 
     /// Runs `body` until it succeeds (nil), the server refuses (that error, at
     /// once), or network errors outlast `windowSeconds` (the last of them).
