@@ -20,7 +20,8 @@ public final class FarMemory: @unchecked Sendable {
     public let configuration: FarMemoryConfiguration
     private let control: Mutex<ServerLinkBox>
     private let shards: [PagerShard]
-    private let histogram = LatencyHistogram()
+    /// Fault service time, one histogram shared by every shard.
+    private let histogram: LatencyHistogram
     private let logger: Logger
     private let sessionKey: [UInt8]
     /// Whether the pager threads' data path is RDMA (regions are then exposed for one-sided access).
@@ -92,10 +93,13 @@ public final class FarMemory: @unchecked Sendable {
         var generator = SystemRandomNumberGenerator()
         let key = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
         sessionKey = key
-        let linkCounters = PagerCounters()
-        let controlLink = ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters)
-        let faultLinks = (0..<shardCount).map { _ in ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters) }
-        let writeLinks = (0..<shardCount).map { _ in ServerLink(configuration: configuration, sessionKey: key, counters: linkCounters) }
+        let histogram = LatencyHistogram()
+        self.histogram = histogram
+        // Each shard's links count into the shard's counters (page traffic only).
+        let shardCounters = (0..<shardCount).map { _ in PagerCounters(faultService: histogram) }
+        let controlLink = ServerLink(configuration: configuration, sessionKey: key, counters: PagerCounters())
+        let faultLinks = shardCounters.map { ServerLink(configuration: configuration, sessionKey: key, counters: $0) }
+        let writeLinks = shardCounters.map { ServerLink(configuration: configuration, sessionKey: key, counters: $0) }
         do {
             for link in [controlLink] + faultLinks + writeLinks { try link.connect() }
         } catch {
@@ -124,7 +128,7 @@ public final class FarMemory: @unchecked Sendable {
             for index in 0..<shardCount {
                 started.append(try PagerShard(index: index, budgetPages: configuration.budgetPages / shardCount,
                                               configuration: configuration, faultLink: faultLinks[index],
-                                              writeLink: writeLinks[index], histogram: histogram, logger: logger))
+                                              writeLink: writeLinks[index], counters: shardCounters[index], logger: logger))
             }
         } catch {
             for shard in started { shard.stop() }
@@ -219,7 +223,7 @@ public final class FarMemory: @unchecked Sendable {
     }
 
     /// What the pager has done so far (all shards together).
-    public var statistics: PagerStatistics { PagerStatistics(shards.map(\.counters)) }
+    public var statistics: PagerStatistics { PagerStatistics(shards.map(\.counters), faultService: histogram) }
 
     /// Resets the fault-service histogram (between phases of a measurement).
     public func resetLatencyHistogram() { histogram.reset() }

@@ -19,8 +19,8 @@ final class PagerShard: @unchecked Sendable {
     private let evictorThread: PosixThread
 
     init(index: Int, budgetPages: Int, configuration: FarMemoryConfiguration, faultLink: ServerLink, writeLink: ServerLink,
-         histogram: LatencyHistogram, logger: Logger) throws(FarMemoryError) {
-        counters = PagerCounters(faultService: histogram)
+         counters: PagerCounters, logger: Logger) throws(FarMemoryError) {
+        self.counters = counters
         do {
             uffd = try Userfaultfd.open()
         } catch {
@@ -32,8 +32,6 @@ final class PagerShard: @unchecked Sendable {
             uffd.close()
             throw .system("UFFDIO_API", error)
         }
-        faultLink.counters = counters
-        writeLink.counters = counters
         let stagingSlots = min(max(budgetPages / 4, 32), 1024)
         let batchSize = max(1, min(configuration.evictionBatchPages, stagingSlots / 2))
         do {

@@ -72,7 +72,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var serviceP99Nanoseconds: UInt64
 
     /// Sums the shards' counters (budget overshoot: the sum of each shard's largest).
-    init(_ shards: [PagerCounters]) {
+    init(_ shards: [PagerCounters], faultService: LatencyHistogram) {
         func sum(_ counter: PagerCounters.Counter) -> UInt64 { shards.reduce(0) { $0 + $1.get(counter) } }
         faults = sum(.faults); writeProtectFaults = sum(.writeProtectFaults)
         duplicateFaults = sum(.duplicateFaults); fetches = sum(.fetches); zeroFills = sum(.zeroFills)
@@ -85,8 +85,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         unevictablePages = sum(.unevictablePages)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
-        serviceP50Nanoseconds = shards.first?.faultService.value(atPercentile: 50) ?? 0
-        serviceP99Nanoseconds = shards.first?.faultService.value(atPercentile: 99) ?? 0
+        serviceP50Nanoseconds = faultService.value(atPercentile: 50)
+        serviceP99Nanoseconds = faultService.value(atPercentile: 99)
     }
 
     public var description: String {

@@ -15,7 +15,7 @@ final class ServerLink {
     private let request: UnsafeMutableRawPointer
     private let header: UnsafeMutableRawPointer
     /// Where this link counts bytes (its shard's counters).
-    var counters: PagerCounters
+    let counters: PagerCounters
     private(set) var helloReply: HelloReply?
     /// The RDMA data path, when attached. Any RDMA failure drops it (logged) and
     /// the link carries on over TCP.
