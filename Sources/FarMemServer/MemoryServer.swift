@@ -122,12 +122,12 @@ public final class MemoryServer: Sendable {
                 live.sockets[live.next] = socket
                 return live.next
             }
-            let connection = ServerConnection(socket: socket, context: context, peer: "connection \(key)") { [self] in
-                // Called before the socket is closed, so stop() never shuts down a reused fd.
-                liveSockets.withLock { _ = $0.sockets.removeValue(forKey: key) }
-            }
-            _ = PosixThread.spawn(name: "farmemd-conn") { [context] in
+            let connection = ServerConnection(socket: socket, context: context, peer: "connection \(key)")
+            _ = PosixThread.spawn(name: "farmemd-conn") { [self, context] in
                 connection.run()
+                // Out of the table before the fd is closed, so stop() never shuts down a reused fd.
+                liveSockets.withLock { _ = $0.sockets.removeValue(forKey: key) }
+                socket.close()
                 context.connections.subtract(1, ordering: .relaxed)
             }
         }

@@ -6,6 +6,7 @@ import Logging
 /// are answered in arrival order, so a client may pipeline as many as it likes.
 /// A frame that cannot be trusted (bad magic, version or length, or a peer
 /// that stalls mid-frame) ends this connection only; sessions and pages stay.
+/// The socket stays its acceptor's: it is closed by whoever registered it.
 final class ServerConnection: @unchecked Sendable {
     private let socket: TCPSocket
     private let context: ServerContext
@@ -15,11 +16,8 @@ final class ServerConnection: @unchecked Sendable {
     private let reply: UnsafeMutableRawPointer
     private let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
-    private let onClose: @Sendable () -> Void
-
-    init(socket: TCPSocket, context: ServerContext, peer: String, onClose: @escaping @Sendable () -> Void) {
+    init(socket: TCPSocket, context: ServerContext, peer: String) {
         self.socket = socket
-        self.onClose = onClose
         self.context = context
         var logger = context.logger
         logger[metadataKey: "peer"] = "\(peer)"
@@ -37,8 +35,6 @@ final class ServerConnection: @unchecked Sendable {
     func run() {
         defer {
             if let session { context.detach(session) }
-            onClose()
-            socket.close()
         }
         while true {
             switch readFrame() {
