@@ -8,6 +8,9 @@ struct BenchPlot {
     let report: BenchReport
     let workload: String
 
+    /// Every backend in legend order: the references (drawn as lines), then the budgeted ones (bars).
+    static let references = ["local", "uffd-floor"]
+    static let budgeted = ["kernel-swap", "farmem-tcp", "farmem-tcp-noprefetch", "farmem-rdma"]
     static let colors: [String: PNGCanvas.Color] = [
         "local": .init(r: 40, g: 40, b: 40), "uffd-floor": .init(r: 150, g: 150, b: 150),
         "kernel-swap": .init(r: 214, g: 96, b: 77), "farmem-tcp": .init(r: 52, g: 120, b: 200),
@@ -22,7 +25,7 @@ struct BenchPlot {
         drawLatency(&canvas, rows: rows, x: 620, y: 60, w: 440, h: 360)
         // Legend
         var lx = 20
-        for name in ["local", "uffd-floor", "kernel-swap", "farmem-tcp", "farmem-tcp-noprefetch", "farmem-rdma"]
+        for name in Self.references + Self.budgeted
         where rows.contains(where: { $0.backend == name }) {
             canvas.fill(x: lx, y: 480, w: 14, h: 14, Self.colors[name]!)
             canvas.text(name, x: lx + 20, y: 482, scale: 1)
@@ -63,13 +66,13 @@ struct BenchPlot {
         guard let maxValue = values.max(), let minValue = values.min() else { return }
         let lo = pow(10, floor(log10(minValue))), hi = pow(10, ceil(log10(maxValue)))
         axes(&c, x: x, y: y, w: w, h: h, lo: lo, hi: hi, vertical: true, label: "pages per second by budget")
-        for name in ["local", "uffd-floor"] {
+        for name in Self.references {
             guard let row = rows.first(where: { $0.backend == name }) else { continue }
             let py = y + h - Int(logScale(row.pagesPerSecond, lo, hi) * Double(h))
             c.line(x, py, x + w, py, Self.colors[name]!, thickness: 2)
         }
-        let budgets = Array(Set(rows.filter { $0.backend != "local" && $0.backend != "uffd-floor" }.map(\.budgetPercent))).sorted()
-        let backends = ["kernel-swap", "farmem-tcp", "farmem-tcp-noprefetch", "farmem-rdma"].filter { name in rows.contains { $0.backend == name } }
+        let budgets = Array(Set(rows.filter { !Self.references.contains($0.backend) }.map(\.budgetPercent))).sorted()
+        let backends = Self.budgeted.filter { name in rows.contains { $0.backend == name } }
         guard !budgets.isEmpty, !backends.isEmpty else { return }
         let groupWidth = w / budgets.count
         let barWidth = max(4, (groupWidth - 30) / backends.count)
