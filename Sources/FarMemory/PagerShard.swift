@@ -36,11 +36,17 @@ final class PagerShard: @unchecked Sendable {
         let batchSize = max(1, min(configuration.evictionBatchPages, stagingSlots / 2))
         do {
             staging = try StagingArea(slots: stagingSlots, uffd: uffd)
-            handler = try FaultHandler(uffd: uffd, link: faultLink, staging: staging, counters: counters,
-                                       configuration: configuration, logger: logger, batchSize: batchSize, budgetPages: budgetPages)
         } catch {
             uffd.close()
             throw .system("setting up the staging area", error)
+        }
+        do {
+            handler = try FaultHandler(uffd: uffd, link: faultLink, staging: staging, counters: counters,
+                                       configuration: configuration, logger: logger, batchSize: batchSize, budgetPages: budgetPages)
+        } catch {
+            staging.unmap(uffd: uffd)
+            uffd.close()
+            throw .system("setting up the fault handler", error)
         }
         let handler = self.handler
         evictor = Evictor(link: writeLink, staging: staging, counters: counters, configuration: configuration,
