@@ -48,8 +48,11 @@ let package = Package(
         // signal (SIGBUS when the server dies) or a SIGKILL of the client.
         .executableTarget(name: "farmem-failure-probe", dependencies: ["FarMemory", "FarMemWorkloads", "FarMemSystem"],
                           path: "Tests/FailureProbe"),
+        // Kernel calls only the tests make (an io_uring pin); never linked into a product.
+        .target(name: "CFarMemTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "FarMemTests", dependencies: [
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemSystem", "FarMemWorkloads", "CFarMemSys",
+            "CFarMemTestSupport",
         ]),
     ],
     swiftLanguageModes: [.v6]

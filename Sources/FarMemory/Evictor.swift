@@ -14,7 +14,22 @@ final class Evictor: @unchecked Sendable {
         case discard(serverID: UInt64, first: Int, count: Int)
         /// Empty these staging slots (data no longer wanted) and return them.
         case release([Int32])
+        /// Ask the server one cheap question (after a failed write-back: is it back?).
+        case probe
         case stop
+    }
+
+    /// What the evictor tells the fault handler (through its inbox).
+    enum Report {
+        /// A write-back round is over (its failed entries are marked).
+        case batchDone(EvictionBatch)
+        /// These staging slots are empty again and free for reuse.
+        case slotsReleased([Int32])
+        /// The answer to `.probe`: whether the server answered.
+        case serverAnswered(Bool)
+        /// Staging slots could not be emptied (MADV_DONTNEED failed; they are
+        /// retried) or, with false, all of them are empty again.
+        case releaseFailing(Bool)
     }
 
     private let link: ServerLink
@@ -24,8 +39,8 @@ final class Evictor: @unchecked Sendable {
     private let logger: Logger
     private let jobs = Mutex<[Job]>([])
     private let condition: Condition
-    /// Where finished batches go: the fault handler's inbox.
-    private let complete: @Sendable (EvictionBatch?, [Int32]) -> Void
+    /// Where reports go: the fault handler's inbox.
+    private let report: @Sendable (Report) -> Void
     private var pageList: [UInt64] = []
     /// Written-back slots not yet emptied. Emptying is one MADV_DONTNEED per
     /// contiguous run, and each is a REMOVE event whose mmap_changing window
@@ -34,15 +49,18 @@ final class Evictor: @unchecked Sendable {
     /// has been idle for a millisecond (the handler may be waiting for them).
     private var pendingRelease: [Int32] = []
     private var releaseThreshold: Int { max(1, staging.slotCount / 4) }
+    /// Slots whose MADV_DONTNEED failed: never handed back populated (a move
+    /// into one would fail); tried again every 100 ms.
+    private var unreleased: [Int32] = []
 
     init(link: ServerLink, staging: StagingArea, counters: PagerCounters, configuration: FarMemoryConfiguration,
-         logger: Logger, complete: @escaping @Sendable (EvictionBatch?, [Int32]) -> Void) {
+         logger: Logger, report: @escaping @Sendable (Report) -> Void) {
         self.link = link
         self.staging = staging
         self.counters = counters
         self.configuration = configuration
         self.logger = logger
-        self.complete = complete
+        self.report = report
         self.condition = Condition()
         pageList.reserveCapacity(ProtocolLimits.maxBatchPages)
     }
@@ -55,10 +73,11 @@ final class Evictor: @unchecked Sendable {
     func run() {
         var pending: [Job] = []
         while true {
-            let woken = condition.wait(until: { jobs.withLock { !$0.isEmpty } },
-                                       timeoutMilliseconds: pendingRelease.isEmpty ? nil : 1)
+            let timeout: Int? = !pendingRelease.isEmpty ? 1 : (!unreleased.isEmpty ? 100 : nil)
+            let woken = condition.wait(until: { jobs.withLock { !$0.isEmpty } }, timeoutMilliseconds: timeout)
             if !woken {
                 releasePending()
+                retryUnreleased()
                 continue
             }
             jobs.withLock { swap(&pending, &$0) }
@@ -73,6 +92,8 @@ final class Evictor: @unchecked Sendable {
                     discard(serverID: serverID, first: first, count: count)
                 case .release(let slots):
                     releaseAndHandBack(slots)
+                case .probe:
+                    report(.serverAnswered((try? link.exchange(.stats, [])) != nil))
                 }
             }
             pending.removeAll(keepingCapacity: true)
@@ -125,7 +146,7 @@ final class Evictor: @unchecked Sendable {
         // The pages are on the server: report now (parked faults wake); their
         // slots are emptied later, in a group, and returned then.
         for entry in batch.entries where !entry.failed { pendingRelease.append(entry.stagingSlot) }
-        complete(batch, [])
+        report(.batchDone(batch))
     }
 
     private func discard(serverID: UInt64, first: Int, count: Int) {
@@ -136,24 +157,50 @@ final class Evictor: @unchecked Sendable {
         if case .done = outcome { counters.add(.discards, UInt64(count)) }
     }
 
-    /// Empties the slots, then hands them back to the fault handler for reuse.
+    /// Empties the slots, then hands those it emptied back to the fault
+    /// handler for reuse; the others wait in `unreleased`.
     private func releaseAndHandBack(_ slots: [Int32]) {
-        release(slots)
-        complete(nil, slots)
+        let (emptied, failed) = release(slots)
+        if !emptied.isEmpty { report(.slotsReleased(emptied)) }
+        guard !failed.isEmpty else { return }
+        if unreleased.isEmpty { report(.releaseFailing(true)) }
+        unreleased += failed
+    }
+
+    private func retryUnreleased() {
+        guard !unreleased.isEmpty else { return }
+        let (emptied, failed) = release(unreleased)
+        unreleased = failed
+        if !emptied.isEmpty { report(.slotsReleased(emptied)) }
+        if unreleased.isEmpty {
+            logger.notice("staging slots can be emptied again")
+            report(.releaseFailing(false))
+        }
     }
 
     /// Empties staging slots with MADV_DONTNEED, one call per contiguous run.
-    private func release(_ slots: [Int32]) {
-        guard !slots.isEmpty else { return }
+    /// It fails only if something changed the staging mapping (an mlock or
+    /// mlockall of the application's covers it: EINVAL).
+    private func release(_ slots: [Int32]) -> (emptied: [Int32], failed: [Int32]) {
+        guard !slots.isEmpty else { return ([], []) }
         let sorted = slots.sorted()
-        var runStart = sorted[0], previous = sorted[0]
-        for slot in sorted.dropFirst() + [Int32.max] {
-            if slot == previous + 1 { previous = slot; continue }
-            let length = Int(previous - runStart + 1) * 4096
-            try? MemoryMapping.advise(staging.address(of: runStart), length: length, .dontNeed)
-            runStart = slot
-            previous = slot
+        var emptied: [Int32] = [], failed: [Int32] = []
+        var runStart = sorted.startIndex
+        for i in sorted.indices {
+            guard i + 1 == sorted.endIndex || sorted[i + 1] != sorted[i] + 1 else { continue }
+            let run = sorted[runStart...i]
+            do {
+                try MemoryMapping.advise(staging.address(of: run.first!), length: run.count * 4096, .dontNeed)
+                emptied += run
+            } catch {
+                if failed.isEmpty, unreleased.isEmpty {
+                    logger.error("staging slots could not be emptied (MADV_DONTNEED: \(error)); they are kept out of use and retried. Has the program mlocked all its memory?")
+                }
+                failed += run
+            }
+            runStart = i + 1
         }
+        return (emptied, failed)
     }
 
     enum Outcome { case done, regionGone, failed }

@@ -31,8 +31,7 @@ final class FaultHandler: @unchecked Sendable {
 
     private struct Inbox {
         var commands: [Command] = []
-        var completed: [EvictionBatch] = []
-        var releasedSlots: [Int32] = []
+        var reports: [Evictor.Report] = []
     }
 
     private let uffd: Userfaultfd
@@ -53,6 +52,11 @@ final class FaultHandler: @unchecked Sendable {
     /// The same regions, live ones only: what the fault path scans.
     private var liveRegions: [RegionRecord] = []
     private var queue = EvictionQueue(capacity: 1024)
+    /// Unevictable pages (the kernel refused to move them twice), tried again
+    /// now and then: a pin ends, an area is munlocked. Not in `queue`.
+    private var setAside = EvictionQueue(capacity: 1024)
+    /// When to try set-aside pages again (CLOCK_MONOTONIC ns; 0: at once).
+    private var nextSetAsideRetry: UInt64 = 0
     private var spareBatches: [EvictionBatch] = []
     private var resident = 0
     /// Resident pages eviction cannot move (not counted in `resident`).
@@ -61,20 +65,24 @@ final class FaultHandler: @unchecked Sendable {
     private let budget: Int
     private let highWater: Int
     private let batchSize: Int
-    /// Set when a write-back failed for good: pages stay local from then on.
+    /// Shutting down: no more eviction rounds.
     private var evictionSuspended = false
+    /// A write-back failed for good (the server did not answer within the
+    /// retry window): eviction pauses, pages stay local and the budget is not
+    /// kept, until the server answers a probe again.
+    private var writeBackOutage = false
+    private var nextOutageProbe: UInt64 = 0
+    private var probeInFlight = false
+    /// Staging slots cannot be emptied (the evictor says so): eviction cannot
+    /// make room, so faults are not held for it.
+    private var stagingBlocked = false
     /// Failed write-backs whose move back met EAGAIN, retried after the event.
     private var pendingRestores: [EvictionBatch.Entry] = []
     private var running = true
 
     private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
-    /// Faults held back while the budget is full (until eviction makes room)
-    /// or an event is pending: events keep being read meanwhile (the evictor's
-    /// madvise waits for that), faults wait. Each blocked
-    /// application thread has at most one fault outstanding, so this is small.
-    private let deferred = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: FaultHandler.deferredCapacity)
-    private var deferredCount = 0
-    static let deferredCapacity = 4096
+    /// Faults held back while the budget is full or an event is pending.
+    private var deferred = DeferredFaults(capacity: 1024)
     /// An ioctl met EAGAIN: faults wait. mmap_changing clears only when the
     /// thread behind the event resumes after we read it, so the wait ends when
     /// the evictor reports (its madvise has returned), at the next event, or
@@ -133,6 +141,7 @@ final class FaultHandler: @unchecked Sendable {
         keptPages.deallocate()
         zeroPage.deallocate()
         queue.deallocate()
+        setAside.deallocate()
         notifier.close()
     }
 
@@ -144,11 +153,8 @@ final class FaultHandler: @unchecked Sendable {
         notifier.signal()
     }
 
-    func evictionCompleted(_ batch: EvictionBatch?, released: [Int32]) {
-        inbox.withLock { inbox in
-            if let batch { inbox.completed.append(batch) }
-            inbox.releasedSlots.append(contentsOf: released)
-        }
+    func evictorReported(_ report: Evictor.Report) {
+        inbox.withLock { $0.reports.append(report) }
         inboxPending.store(true, ordering: .relaxed)
         notifier.signal()
     }
@@ -160,7 +166,8 @@ final class FaultHandler: @unchecked Sendable {
             spinForMessages()
             // While waiting for an event, poll with a short time-out: should the
             // event never come (the change was abandoned), deferred faults still go on.
-            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, awaitingEvent ? 1 : -1)
+            probeIfOutage()
+            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, pollTimeoutMilliseconds)
             if ready < 0 {
                 // Without its handler every far page would hang its thread forever:
                 // stop loudly instead.
@@ -180,22 +187,43 @@ final class FaultHandler: @unchecked Sendable {
 
     /// At the budget: the next fault waits until eviction has made room
     /// (eviction runs first whenever it can; it cannot while every staging slot
-    /// is in flight or an event is pending).
+    /// is in flight or an event is pending). Not while eviction is paused or
+    /// cannot empty staging: nothing would make room, and a fault held for it
+    /// would wait forever.
     @inline(__always)
     private var mustThrottle: Bool {
-        !evictionSuspended && resident + staged >= budget
+        !evictionSuspended && !writeBackOutage && !stagingBlocked && resident + staged >= budget
     }
 
+    /// Sleep in poll() until a message, or: 1 ms while waiting for an event
+    /// (should it never come, the held faults still go on); until the next
+    /// outage probe or set-aside retry is due.
+    private var pollTimeoutMilliseconds: Int32 {
+        if awaitingEvent { return 1 }
+        var due: UInt64?
+        if writeBackOutage, !probeInFlight { due = nextOutageProbe }
+        if !writeBackOutage, setAside.count > 0, resident + unevictable > highWater { due = min(due ?? .max, nextSetAsideRetry) }
+        guard let due else { return -1 }
+        let now = fm_now_ns()
+        return due <= now ? 0 : Int32(min((due - now) / 1_000_000 + 1, 1000))
+    }
+
+    /// During a write-back outage, asks the server (through the evictor, whose
+    /// link the failed write-backs used) once a second whether it answers again.
+    private func probeIfOutage() {
+        guard writeBackOutage, !probeInFlight, !evictionSuspended, fm_now_ns() >= nextOutageProbe else { return }
+        probeInFlight = true
+        evictor.submit(.probe)
+    }
+
+    /// Serves held faults in order while there is room and no event is
+    /// pending. A fault that meets EAGAIN is held again (at the back) and sets
+    /// `awaitingEvent`, which ends the loop.
     private func serveDeferred() {
-        var served = 0
-        while served < deferredCount, !mustThrottle, !awaitingEvent {
-            handleFault(deferred[served])
-            served += 1
+        while !mustThrottle, !awaitingEvent, let message = deferred.popFirst() {
+            handleFault(message)
             evictIfNeeded()
         }
-        guard served > 0 else { return }
-        deferred.update(from: deferred + served, count: deferredCount - served)
-        deferredCount -= served
     }
 
     /// Handler placement: with `handlerSpinMicroseconds` > 0 the handler keeps
@@ -227,7 +255,7 @@ final class FaultHandler: @unchecked Sendable {
                 case UInt8(FM_UFFD_EVENT_PAGEFAULT):
                     // A write-protect fault needs no budget: only a pending event holds it.
                     let needsBudget = message.flags & FM_UFFD_PAGEFAULT_FLAG_WP == 0
-                    if awaitingEvent || (needsBudget && (mustThrottle || deferredCount > 0)) {
+                    if awaitingEvent || (needsBudget && (mustThrottle || !deferred.isEmpty)) {
                         deferFault(message)
                     } else {
                         handleFault(message)
@@ -244,13 +272,10 @@ final class FaultHandler: @unchecked Sendable {
         }
     }
 
+    /// Holds a fault for later; never serves it here (that once recursed
+    /// without bound while an event was pending).
     private func deferFault(_ message: fm_uffd_msg) {
-        if deferredCount < FaultHandler.deferredCapacity {
-            deferred[deferredCount] = message
-            deferredCount += 1
-        } else {
-            handleFault(message)   // cannot happen with sane thread counts; serve rather than drop
-        }
+        if !deferred.append(message) { counters.add(.duplicateFaults) }
     }
 
     private func handleEvent(_ message: fm_uffd_msg) {
@@ -326,7 +351,7 @@ final class FaultHandler: @unchecked Sendable {
         region.states[page] = newState
         resident += 1
         switch install(source, at: address, writeProtect: !isWrite) {
-        case .installed, .alreadyThere:
+        case .installed:
             counters.add(fromServer ? .fetches : .zeroFills)
             if newState & PageState.queued == 0 {
                 region.states[page] |= PageState.queued
@@ -334,6 +359,16 @@ final class FaultHandler: @unchecked Sendable {
             }
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
             if fetched > 1 { installPrefetched(region: region, count: fetched - 1) }
+        case .alreadyThere:
+            // Mapped, yet not by us: the application discarded the page and the
+            // kernel has not zapped it yet (MADV_DONTNEED's thread resumes when
+            // we read REMOVE, then takes mmap_lock and zaps). Never adopt it:
+            // its bytes are the discarded ones, and moving it out before the zap
+            // would bring them back. The EEXIST woke the thread; it retries, and
+            // faults again once the page is gone.
+            region.states[page] = state
+            resident -= 1
+            counters.add(.discardWindowFaults)
         case .eventPending:
             region.states[page] = state
             resident -= 1
@@ -365,12 +400,15 @@ final class FaultHandler: @unchecked Sendable {
     private func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt) -> Bool {
         counters.add(.writeProtectFaults)
         let state = region.states[page]
-        guard state & PageState.resident != 0, state & PageState.dirty == 0 else {
-            // Already writable (a duplicate), or moved out meanwhile: the thread
-            // retries and takes a missing fault if the page is gone.
+        guard state & PageState.resident != 0 else {
+            // Not ours (any more): moved out meanwhile, or discarded and not yet
+            // zapped. The thread retries, and takes a missing fault once it is gone.
             try? uffd.wake(address, length: 4096)
             return true
         }
+        // Resident and already dirty means a duplicate whose page we unprotected
+        // already; unprotecting again is harmless, and a page that were somehow
+        // still protected would otherwise fault here forever.
         region.states[page] = state | PageState.dirty
         do {
             try uffd.writeProtect(address, length: 4096, protect: false)
@@ -555,6 +593,12 @@ final class FaultHandler: @unchecked Sendable {
             }
             if unmapped { region.cut(start, end) }
         }
+        // A thread parked on a page of this range (its write-back in flight)
+        // would be woken at the page's address when the write-back ends, but
+        // after munmap the page has no address, and the kernel does not wake
+        // it either (experiments/unmap-wake.c): wake the range now. It retries
+        // and gets SIGSEGV (EFAULT inside a syscall), as without FarMem.
+        if unmapped { try? uffd.wake(start, length: Int(end - start)) }
         counters.set(.residentPages, UInt64(resident))
         counters.set(.unevictablePages, UInt64(unevictable))
     }
@@ -565,12 +609,18 @@ final class FaultHandler: @unchecked Sendable {
         for region in liveRegions {
             region.move(from: from, to: to, length: length)
         }
+        // Threads parked at the old addresses would be woken at the new ones:
+        // wake them where they wait. They retry there (nothing is mapped now),
+        // as they would have without FarMem had they come after the move.
+        try? uffd.wake(from, length: Int(length))
     }
 
     // MARK: Eviction
 
     private func evictIfNeeded() {
-        guard resident > highWater, !evictionSuspended else { return }
+        guard !evictionSuspended, !writeBackOutage else { return }
+        if setAsideRetryDue { retrySetAsideRound() }
+        guard resident > highWater else { return }
         let target = highWater - batchSize / 2
         while resident > target, staging.freeCount > 0, !awaitingEvent {
             let batch = spareBatches.popLast() ?? EvictionBatch(capacity: batchSize)
@@ -603,56 +653,157 @@ final class FaultHandler: @unchecked Sendable {
             let state = region.states[page]
             region.states[page] = state & ~PageState.queued
             guard state & PageState.resident != 0, let address = region.address(of: page) else { continue }
-            guard let stagingSlot = staging.take() else {
+            switch moveOut(region: region, page: page, state: state, address: address, into: batch) {
+            case .moved:
+                resident -= 1
+            case .eventPending, .noFreeSlot:
                 region.states[page] = state
                 queue.push(entry)
                 return false
-            }
-            do {
-                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
-            } catch {
-                staging.give(stagingSlot)
-                if error == .again {
-                    region.states[page] = state
-                    queue.push(entry)
-                    counters.add(.eagain)
-                    awaitingEvent = true
-                    return false
-                }
-                if error == .noEntry {
-                    // Not mapped after all (discarded in a race): it reads as zeros now.
-                    region.states[page] = PageState.queued
-                    queue.push(entry)
-                    resident -= 1
-                    continue
-                }
-                // EBUSY, EINVAL: this page cannot be moved. Left where it is and out of
-                // the budget, so it can never wedge eviction (and with it every fault).
-                region.states[page] = (state | PageState.unevictable) & ~PageState.queued
+            case .slotNotEmpty:
+                region.states[page] = state
+                queue.push(entry)
+            case .notMapped:
+                // Not mapped after all (discarded in a race): it reads as zeros now.
+                region.states[page] = PageState.queued
+                queue.push(entry)
                 resident -= 1
-                unevictable += 1
-                counters.set(.unevictablePages, UInt64(unevictable))
-                // Logged at 1, 2, 4, 8... such pages: an mlock of a large range must not flood the log.
-                if unevictable & (unevictable - 1) == 0 {
-                    logger.warning("pages that cannot be evicted: \(unevictable) (latest: page \(page) of region \(region.serverID), \(error)); they stay resident, outside the budget (statistics: unevictablePages)")
-                }
-                continue
+            case .refused(let error):
+                refused(region: region, page: page, state: state, error: error)
             }
-            resident -= 1
-            staged += 1
-            counters.add(.evictions)
-            let dirty = state & PageState.dirty != 0
-            if dirty {
-                region.states[page] = PageState.inFlight | (state & PageState.backed)
-            } else {
-                // Clean: the server (or nothing, for a zero page) already has it.
-                region.states[page] = state & PageState.backed
-                counters.add(.cleanDrops)
-            }
-            batch.entries.append(.init(regionSlot: slot, serverID: region.serverID, remote: region.remote, page: page,
-                                       stagingSlot: stagingSlot, dirty: dirty))
         }
         return batch.entries.count == limit
+    }
+
+    private enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notMapped, refused(Errno) }
+
+    /// Moves one resident page into a free staging slot and adds it to the
+    /// batch (clean pages need no write-back; dirty ones are in flight until
+    /// theirs is done). The caller fixes `resident`/`unevictable` and the queues.
+    private func moveOut(region: RegionRecord, page: Int, state: UInt8, address: UInt, into batch: EvictionBatch) -> MoveOutcome {
+        guard let stagingSlot = staging.take() else { return .noFreeSlot }
+        do {
+            _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+        } catch {
+            switch error {
+            case .exists:
+                // The slot is not empty (its MADV_DONTNEED failed, or something
+                // read the staging area): the page is not to blame. The evictor
+                // empties the slot; until then it counts as staged.
+                staged += 1
+                evictor.submit(.release([stagingSlot]))
+                return .slotNotEmpty
+            case .again:
+                staging.give(stagingSlot)
+                counters.add(.eagain)
+                awaitingEvent = true
+                return .eventPending
+            case .noEntry:
+                staging.give(stagingSlot)
+                return .notMapped
+            default:
+                staging.give(stagingSlot)
+                return .refused(error)
+            }
+        }
+        staged += 1
+        counters.add(.evictions)
+        let dirty = state & PageState.dirty != 0
+        if dirty {
+            region.states[page] = PageState.inFlight | (state & PageState.backed)
+        } else {
+            // Clean: the server (or nothing, for a zero page) already has it.
+            region.states[page] = state & PageState.backed
+            counters.add(.cleanDrops)
+        }
+        batch.entries.append(.init(regionSlot: region.slot, serverID: region.serverID, remote: region.remote, page: page,
+                                   stagingSlot: Int32(stagingSlot), dirty: dirty))
+        return .moved
+    }
+
+    /// The kernel would not move a resident page: EBUSY, pinned (O_DIRECT,
+    /// io_uring, an RDMA registration of the application's); EINVAL, its area
+    /// differs from staging (mlock, mprotect). A first refusal is often a short
+    /// pin, such as an O_DIRECT write in progress: the page goes to the back of
+    /// the queue. A second sets it aside, outside the budget, so it can never
+    /// wedge eviction (and with it every fault); set-aside pages are tried
+    /// again later (`retrySetAside`).
+    private func refused(region: RegionRecord, page: Int, state: UInt8, error: Errno) {
+        counters.add(.moveRefusals)
+        if state & PageState.moveRefused == 0 {
+            region.states[page] = state | PageState.moveRefused | PageState.queued
+            queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+            return
+        }
+        region.states[page] = (state | PageState.unevictable) & ~(PageState.queued | PageState.moveRefused)
+        resident -= 1
+        unevictable += 1
+        if setAside.count == setAside.capacity {
+            // Only stale entries (pages discarded since) can fill it; drop them.
+            setAside.rebuild(capacity: setAside.capacity * 2) { self.isSetAside($0) }
+        }
+        setAside.push(EvictionQueue.pack(slot: region.slot, page: page))
+        counters.set(.unevictablePages, UInt64(unevictable))
+        // Logged at 1, 2, 4, 8... such pages: an mlock of a large range must not flood the log.
+        if unevictable & (unevictable - 1) == 0 {
+            logger.warning("pages that cannot be evicted: \(unevictable) (latest: page \(page) of region \(region.serverID), \(error)); they stay resident, outside the budget, and are tried again now and then (statistics: unevictablePages)")
+        }
+    }
+
+    /// Set-aside pages are outside the budget only while the kernel refuses
+    /// them: while memory counting them is over the high-water mark, a batch
+    /// of them is tried each second (at once again while tries succeed).
+    private var setAsideRetryDue: Bool {
+        setAside.count > 0 && resident + unevictable > highWater && fm_now_ns() >= nextSetAsideRetry
+    }
+
+    private func retrySetAsideRound() {
+        guard staging.freeCount > 0, !awaitingEvent else { return }
+        let batch = spareBatches.popLast() ?? EvictionBatch(capacity: batchSize)
+        batch.entries.removeAll(keepingCapacity: true)
+        _ = retrySetAside(batch, limit: batchSize)
+        if batch.entries.isEmpty { spareBatches.append(batch) } else { evictor.submit(.evict(batch)) }
+    }
+
+    /// Whether a set-aside entry still names an unevictable page.
+    private func isSetAside(_ entry: UInt64) -> Bool {
+        let (slot, page) = EvictionQueue.unpack(entry)
+        guard slot < regions.count, let region = regions[slot] else { return false }
+        return region.states[page] & PageState.unevictable != 0
+    }
+
+    /// Tries up to `limit` set-aside pages again (a pin may have ended). While
+    /// some move, the next try comes with the next round; when none does,
+    /// after a second. Returns false when it had to stop (event, no slot).
+    private func retrySetAside(_ batch: EvictionBatch, limit: Int) -> Bool {
+        var tried = 0, moved = 0, left = setAside.count
+        defer {
+            nextSetAsideRetry = moved > 0 ? 0 : fm_now_ns() + 1_000_000_000
+            counters.set(.unevictablePages, UInt64(unevictable))
+        }
+        while left > 0, tried < limit, batch.entries.count < limit, let entry = setAside.pop() {
+            left -= 1
+            guard isSetAside(entry) else { continue }   // discarded or unmapped since
+            let (slot, page) = EvictionQueue.unpack(entry)
+            let region = regions[slot]!
+            let state = region.states[page]
+            guard let address = region.address(of: page) else { setAside.push(entry); continue }
+            tried += 1
+            switch moveOut(region: region, page: page, state: state & ~PageState.unevictable, address: address, into: batch) {
+            case .moved:
+                unevictable -= 1
+                moved += 1
+            case .eventPending, .noFreeSlot:
+                setAside.push(entry)
+                return false
+            case .slotNotEmpty, .refused:
+                setAside.push(entry)
+            case .notMapped:
+                region.states[page] = 0
+                unevictable -= 1
+            }
+        }
+        return true
     }
 
     private func drainInbox() {
@@ -662,11 +813,29 @@ final class FaultHandler: @unchecked Sendable {
             inbox = Inbox()
             return taken
         }
-        if !taken.completed.isEmpty || !taken.releasedSlots.isEmpty { awaitingEvent = false }
-        for batch in taken.completed { finish(batch) }
-        for slot in taken.releasedSlots {
-            staging.give(slot)
-            staged -= 1
+        for report in taken.reports {
+            switch report {
+            case .batchDone(let batch):
+                awaitingEvent = false   // the evictor's last madvise, if any, has returned
+                finish(batch)
+            case .slotsReleased(let slots):
+                awaitingEvent = false
+                for slot in slots {
+                    staging.give(slot)
+                    staged -= 1
+                }
+            case .serverAnswered(let answered):
+                probeInFlight = false
+                if answered, writeBackOutage {
+                    writeBackOutage = false
+                    logger.notice("the server answers again: eviction resumed")
+                } else {
+                    nextOutageProbe = fm_now_ns() + 1_000_000_000
+                }
+            case .releaseFailing(let failing):
+                stagingBlocked = failing
+                if !failing { logger.notice("staging is usable again: eviction resumed") }
+            }
         }
         for command in taken.commands { execute(command) }
         counters.set(.stagedPages, UInt64(staged))
@@ -696,9 +865,10 @@ final class FaultHandler: @unchecked Sendable {
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
-            if !evictionSuspended, region != nil {
-                evictionSuspended = true
-                logger.error("write-back failed: eviction suspended, pages stay in local memory (the budget is no longer kept)")
+            if !writeBackOutage, region != nil {
+                writeBackOutage = true
+                nextOutageProbe = fm_now_ns() + 1_000_000_000
+                logger.error("write-back failed: eviction paused, pages stay in local memory (the budget is not kept) until the server answers again")
             }
             if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
         }
@@ -737,7 +907,10 @@ final class FaultHandler: @unchecked Sendable {
             try? uffd.poison(address, length: 4096)
             return false
         }
-        region.states[entry.page] = PageState.resident | PageState.dirty | (state & (PageState.backed | PageState.queued))
+        region.states[entry.page] = PageState.resident | PageState.dirty | PageState.queued | (state & PageState.backed)
+        // Back in the eviction queue (it left it when it was moved out), or it
+        // would stay resident for good once eviction resumes.
+        if state & PageState.queued == 0 { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
         resident += 1
         staging.give(entry.stagingSlot)
         staged -= 1
@@ -763,6 +936,7 @@ final class FaultHandler: @unchecked Sendable {
             regions[region.slot] = region
             liveRegions.append(region)
             queue.rebuild(capacity: queueCapacity) { _ in true }
+            setAside.rebuild(capacity: max(setAside.capacity, setAside.count + 16)) { _ in true }
             done.signal()
         case .remove(let region, let done):
             for extent in region.extents {
@@ -776,6 +950,7 @@ final class FaultHandler: @unchecked Sendable {
             regions[slot] = nil
             liveRegions.removeAll { $0 === region }
             queue.rebuild(capacity: queueCapacity) { EvictionQueue.unpack($0).slot != slot }
+            setAside.rebuild(capacity: setAside.capacity) { EvictionQueue.unpack($0).slot != slot }
             counters.set(.residentPages, UInt64(resident))
             done(region.extents)
         case .suspendEviction(let done):

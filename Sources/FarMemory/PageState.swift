@@ -17,6 +17,9 @@ enum PageState {
     /// RDMA registration of the application's, or mprotect/mlock made its area
     /// differ from staging): it stays, outside the budget, and is counted apart.
     static let unevictable: UInt8 = 1 << 6
+    /// The kernel refused to move it once (a pin may be short): one more
+    /// refusal makes it unevictable.
+    static let moveRefused: UInt8 = 1 << 7
 
     /// Lives on the server only: worth fetching (or prefetching) as it is.
     @inline(__always)

@@ -50,7 +50,7 @@ final class PagerShard: @unchecked Sendable {
         }
         let handler = self.handler
         evictor = Evictor(link: writeLink, staging: staging, counters: counters, configuration: configuration,
-                          logger: logger) { batch, released in handler.evictionCompleted(batch, released: released) }
+                          logger: logger) { report in handler.evictorReported(report) }
         handler.evictor = evictor
         handlerThread = PosixThread.spawn(name: "farmem-fault\(index)") { handler.run() }
         let evictor = self.evictor

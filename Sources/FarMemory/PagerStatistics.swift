@@ -7,6 +7,7 @@ final class PagerCounters: @unchecked Sendable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
+        case moveRefusals, discardWindowFaults
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -62,6 +63,13 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// Resident pages the kernel would not let FarMem move (pinned, mlocked,
     /// mprotected differently): kept, outside the budget.
     public var unevictablePages: UInt64
+    /// Times the kernel refused to move a page out (pinned, or its area made
+    /// different); a page refused twice becomes unevictable until a retry succeeds.
+    public var moveRefusals: UInt64
+    /// Faults that found their page discarded by the application but not yet
+    /// unmapped by the kernel (MADV_DONTNEED racing with them): never adopted,
+    /// the thread retried.
+    public var discardWindowFaults: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -83,6 +91,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         residentPages = sum(.residentPages); stagedPages = sum(.stagedPages)
         writeBackFailures = sum(.writeBackFailures)
         unevictablePages = sum(.unevictablePages)
+        moveRefusals = sum(.moveRefusals); discardWindowFaults = sum(.discardWindowFaults)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
@@ -95,7 +104,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         fetches \(fetches) (prefetched \(prefetched)), zero-fills \(zeroFills), evictions \(evictions) (clean drops \(cleanDrops)), \
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
-        staged \(stagedPages), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
+        discard-window faults \(discardWindowFaults), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

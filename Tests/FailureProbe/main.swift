@@ -3,22 +3,31 @@
 // 127.0.0.1; transport auto, so RDMA where HOST has a device), prints
 // READY, waits for a line on stdin, then:
 //   read-evicted: reads an evicted page (the test killed the server: expect SIGBUS);
-//   hold: waits to be killed (the test checks the server frees the pages).
+//   hold: waits to be killed (the test checks the server frees the pages);
+//   fault-burst: (the test paused the server) blocks the fault handler in a
+//     fetch, lets more faults pile up than its first deferral buffer holds,
+//     with a REMOVE event behind them, prints PILED, and once the test has
+//     resumed the server expects every thread to finish: prints DONE, exit 0.
 import FarMemSystem
 import FarMemWorkloads
 import FarMemory
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 let arguments = CommandLine.arguments
-guard arguments.count == 3 || arguments.count == 4, let port = UInt16(arguments[1]) else {
-    print("usage: farmem-failure-probe PORT read-evicted|hold [HOST]")
+let modes = ["read-evicted", "hold", "fault-burst"]
+guard arguments.count == 3 || arguments.count == 4, let port = UInt16(arguments[1]), modes.contains(arguments[2]) else {
+    print("usage: farmem-failure-probe PORT \(modes.joined(separator: "|")) [HOST]")
     exit(64)
 }
+let mode = arguments[2]
+// The burst keeps its requests waiting on a paused server: long time-outs.
+let patient = mode == "fault-burst"
 let configuration = FarMemoryConfiguration(
     server: TCPSocket.Endpoint(host: arguments.count == 4 ? arguments[3] : "127.0.0.1", port: port), budgetBytes: 1 << 20,
-    requestTimeoutSeconds: 1, retryWindowSeconds: 1)
+    requestTimeoutSeconds: patient ? 60 : 1, retryWindowSeconds: patient ? 60 : 1, prefetchPages: patient ? 0 : 64)
 let memory: FarMemory
 do { memory = try FarMemory(configuration: configuration) } catch {
     print("ERROR \(error)")
@@ -32,12 +41,74 @@ for page in 0..<region.pageCount where !pattern.verify(page: page, at: base + pa
     print("MISMATCH \(page)")
     exit(2)
 }
+// The burst's threads exist before READY (thread creation takes mmap_lock).
+let burstThreads = patient ? 4400 : 0
+let burst = try! memory.allocate(bytes: burstThreads * 4096 + 4096)
+let burstBase = UInt(bitPattern: burst.baseAddress!)
+let startBurst = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+pthread_rwlock_init(startBurst, nil)
+pthread_rwlock_wrlock(startBurst)
+let started = Atomic<Int>(0)
+let readers = (0..<burstThreads).map { i in
+    SmallThread {
+        _ = started.add(1, ordering: .relaxed)
+        pthread_rwlock_rdlock(startBurst)
+        pthread_rwlock_unlock(startBurst)
+        // A first touch of a fresh page: one fault each, all different pages.
+        UnsafeMutablePointer<UInt8>(bitPattern: burstBase + UInt(i) * 4096)!.pointee = 1
+    }
+}
+while started.load(ordering: .relaxed) < burstThreads { usleep(1000) }
+
 print("READY evictions=\(memory.statistics.evictions) rdma=\(memory.usesRDMA)")
 fflush(nil)
 _ = readLine()
-if arguments[2] == "read-evicted" {
+switch mode {
+case "read-evicted":
     let value = base.load(as: UInt64.self)   // page 0 was evicted long ago
     print("UNEXPECTED read returned \(value)")
     exit(3)
+case "fault-burst":
+    // Page 0 is on the (paused) server: its fetch holds the handler.
+    let fetcher = SmallThread { _ = pattern.verify(page: 0, at: base) }
+    usleep(300_000)
+    pthread_rwlock_unlock(startBurst)     // every reader faults now; nobody reads their messages
+    usleep(500_000)
+    // MADV_DONTNEED with the faults unread: its REMOVE event queues behind them, and
+    // until it is read every UFFDIO_COPY meets EAGAIN (mmap_changing).
+    let discarder = SmallThread { madvise(UnsafeMutableRawPointer(bitPattern: burstBase + UInt(burstThreads) * 4096), 4096, MADV_DONTNEED) }
+    usleep(300_000)
+    print("PILED")
+    fflush(nil)
+    fetcher.join()
+    readers.forEach { $0.join() }
+    discarder.join()
+    let ok = pattern.verify(page: 0, at: base).ok
+    print(ok ? "DONE \(memory.statistics)" : "MISMATCH 0")
+    fflush(nil)
+    exit(ok ? 0 : 2)
+default:
+    while true { pause() }
 }
-while true { pause() }
+
+/// A thread with a 64 KiB stack, so that thousands fit.
+final class SmallThread: @unchecked Sendable {
+    private var handle = pthread_t()
+    private let body: () -> Void
+
+    init(_ body: @escaping () -> Void) {
+        self.body = body
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setstacksize(&attributes, 64 << 10)
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&handle, &attributes, { context in
+            Unmanaged<SmallThread>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, context)
+        pthread_attr_destroy(&attributes)
+        precondition(rc == 0, "pthread_create: \(rc)")
+    }
+
+    func join() { pthread_join(handle, nil) }
+}

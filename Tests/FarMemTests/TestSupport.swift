@@ -65,8 +65,16 @@ final class ServerProcess {
         process.waitUntilExit()
     }
 
+    /// SIGSTOP: the server hangs mid-request, as a host in a long stall would;
+    /// requests already sent wait (write-backs stay in flight) until `resume`.
+    func pause() { Foundation.kill(process.processIdentifier, SIGSTOP) }
+    func resume() { Foundation.kill(process.processIdentifier, SIGCONT) }
+
     func stop() {
-        if process.isRunning { process.terminate() }
+        if process.isRunning {
+            resume()
+            process.terminate()
+        }
         process.waitUntilExit()
         try? FileManager.default.removeItem(at: directory)
     }
@@ -181,30 +189,47 @@ struct FailureProbe {
     let process = Process()
     let errors = Pipe()
     let input = Pipe()
+    private let output = Pipe()
     let readyLine: String
 
     init(port: UInt16, mode: String, host: String? = nil, watchdogSeconds: Double = 120) throws {
         process.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
         process.arguments = [String(port), mode] + (host.map { [$0] } ?? [])
-        let output = Pipe()
+        // A crash must end the process at once, not start the Swift backtracer.
+        process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
         process.standardOutput = output
         process.standardError = errors
         process.standardInput = input
         try process.run()
         let pid = process.processIdentifier, running = process
         DispatchQueue.global().asyncAfter(deadline: .now() + watchdogSeconds) { if running.isRunning { kill(pid, SIGKILL) } }
+        readyLine = Self.readLine(output)
+    }
+
+    private static func readLine(_ pipe: Pipe) -> String {
         var line = ""
         while !line.hasSuffix("\n") {
-            let byte = output.fileHandleForReading.readData(ofLength: 1)
+            let byte = pipe.fileHandleForReading.readData(ofLength: 1)
             if byte.isEmpty { break }
             line += String(decoding: byte, as: UTF8.self)
         }
-        readyLine = line
+        return line
     }
+
+    /// Lets the probe go on without waiting for it.
+    func go() { input.fileHandleForWriting.write("go\n".data(using: .utf8)!) }
+
+    /// The probe's next line on standard output ("" once it has exited).
+    func nextLine() -> String { Self.readLine(output) }
 
     /// Lets the probe go on, waits for it, and returns its log (standard error).
     func proceed() -> String {
-        input.fileHandleForWriting.write("go\n".data(using: .utf8)!)
+        go()
+        return finish()
+    }
+
+    /// Waits for the probe and returns its log (standard error).
+    func finish() -> String {
         process.waitUntilExit()
         return String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }

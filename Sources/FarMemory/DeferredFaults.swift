@@ -1,0 +1,57 @@
+import CFarMemSys
+
+/// Faults the handler holds back, oldest first: while the budget is full
+/// (until eviction makes room) or while an event is pending (EAGAIN; until it
+/// has been read). Events keep being read meanwhile.
+///
+/// It holds at most one fault per page: serving a held fault wakes every
+/// thread waiting on that page (UFFDIO_COPY and UFFDIO_WAKE wake the whole
+/// page; a parked fault's page is woken when its write-back ends), so a
+/// second message for the same page adds nothing. That bounds it by the
+/// pages threads wait on; past its capacity it grows (a rare allocation)
+/// rather than serve a fault out of turn, which is what once recursed.
+struct DeferredFaults {
+    private var storage: UnsafeMutablePointer<fm_uffd_msg>
+    private(set) var capacity: Int
+    private var head = 0
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 1)
+        storage = .allocate(capacity: self.capacity)
+    }
+
+    func deallocate() { storage.deallocate() }
+
+    var isEmpty: Bool { count == 0 }
+
+    /// Holds `message` unless a fault for the same page is already held.
+    /// Returns false for such a duplicate (it needs no reply of its own).
+    @discardableResult
+    mutating func append(_ message: fm_uffd_msg) -> Bool {
+        let page = message.address & ~UInt64(4095)
+        for i in 0..<count where storage[(head + i) % capacity].address & ~UInt64(4095) == page { return false }
+        if count == capacity { grow() }
+        storage[(head + count) % capacity] = message
+        count += 1
+        return true
+    }
+
+    /// The oldest held fault, taken out (so serving it may hold it again).
+    mutating func popFirst() -> fm_uffd_msg? {
+        guard count > 0 else { return nil }
+        let message = storage[head]
+        head = (head + 1) % capacity
+        count -= 1
+        return message
+    }
+
+    private mutating func grow() {
+        let fresh = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: capacity * 2)
+        for i in 0..<count { fresh[i] = storage[(head + i) % capacity] }
+        storage.deallocate()
+        storage = fresh
+        capacity *= 2
+        head = 0
+    }
+}
