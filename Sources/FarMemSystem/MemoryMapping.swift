@@ -20,6 +20,11 @@ public enum MemoryMapping {
         _ = munmap(UnsafeMutableRawPointer(bitPattern: address), length)
     }
 
+    /// munlock(2): the range may be paged again (undoes an mlock or mlockall there).
+    public static func unlock(_ address: UInt, length: Int) throws(Errno) {
+        guard munlock(UnsafeRawPointer(bitPattern: address), length) == 0 else { throw Errno.current }
+    }
+
     public enum Advice: Int32 {
         case dontNeed = 4      // MADV_DONTNEED
         case remove = 9        // MADV_REMOVE

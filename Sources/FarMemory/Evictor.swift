@@ -11,7 +11,7 @@ import Synchronization
 final class Evictor: @unchecked Sendable {
     enum Job {
         case evict(EvictionBatch)
-        case discard(serverID: UInt64, first: Int, count: Int)
+        case discard(StoreRegion, first: Int, count: Int)
         /// Empty these staging slots (data no longer wanted) and return them.
         case release([Int32])
         /// Ask the server one cheap question (after a failed write-back: is it back?).
@@ -32,10 +32,10 @@ final class Evictor: @unchecked Sendable {
         case releaseFailing(Bool)
     }
 
-    private let link: ServerLink
+    /// Write-backs, discards and probes go here (the handler fetches through its own store).
+    private let store: PageStore
     private let staging: StagingArea
     private let counters: PagerCounters
-    private let configuration: FarMemoryConfiguration
     private let logger: Logger
     private let jobs = Mutex<[Job]>([])
     private let condition: Condition
@@ -52,13 +52,12 @@ final class Evictor: @unchecked Sendable {
     /// Slots whose MADV_DONTNEED failed: never handed back populated (a move
     /// into one would fail); tried again every 100 ms.
     private var unreleased: [Int32] = []
+    private var nextUnreleasedRetry = 0.0
 
-    init(link: ServerLink, staging: StagingArea, counters: PagerCounters, configuration: FarMemoryConfiguration,
-         logger: Logger, report: @escaping @Sendable (Report) -> Void) {
-        self.link = link
+    init(store: PageStore, staging: StagingArea, counters: PagerCounters, logger: Logger, report: @escaping @Sendable (Report) -> Void) {
+        self.store = store
         self.staging = staging
         self.counters = counters
-        self.configuration = configuration
         self.logger = logger
         self.report = report
         self.condition = Condition()
@@ -75,9 +74,10 @@ final class Evictor: @unchecked Sendable {
         while true {
             let timeout: Int? = !pendingRelease.isEmpty ? 1 : (!unreleased.isEmpty ? 100 : nil)
             let woken = condition.wait(until: { jobs.withLock { !$0.isEmpty } }, timeoutMilliseconds: timeout)
+            // On a deadline, not only when idle: a steady stream of jobs must not starve it.
+            if !unreleased.isEmpty, monotonicSeconds() >= nextUnreleasedRetry { retryUnreleased() }
             if !woken {
                 releasePending()
-                retryUnreleased()
                 continue
             }
             jobs.withLock { swap(&pending, &$0) }
@@ -88,12 +88,12 @@ final class Evictor: @unchecked Sendable {
                     return
                 case .evict(let batch):
                     writeBack(batch)
-                case .discard(let serverID, let first, let count):
-                    discard(serverID: serverID, first: first, count: count)
+                case .discard(let region, let first, let count):
+                    discard(region, first: first, count: count)
                 case .release(let slots):
                     releaseAndHandBack(slots)
                 case .probe:
-                    report(.serverAnswered((try? link.exchange(.stats, [])) != nil))
+                    report(.serverAnswered(store.probe()))
                 }
             }
             pending.removeAll(keepingCapacity: true)
@@ -113,19 +113,18 @@ final class Evictor: @unchecked Sendable {
         var index = 0
         let entries = batch.entries.count
         while index < entries {
-            let serverID = batch.entries[index].serverID
-            let remote = batch.entries[index].remote
+            let region = batch.entries[index].region
             var group: [Int] = []
-            while index < entries, batch.entries[index].serverID == serverID, group.count < ProtocolLimits.maxBatchPages {
+            while index < entries, batch.entries[index].region.id == region.id, group.count < ProtocolLimits.maxBatchPages {
                 if batch.entries[index].dirty { group.append(index) }
                 index += 1
             }
             guard !group.isEmpty else { continue }
             pageList.removeAll(keepingCapacity: true)
             for i in group { pageList.append(UInt64(batch.entries[i].page)) }
-            let outcome = withRetries("write-back of \(group.count) pages of region \(serverID)") { () throws(ServerLink.LinkError) in
-                try pageList.withUnsafeBufferPointer { pages throws(ServerLink.LinkError) in
-                    try link.writePages(region: serverID, remote: remote, pages: pages) { i in
+            let outcome = outcome(of: "write-back of \(group.count) pages of region \(region.id)") { () throws(StoreError) in
+                try pageList.withUnsafeBufferPointer { pages throws(StoreError) in
+                    try store.write(region, pages: pages) { i in
                         UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[group[i]].stagingSlot))!
                     }
                 }
@@ -149,10 +148,9 @@ final class Evictor: @unchecked Sendable {
         report(.batchDone(batch))
     }
 
-    private func discard(serverID: UInt64, first: Int, count: Int) {
-        let payload = DiscardRange(regionID: serverID, firstPage: UInt64(first), pageCount: UInt64(count)).encode()
-        let outcome = withRetries("discard of \(count) pages of region \(serverID)") { () throws(ServerLink.LinkError) in
-            try link.exchange(.discard, payload)
+    private func discard(_ region: StoreRegion, first: Int, count: Int) {
+        let outcome = outcome(of: "discard of \(count) pages of region \(region.id)") { () throws(StoreError) in
+            try store.discard(region, first: first, count: count)
         }
         if case .done = outcome { counters.add(.discards, UInt64(count)) }
     }
@@ -163,12 +161,16 @@ final class Evictor: @unchecked Sendable {
         let (emptied, failed) = release(slots)
         if !emptied.isEmpty { report(.slotsReleased(emptied)) }
         guard !failed.isEmpty else { return }
-        if unreleased.isEmpty { report(.releaseFailing(true)) }
+        if unreleased.isEmpty {
+            report(.releaseFailing(true))
+            nextUnreleasedRetry = monotonicSeconds() + 0.1
+        }
         unreleased += failed
     }
 
     private func retryUnreleased() {
         guard !unreleased.isEmpty else { return }
+        nextUnreleasedRetry = monotonicSeconds() + 0.1
         let (emptied, failed) = release(unreleased)
         unreleased = failed
         if !emptied.isEmpty { report(.slotsReleased(emptied)) }
@@ -179,8 +181,8 @@ final class Evictor: @unchecked Sendable {
     }
 
     /// Empties staging slots with MADV_DONTNEED, one call per contiguous run.
-    /// It fails only if something changed the staging mapping (an mlock or
-    /// mlockall of the application's covers it: EINVAL).
+    /// A locked staging area (an mlockall of the application's: EINVAL) is
+    /// unlocked first; anything else that fails keeps the slots out of use.
     private func release(_ slots: [Int32]) -> (emptied: [Int32], failed: [Int32]) {
         guard !slots.isEmpty else { return ([], []) }
         let sorted = slots.sorted()
@@ -190,11 +192,16 @@ final class Evictor: @unchecked Sendable {
             guard i + 1 == sorted.endIndex || sorted[i + 1] != sorted[i] + 1 else { continue }
             let run = sorted[runStart...i]
             do {
-                try MemoryMapping.advise(staging.address(of: run.first!), length: run.count * 4096, .dontNeed)
+                do {
+                    try MemoryMapping.advise(staging.address(of: run.first!), length: run.count * 4096, .dontNeed)
+                } catch .invalidArgument {
+                    staging.unlock()   // an mlock or mlockall of the application's covered staging
+                    try MemoryMapping.advise(staging.address(of: run.first!), length: run.count * 4096, .dontNeed)
+                }
                 emptied += run
             } catch {
                 if failed.isEmpty, unreleased.isEmpty {
-                    logger.error("staging slots could not be emptied (MADV_DONTNEED: \(error)); they are kept out of use and retried. Has the program mlocked all its memory?")
+                    logger.error("staging slots could not be emptied (MADV_DONTNEED: \(error)); they are kept out of use and retried every 100 ms")
                 }
                 failed += run
             }
@@ -205,19 +212,18 @@ final class Evictor: @unchecked Sendable {
 
     enum Outcome { case done, regionGone, failed }
 
-    /// Runs `body` with the link's retries and says what came of it.
-    private func withRetries(_ what: String, _ body: () throws(ServerLink.LinkError) -> Void) -> Outcome {
-        switch link.withRetries(windowSeconds: configuration.retryWindowSeconds, body) {
-        case nil:
+    /// Runs `body` (the store retries inside) and says what came of it.
+    private func outcome(of what: String, _ body: () throws(StoreError) -> Void) -> Outcome {
+        do {
+            try body()
             return .done
-        case .refused(let refusal)? where refusal.code == .noSuchRegion:
-            return .regionGone
-        case .refused(let refusal)?:
-            logger.error("\(what) refused by the server: \(refusal)")
-            return .failed
-        case .network(let text)?:
-            logger.error("\(what) failed: \(text); gave up after \(configuration.retryWindowSeconds) s")
-            return .failed
+        } catch {
+            switch error {
+            case .regionGone: return .regionGone
+            case .refused, .unavailable:
+                logger.error("\(what) failed: \(error)")
+                return .failed
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ import Synchronization
 /// connection (see `PagerShard`); one more connection carries control requests.
 public final class FarMemory: @unchecked Sendable {
     public let configuration: FarMemoryConfiguration
-    private let control: Mutex<ServerLinkBox>
+    /// Region set-up and statistics, serialized.
+    private let control: Mutex<ControlStoreBox>
     private let shards: [PagerShard]
     /// Fault service time, one histogram shared by every shard.
     private let histogram: LatencyHistogram
@@ -108,10 +109,12 @@ public final class FarMemory: @unchecked Sendable {
             case .refused(let refusal): throw .serverRefused(refusal)
             }
         }
-        control = Mutex(ServerLinkBox(link: controlLink))
         let rdmaReason = Self.attachRDMA(configuration: configuration, control: controlLink,
                                          links: faultLinks + writeLinks)
         usesRDMA = rdmaReason == nil
+        control = Mutex(ControlStoreBox(store: ServerPageStore(
+            link: controlLink, retryWindowSeconds: configuration.retryWindowSeconds, exposesForRDMA: usesRDMA,
+            onExposeFailure: { [logger] id, why in logger.error("region \(id) is not exposed for RDMA (\(why)); its pages move over TCP") })))
         if let rdmaReason {
             if configuration.transport == .rdma {
                 throw .transportUnavailable("RDMA was required but is unavailable: \(rdmaReason)")
@@ -126,9 +129,10 @@ public final class FarMemory: @unchecked Sendable {
         var started: [PagerShard] = []
         do {
             for index in 0..<shardCount {
+                let store = { (link: ServerLink) in ServerPageStore(link: link, retryWindowSeconds: configuration.retryWindowSeconds) }
                 started.append(try PagerShard(index: index, budgetPages: configuration.budgetPages / shardCount,
-                                              configuration: configuration, faultLink: faultLinks[index],
-                                              writeLink: writeLinks[index], counters: shardCounters[index], logger: logger))
+                                              configuration: configuration, faultStore: store(faultLinks[index]),
+                                              writeStore: store(writeLinks[index]), counters: shardCounters[index], logger: logger))
             }
         } catch {
             for shard in started { shard.stop() }
@@ -157,9 +161,7 @@ public final class FarMemory: @unchecked Sendable {
             defer { book.nextRegionSlot += 1; book.nextRegionID += 1 }
             return (book.nextRegionSlot, book.nextRegionID)
         }
-        _ = try withControl { link throws(ServerLink.LinkError) in
-            try link.exchange(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pages)).encode())
-        }
+        let storeRegion = try withControl { store throws(StoreError) in try store.createRegion(id: id, pageCount: pages) }
         let base: UInt
         do {
             base = try MemoryMapping.anonymous(length: length, noReserve: true)
@@ -168,7 +170,7 @@ public final class FarMemory: @unchecked Sendable {
             try MemoryMapping.advise(base, length: length, .noHugePage)
             try MemoryMapping.advise(base, length: length, .dontFork)
         } catch {
-            dropOnServer(id)
+            dropOnServer(storeRegion)
             throw .system("mapping a \(length)-byte region", error)
         }
         // One contiguous chunk per shard (a single chunk with one handler thread).
@@ -180,24 +182,12 @@ public final class FarMemory: @unchecked Sendable {
             }
         } catch {
             MemoryMapping.unmap(base, length: length)
-            dropOnServer(id)
+            dropOnServer(storeRegion)
             throw .system("registering the region with userfaultfd", error)
-        }
-        var remote: RemoteRegion?
-        if usesRDMA {
-            do {
-                let reply = try withControl { link throws(ServerLink.LinkError) in
-                    try link.exchange(.rdmaExpose, RegionRef(regionID: id).encode())
-                }
-                let exposed = try reply.withUnsafeBytes { try RDMAExposeReply.decode($0) }
-                remote = RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length)
-            } catch {
-                logger.error("region \(id) is not exposed for RDMA (\(error)); its pages move over TCP")
-            }
         }
         var records: [RegionRecord] = []
         for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
-            let record = RegionRecord(serverID: id, pageCount: pages, slot: slot, base: base, chunk: chunk, remote: remote)
+            let record = RegionRecord(store: storeRegion, pageCount: pages, slot: slot, base: base, chunk: chunk)
             shard.add(record)
             records.append(record)
         }
@@ -213,13 +203,13 @@ public final class FarMemory: @unchecked Sendable {
                 MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
             }
         }
-        dropOnServer(id)
+        dropOnServer(records[0].store)
     }
 
     /// Frees a region on the server. Best effort: if the server cannot be
     /// reached, the session's end frees it anyway.
-    private func dropOnServer(_ id: UInt64) {
-        _ = try? withControl { link throws(ServerLink.LinkError) in try link.exchange(.dropRegion, RegionRef(regionID: id).encode()) }
+    private func dropOnServer(_ region: StoreRegion) {
+        control.withLock { $0.store.dropRegion(region) }
     }
 
     /// What the pager has done so far (all shards together).
@@ -230,7 +220,7 @@ public final class FarMemory: @unchecked Sendable {
 
     /// The memory server's figures, and this client's share of them.
     public func serverStatistics() throws(FarMemoryError) -> ServerStats {
-        let reply = try withControl { link throws(ServerLink.LinkError) in try link.exchange(.stats, []) }
+        let reply = try withControl { store throws(StoreError) in try store.statistics() }
         do { return try reply.withUnsafeBytes { try ServerStats.decode($0) } } catch {
             throw .serverRefused(error as? ProtocolError ?? ProtocolError(.internalError, "\(error)"))
         }
@@ -249,26 +239,26 @@ public final class FarMemory: @unchecked Sendable {
         guard let open else { return }
         for id in open { close(regionID: id) }
         for shard in shards { shard.stop() }
-        control.withLock { $0.link.close() }
+        control.withLock { $0.store.link.close() }
     }
 
     deinit { close() }
 
-    private func withControl<T>(_ body: (ServerLink) throws(ServerLink.LinkError) -> T) throws(FarMemoryError) -> T {
+    private func withControl<T>(_ body: (ServerPageStore) throws(StoreError) -> T) throws(FarMemoryError) -> T {
         do {
-            return try control.withLock { box throws(ServerLink.LinkError) in try body(box.link) }
+            return try control.withLock { box throws(StoreError) in try body(box.store) }
         } catch {
             switch error {
-            case .network(let text): throw .serverUnreachable(text)
-            case .refused(let refusal): throw .serverRefused(refusal)
+            case .unavailable(let text): throw .serverUnreachable(text)
+            case .refused(let refusal), .regionGone(let refusal): throw .serverRefused(refusal)
             }
         }
     }
 }
 
-/// Holds the control link inside a Mutex (a class, so the lock protects it).
-struct ServerLinkBox: @unchecked Sendable {
-    let link: ServerLink
+/// Holds the control store inside a Mutex (a class, so the lock protects it).
+struct ControlStoreBox: @unchecked Sendable {
+    let store: ServerPageStore
 }
 
 /// A far-memory region: ordinary memory to the application, paged by FarMemory.
@@ -291,7 +281,7 @@ public final class FarRegion: @unchecked Sendable {
     }
 
     /// Unmaps the region and frees its pages on the server.
-    public func close() { memory.close(regionID: records[0].serverID) }
+    public func close() { memory.close(regionID: records[0].store.id) }
 
     public var pageCount: Int { records[0].pageCount }
 }

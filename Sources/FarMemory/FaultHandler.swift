@@ -35,7 +35,8 @@ final class FaultHandler: @unchecked Sendable {
     }
 
     private let uffd: Userfaultfd
-    private let link: ServerLink
+    /// Fetches go here (the evictor has a store of its own).
+    private let store: PageStore
     private let staging: StagingArea
     private let counters: PagerCounters
     private let configuration: FarMemoryConfiguration
@@ -57,6 +58,8 @@ final class FaultHandler: @unchecked Sendable {
     private var setAside = EvictionQueue(capacity: 1024)
     /// When to try set-aside pages again (CLOCK_MONOTONIC ns; 0: at once).
     private var nextSetAsideRetry: UInt64 = 0
+    /// When a refused move may unlock staging again (see `moveOut`).
+    private var nextStagingUnlock: UInt64 = 0
     private var spareBatches: [EvictionBatch] = []
     private var resident = 0
     /// Resident pages eviction cannot move (not counted in `resident`).
@@ -73,6 +76,10 @@ final class FaultHandler: @unchecked Sendable {
     private var writeBackOutage = false
     private var nextOutageProbe: UInt64 = 0
     private var probeInFlight = false
+    /// Seconds before the first probe of an outage: doubles with each outage
+    /// (a server that answers STATS but refuses writes must not make eviction
+    /// bounce every second), back to 1 after a write-back succeeds.
+    private var outageBackoffSeconds: UInt64 = 1
     /// Staging slots cannot be emptied (the evictor says so): eviction cannot
     /// make room, so faults are not held for it.
     private var stagingBlocked = false
@@ -83,6 +90,7 @@ final class FaultHandler: @unchecked Sendable {
     private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
     /// Faults held back while the budget is full or an event is pending.
     private var deferred = DeferredFaults(capacity: 1024)
+    private var heldFaultsPeak = 0
     /// An ioctl met EAGAIN: faults wait. mmap_changing clears only when the
     /// thread behind the event resumes after we read it, so the wait ends when
     /// the evictor reports (its madvise has returned), at the next event, or
@@ -103,10 +111,10 @@ final class FaultHandler: @unchecked Sendable {
     private var kept: (region: Int, count: Int)?
     private let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
 
-    init(uffd: Userfaultfd, link: ServerLink, staging: StagingArea, counters: PagerCounters,
+    init(uffd: Userfaultfd, store: PageStore, staging: StagingArea, counters: PagerCounters,
          configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int, budgetPages: Int) throws(Errno) {
         self.uffd = uffd
-        self.link = link
+        self.store = store
         self.staging = staging
         self.counters = counters
         self.configuration = configuration
@@ -200,9 +208,13 @@ final class FaultHandler: @unchecked Sendable {
     /// outage probe or set-aside retry is due.
     private var pollTimeoutMilliseconds: Int32 {
         if awaitingEvent { return 1 }
+        guard !evictionSuspended else { return -1 }
         var due: UInt64?
         if writeBackOutage, !probeInFlight { due = nextOutageProbe }
-        if !writeBackOutage, setAside.count > 0, resident + unevictable > highWater { due = min(due ?? .max, nextSetAsideRetry) }
+        // Only with a free slot: one coming back wakes the loop through the inbox.
+        if !writeBackOutage, setAside.count > 0, staging.freeCount > 0, resident + unevictable > highWater {
+            due = min(due ?? .max, nextSetAsideRetry)
+        }
         guard let due else { return -1 }
         let now = fm_now_ns()
         return due <= now ? 0 : Int32(min((due - now) / 1_000_000 + 1, 1000))
@@ -275,7 +287,11 @@ final class FaultHandler: @unchecked Sendable {
     /// Holds a fault for later; never serves it here (that once recursed
     /// without bound while an event was pending).
     private func deferFault(_ message: fm_uffd_msg) {
-        if !deferred.append(message) { counters.add(.duplicateFaults) }
+        guard deferred.append(message) else { return counters.add(.duplicateFaults) }
+        if deferred.count > heldFaultsPeak {
+            heldFaultsPeak = deferred.count
+            counters.set(.heldFaultsPeak, UInt64(heldFaultsPeak))
+        }
     }
 
     private func handleEvent(_ message: fm_uffd_msg) {
@@ -400,16 +416,14 @@ final class FaultHandler: @unchecked Sendable {
     private func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt) -> Bool {
         counters.add(.writeProtectFaults)
         let state = region.states[page]
-        guard state & PageState.resident != 0 else {
-            // Not ours (any more): moved out meanwhile, or discarded and not yet
-            // zapped. The thread retries, and takes a missing fault once it is gone.
-            try? uffd.wake(address, length: 4096)
-            return true
-        }
-        // Resident and already dirty means a duplicate whose page we unprotected
-        // already; unprotecting again is harmless, and a page that were somehow
-        // still protected would otherwise fault here forever.
-        region.states[page] = state | PageState.dirty
+        // Resident: mark it dirty. Not resident: a stale message (the page was
+        // moved out; the thread retries and takes a missing fault), or a page
+        // the application discarded and the kernel has not zapped yet (or never
+        // will, if the madvise failed after its event): not ours, never moved
+        // out, so letting the write through loses nothing. Resident and already
+        // dirty: a duplicate. Unprotecting is right in every case, and a page
+        // left protected would fault here forever.
+        if state & PageState.resident != 0 { region.states[page] = state | PageState.dirty }
         do {
             try uffd.writeProtect(address, length: 4096, protect: false)
             return true
@@ -482,14 +496,12 @@ final class FaultHandler: @unchecked Sendable {
                 count += 1
             }
         }
-        let failure = link.withRetries(windowSeconds: configuration.retryWindowSeconds) { () throws(ServerLink.LinkError) in
-            fetchedData = try link.readPages(region: region.serverID, remote: region.remote,
-                                             pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+        do {
+            fetchedData = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+            return count
+        } catch {
+            logger.error("page \(page) of region \(region.store.id) could not be fetched (\(error)); the access raises SIGBUS")
         }
-        guard let failure else { return count }
-        let reason: String
-        if case .refused(let refusal) = failure { reason = "refused by the server: \(refusal)" } else { reason = failure.description }
-        logger.error("page \(page) of region \(region.serverID) could not be fetched (\(reason)); the access raises SIGBUS")
         counters.add(.poisoned)
         do { try uffd.poison(address, length: 4096) } catch {
             logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
@@ -583,12 +595,12 @@ final class FaultHandler: @unchecked Sendable {
                     if state & PageState.backed != 0 {
                         if discardStart == nil { discardStart = page }
                     } else if let first = discardStart {
-                        evictor.submit(.discard(serverID: region.serverID, first: first, count: page - first))
+                        evictor.submit(.discard(region.store, first: first, count: page - first))
                         discardStart = nil
                     }
                 }
                 if let first = discardStart {
-                    evictor.submit(.discard(serverID: region.serverID, first: first, count: run.upperBound - first))
+                    evictor.submit(.discard(region.store, first: first, count: run.upperBound - first))
                 }
             }
             if unmapped { region.cut(start, end) }
@@ -683,7 +695,15 @@ final class FaultHandler: @unchecked Sendable {
     private func moveOut(region: RegionRecord, page: Int, state: UInt8, address: UInt, into batch: EvictionBatch) -> MoveOutcome {
         guard let stagingSlot = staging.take() else { return .noFreeSlot }
         do {
-            _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            do {
+                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            } catch .invalidArgument where fm_now_ns() >= nextStagingUnlock {
+                // Perhaps the application locked staging (mlockall): unlock it
+                // (at most once a second) and try once more before blaming the page.
+                nextStagingUnlock = fm_now_ns() + 1_000_000_000
+                staging.unlock()
+                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            }
         } catch {
             switch error {
             case .exists:
@@ -716,7 +736,7 @@ final class FaultHandler: @unchecked Sendable {
             region.states[page] = state & PageState.backed
             counters.add(.cleanDrops)
         }
-        batch.entries.append(.init(regionSlot: region.slot, serverID: region.serverID, remote: region.remote, page: page,
+        batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,
                                    stagingSlot: Int32(stagingSlot), dirty: dirty))
         return .moved
     }
@@ -739,14 +759,15 @@ final class FaultHandler: @unchecked Sendable {
         resident -= 1
         unevictable += 1
         if setAside.count == setAside.capacity {
-            // Only stale entries (pages discarded since) can fill it; drop them.
-            setAside.rebuild(capacity: setAside.capacity * 2) { self.isSetAside($0) }
+            // Only stale entries (pages discarded since, or set aside twice since) can fill it.
+            var seen = Set<UInt64>()
+            setAside.rebuild(capacity: setAside.capacity * 2) { self.isSetAside($0) && seen.insert($0).inserted }
         }
         setAside.push(EvictionQueue.pack(slot: region.slot, page: page))
         counters.set(.unevictablePages, UInt64(unevictable))
         // Logged at 1, 2, 4, 8... such pages: an mlock of a large range must not flood the log.
         if unevictable & (unevictable - 1) == 0 {
-            logger.warning("pages that cannot be evicted: \(unevictable) (latest: page \(page) of region \(region.serverID), \(error)); they stay resident, outside the budget, and are tried again now and then (statistics: unevictablePages)")
+            logger.warning("pages that cannot be evicted: \(unevictable) (latest: page \(page) of region \(region.store.id), \(error)); they stay resident, outside the budget, and are tried again now and then (statistics: unevictablePages)")
         }
     }
 
@@ -850,6 +871,7 @@ final class FaultHandler: @unchecked Sendable {
             guard entry.failed else {
                 // Its slot comes back through `releasedSlots` once the evictor has emptied it.
                 guard entry.dirty, let region else { continue }
+                outageBackoffSeconds = 1
                 if let held = kept, held.region == entry.regionSlot,
                    (0..<held.count).contains(where: { keptPages[$0] == UInt64(entry.page) }) {
                     kept = nil   // the server has newer data for a kept page
@@ -857,7 +879,7 @@ final class FaultHandler: @unchecked Sendable {
                 let state = region.states[entry.page]
                 if state & PageState.discardedInFlight != 0 {
                     region.states[entry.page] = state & PageState.queued
-                    evictor.submit(.discard(serverID: region.serverID, first: entry.page, count: 1))
+                    evictor.submit(.discard(region.store, first: entry.page, count: 1))
                 } else {
                     region.states[entry.page] = PageState.backed | (state & PageState.queued)
                 }
@@ -867,8 +889,9 @@ final class FaultHandler: @unchecked Sendable {
             // The staged copy is the only one. Put it back where it belongs.
             if !writeBackOutage, region != nil {
                 writeBackOutage = true
-                nextOutageProbe = fm_now_ns() + 1_000_000_000
-                logger.error("write-back failed: eviction paused, pages stay in local memory (the budget is not kept) until the server answers again")
+                nextOutageProbe = fm_now_ns() + outageBackoffSeconds * 1_000_000_000
+                logger.error("write-back failed: eviction paused for at least \(outageBackoffSeconds) s, pages stay in local memory (the budget is not kept) until the server answers again")
+                outageBackoffSeconds = min(outageBackoffSeconds * 2, 60)
             }
             if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
         }
@@ -901,7 +924,7 @@ final class FaultHandler: @unchecked Sendable {
             }
             // Cannot happen while the page is in flight (its faults are parked); if
             // it does, the data cannot be put back: fail that page loudly, never hang.
-            logger.critical("page \(entry.page) of region \(region.serverID) could not be restored (\(error)); it raises SIGBUS")
+            logger.critical("page \(entry.page) of region \(region.store.id) could not be restored (\(error)); it raises SIGBUS")
             region.states[entry.page] = state & PageState.queued
             counters.add(.poisoned)
             try? uffd.poison(address, length: 4096)

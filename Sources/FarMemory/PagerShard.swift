@@ -4,8 +4,8 @@ import Logging
 import Synchronization
 
 /// One fault-handler thread and everything it owns: a userfaultfd, a staging
-/// area, an evictor thread, a fetch link and a write-back link, and a share of
-/// the budget. A FarMemory has one shard, or several when one handler thread
+/// area, an evictor thread, a page store for fetches and one for write-backs
+/// (each on its own connection), and a share of the budget. A FarMemory has one shard, or several when one handler thread
 /// cannot keep up: each region is then split into contiguous chunks, one per
 /// shard, each registered on its shard's userfaultfd, so no page is ever
 /// handled by two threads and no state is shared between them.
@@ -18,7 +18,7 @@ final class PagerShard: @unchecked Sendable {
     private let handlerThread: PosixThread
     private let evictorThread: PosixThread
 
-    init(index: Int, budgetPages: Int, configuration: FarMemoryConfiguration, faultLink: ServerLink, writeLink: ServerLink,
+    init(index: Int, budgetPages: Int, configuration: FarMemoryConfiguration, faultStore: PageStore, writeStore: PageStore,
          counters: PagerCounters, logger: Logger) throws(FarMemoryError) {
         self.counters = counters
         do {
@@ -41,7 +41,7 @@ final class PagerShard: @unchecked Sendable {
             throw .system("setting up the staging area", error)
         }
         do {
-            handler = try FaultHandler(uffd: uffd, link: faultLink, staging: staging, counters: counters,
+            handler = try FaultHandler(uffd: uffd, store: faultStore, staging: staging, counters: counters,
                                        configuration: configuration, logger: logger, batchSize: batchSize, budgetPages: budgetPages)
         } catch {
             staging.unmap(uffd: uffd)
@@ -49,8 +49,9 @@ final class PagerShard: @unchecked Sendable {
             throw .system("setting up the fault handler", error)
         }
         let handler = self.handler
-        evictor = Evictor(link: writeLink, staging: staging, counters: counters, configuration: configuration,
-                          logger: logger) { report in handler.evictorReported(report) }
+        evictor = Evictor(store: writeStore, staging: staging, counters: counters, logger: logger) { report in
+            handler.evictorReported(report)
+        }
         handler.evictor = evictor
         handlerThread = PosixThread.spawn(name: "farmem-fault\(index)") { handler.run() }
         let evictor = self.evictor

@@ -7,7 +7,7 @@ final class PagerCounters: @unchecked Sendable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
-        case moveRefusals, discardWindowFaults
+        case moveRefusals, discardWindowFaults, heldFaultsPeak
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -70,6 +70,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// unmapped by the kernel (MADV_DONTNEED racing with them): never adopted,
     /// the thread retried.
     public var discardWindowFaults: UInt64
+    /// Most faults held back at once (budget full, or an event pending), per
+    /// handler thread: how many threads waited together.
+    public var heldFaultsPeak: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -92,6 +95,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         writeBackFailures = sum(.writeBackFailures)
         unevictablePages = sum(.unevictablePages)
         moveRefusals = sum(.moveRefusals); discardWindowFaults = sum(.discardWindowFaults)
+        heldFaultsPeak = shards.map { $0.get(.heldFaultsPeak) }.max() ?? 0
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
@@ -105,7 +109,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
-        discard-window faults \(discardWindowFaults), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

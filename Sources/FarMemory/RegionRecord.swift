@@ -3,8 +3,8 @@ import Synchronization
 /// The pager's view of one far region. Created by the application thread,
 /// then owned by the fault handler: `states` and `extents` change only there.
 final class RegionRecord: @unchecked Sendable {
-    /// The region's name on the server.
-    let serverID: UInt64
+    /// The region as the page store knows it (its id names it in logs too).
+    let store: StoreRegion
     let pageCount: Int
     /// Index in the handler's region table (and in eviction-queue entries).
     let slot: Int
@@ -15,14 +15,11 @@ final class RegionRecord: @unchecked Sendable {
     let chunk: Range<Int>
     /// Address of page 0 now (it follows mremap); 0 once page 0 is unmapped.
     let currentBase: Atomic<UInt>
-    /// Where the server keeps the region for one-sided RDMA, if it exposed it.
-    let remote: RemoteRegion?
 
     /// The shard's view of a region: all its page numbers, but only the pages
     /// in `chunk` are mapped through this shard's userfaultfd.
-    init(serverID: UInt64, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>, remote: RemoteRegion?) {
-        self.remote = remote
-        self.serverID = serverID
+    init(store: StoreRegion, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>) {
+        self.store = store
         self.pageCount = pageCount
         self.slot = slot
         states = .allocate(capacity: pageCount)

@@ -57,6 +57,15 @@ final class StagingArea: @unchecked Sendable {
         freeCount += 1
     }
 
+    /// Undoes an mlock or mlockall of the application's that covered staging:
+    /// a locked slot cannot be emptied (MADV_DONTNEED: EINVAL), and UFFDIO_MOVE
+    /// refuses to move an unlocked page into a locked area (EINVAL). Staging is
+    /// FarMem's own memory, never the application's data, so unlocking it
+    /// takes nothing from the program. Sends no userfaultfd event.
+    func unlock() {
+        try? MemoryMapping.unlock(base, length: length)
+    }
+
     func unmap(uffd: Userfaultfd) {
         try? uffd.unregister(base, length: length)
         MemoryMapping.unmap(base, length: length)
@@ -68,8 +77,7 @@ final class StagingArea: @unchecked Sendable {
 final class EvictionBatch: @unchecked Sendable {
     struct Entry {
         var regionSlot: Int
-        var serverID: UInt64
-        var remote: RemoteRegion?
+        var region: StoreRegion
         var page: Int
         var stagingSlot: Int32
         var dirty: Bool

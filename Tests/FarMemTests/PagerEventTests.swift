@@ -234,7 +234,10 @@ final class PagerEventTests: XCTestCase {
         XCTAssertEqual(probe.process.terminationReason, .exit, "the probe died (signal \(probe.process.terminationStatus)): \(log.suffix(2000))")
         XCTAssertEqual(probe.process.terminationStatus, 0, log.suffix(2000).description)
         XCTAssertTrue(done.hasPrefix("DONE"), "probe said: \(done)")
-        print("fault burst: \(done)")
+        // Before the fix the buffer held 4,096 and the next fault recursed.
+        let words = done.split(whereSeparator: { $0 == " " || $0 == "," })
+        let peak = words.firstIndex(of: "peak").flatMap { Int(words[$0 + 1]) } ?? 0
+        XCTAssertGreaterThan(peak, 4096, "more faults than the old buffer held were held at once: \(done)")
     }
 
     /// The mappings registered with userfaultfd for missing faults (smaps
@@ -298,6 +301,7 @@ final class PagerEventTests: XCTestCase {
         locker.join()
         XCTAssertEqual(locked.load(ordering: .acquiring), 0, "mlock of the staging area")
         let finished = waitFor("the rewrite under the lock", timeout: 30) { progress.load(ordering: .acquiring) == 512 }
+        XCTAssertEqual(memory.statistics.unevictablePages, 0, "no page is blamed for the lock on staging: \(memory.statistics)")
         munlock(area, staging[0].length)
         writer.join()
         guard finished else { return }
