@@ -121,9 +121,11 @@ public struct Userfaultfd: Sendable {
         throw Errno(negated: result)
     }
 
-    /// Reads pending messages into `buffer`; 0 when none are pending.
-    public func read(into buffer: UnsafeMutablePointer<fm_uffd_msg>, capacity: Int) throws(Errno) -> Int {
-        Int(try checkedShim { fm_uffd_read(descriptor.rawValue, buffer, Int32(capacity)) })
+    /// Reads pending messages into `messages` (up to its capacity) and returns
+    /// how many there are; 0 when none are pending. Pending faults come
+    /// before pending events.
+    public func read(into messages: UserfaultfdMessages) throws(Errno) -> Int {
+        Int(try checkedShim { fm_uffd_read(descriptor.rawValue, messages.raw, Int32(UserfaultfdMessages.capacity)) })
     }
 
     public func close() { descriptor.close() }

@@ -1,4 +1,4 @@
-import CFarMemSys
+import FarMemSystem
 
 /// Faults the handler holds back, oldest first: while the budget is full
 /// (until eviction makes room) or while an event is pending (EAGAIN; until it
@@ -11,7 +11,7 @@ import CFarMemSys
 /// pages threads wait on; past its capacity it grows (a rare allocation)
 /// rather than serve a fault out of turn, which is what once recursed.
 struct DeferredFaults {
-    private var storage: UnsafeMutablePointer<fm_uffd_msg>
+    private var storage: UnsafeMutablePointer<PageFault>
     private(set) var capacity: Int
     private var head = 0
     private(set) var count = 0
@@ -25,29 +25,29 @@ struct DeferredFaults {
 
     var isEmpty: Bool { count == 0 }
 
-    /// Holds `message` unless a fault for the same page is already held.
+    /// Holds `fault` unless a fault for the same page is already held.
     /// Returns false for such a duplicate (it needs no reply of its own).
     @discardableResult
-    mutating func append(_ message: fm_uffd_msg) -> Bool {
-        let page = message.address & ~UInt64(4095)
-        for i in 0..<count where storage[(head + i) % capacity].address & ~UInt64(4095) == page { return false }
+    mutating func append(_ fault: PageFault) -> Bool {
+        let page = fault.page
+        for i in 0..<count where storage[(head + i) % capacity].page == page { return false }
         if count == capacity { grow() }
-        storage[(head + count) % capacity] = message
+        storage[(head + count) % capacity] = fault
         count += 1
         return true
     }
 
     /// The oldest held fault, taken out (so serving it may hold it again).
-    mutating func popFirst() -> fm_uffd_msg? {
+    mutating func popFirst() -> PageFault? {
         guard count > 0 else { return nil }
-        let message = storage[head]
+        let fault = storage[head]
         head = (head + 1) % capacity
         count -= 1
-        return message
+        return fault
     }
 
     private mutating func grow() {
-        let fresh = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: capacity * 2)
+        let fresh = UnsafeMutablePointer<PageFault>.allocate(capacity: capacity * 2)
         for i in 0..<count { fresh[i] = storage[(head + i) % capacity] }
         storage.deallocate()
         storage = fresh

@@ -87,7 +87,7 @@ final class FaultHandler: @unchecked Sendable {
     private var pendingRestores: [EvictionBatch.Entry] = []
     private var running = true
 
-    private let messages = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: 64)
+    private let messages = UserfaultfdMessages()
     /// Faults held back while the budget is full or an event is pending.
     private var deferred = DeferredFaults(capacity: 1024)
     private var heldFaultsPeak = 0
@@ -141,7 +141,6 @@ final class FaultHandler: @unchecked Sendable {
     }
 
     deinit {
-        messages.deallocate()
         deferred.deallocate()
         fetchBuffer.deallocate()
         fetchPages.deallocate()
@@ -256,26 +255,34 @@ final class FaultHandler: @unchecked Sendable {
         var total = 0
         while true {
             let count: Int
-            do { count = try uffd.read(into: messages, capacity: 64) } catch {
+            do { count = try uffd.read(into: messages) } catch {
                 fatalError("FarMemory: reading userfaultfd failed: \(error)")
             }
             if count == 0 { return total }
             total += count
             for i in 0..<count {
-                let message = messages[i]
-                switch message.event {
-                case UInt8(FM_UFFD_EVENT_PAGEFAULT):
+                switch messages[i] {
+                case .pageFault(let fault):
                     // A write-protect fault needs no budget: only a pending event holds it.
-                    let needsBudget = message.flags & FM_UFFD_PAGEFAULT_FLAG_WP == 0
-                    if awaitingEvent || (needsBudget && (mustThrottle || !deferred.isEmpty)) {
-                        deferFault(message)
+                    if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
+                        deferFault(fault)
                     } else {
-                        handleFault(message)
+                        handleFault(fault)
                     }
-                case UInt8(FM_UFFD_EVENT_REMOVE), UInt8(FM_UFFD_EVENT_UNMAP), UInt8(FM_UFFD_EVENT_REMAP):
+                case .remove(let start, let end):
                     awaitingEvent = false
-                    handleEvent(message)
-                default: logger.warning("unexpected userfaultfd event \(message.event)")
+                    handleRemove(start: start, end: end, unmapped: false)
+                case .unmap(let start, let end):
+                    awaitingEvent = false
+                    handleRemove(start: start, end: end, unmapped: true)
+                case .remap(let from, let to, let length):
+                    awaitingEvent = false
+                    handleRemap(from: from, to: to, length: length)
+                case .fork(let child):
+                    child.close()   // not asked for (regions are MADV_DONTFORK)
+                    logger.warning("unexpected userfaultfd fork event")
+                case .unknown(let event):
+                    logger.warning("unexpected userfaultfd event \(event)")
                 }
             }
             // Keep the budget even while a burst of faults is being served.
@@ -286,20 +293,11 @@ final class FaultHandler: @unchecked Sendable {
 
     /// Holds a fault for later; never serves it here (that once recursed
     /// without bound while an event was pending).
-    private func deferFault(_ message: fm_uffd_msg) {
-        guard deferred.append(message) else { return counters.add(.duplicateFaults) }
+    private func deferFault(_ fault: PageFault) {
+        guard deferred.append(fault) else { return counters.add(.duplicateFaults) }
         if deferred.count > heldFaultsPeak {
             heldFaultsPeak = deferred.count
             counters.set(.heldFaultsPeak, UInt64(heldFaultsPeak))
-        }
-    }
-
-    private func handleEvent(_ message: fm_uffd_msg) {
-        switch message.event {
-        case UInt8(FM_UFFD_EVENT_REMOVE): handleRemove(start: UInt(message.address), end: UInt(message.arg1), unmapped: false)
-        case UInt8(FM_UFFD_EVENT_UNMAP): handleRemove(start: UInt(message.address), end: UInt(message.arg1), unmapped: true)
-        case UInt8(FM_UFFD_EVENT_REMAP): handleRemap(from: UInt(message.address), to: UInt(message.arg1), length: UInt(message.arg2))
-        default: break
         }
     }
 
@@ -313,48 +311,48 @@ final class FaultHandler: @unchecked Sendable {
         return nil
     }
 
-    private func handleFault(_ message: fm_uffd_msg) {
+    private func handleFault(_ fault: PageFault) {
         let started = fm_now_ns()
-        let address = UInt(message.address) & ~UInt(4095)
+        let address = fault.page
         guard let (region, page) = locate(address) else {
             // Staging, or memory mremap added past a region's end: plain zero-filled
             // memory, so that no thread ever waits on an address nobody serves.
             counters.add(.faults)
             switch install(zeroPage, at: address, writeProtect: false) {
-            case .eventPending: deferUntilEvent(message)
+            case .eventPending: deferUntilEvent(fault)
             case .gone: try? uffd.wake(address, length: 4096)
             case .installed, .alreadyThere: break
             }
             return
         }
-        if message.flags & FM_UFFD_PAGEFAULT_FLAG_WP != 0 {
-            if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(message) }
+        if fault.isWriteProtect {
+            if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
             return
         }
         counters.add(.faults)
         let state = region.states[page]
-        if state & PageState.inFlight != 0 {
+        if state.isInFlight {
             // Its write-back is in flight; the completion wakes this thread.
             counters.add(.parkedFaults)
             return
         }
-        if state & PageState.resident != 0 {
+        if state.isResident {
             // Usually a second thread faulting on a page just installed: EEXIST
             // below wakes it. If the page really is gone (the application
             // discarded it while we raced to install), zeros are what it asked for.
             counters.add(.duplicateFaults)
             switch install(zeroPage, at: address, writeProtect: true) {
-            case .installed: region.states[page] = PageState.resident | (state & PageState.queued)
-            case .eventPending: deferUntilEvent(message)
+            case .installed: region.states[page] = state.reinstalledAsZeros()
+            case .eventPending: deferUntilEvent(fault)
             case .alreadyThere: break
             case .gone: try? uffd.wake(address, length: 4096)
             }
             return
         }
-        let isWrite = message.flags & FM_UFFD_PAGEFAULT_FLAG_WRITE != 0
-        let trend = trends.record(thread: message.thread_id, region: region.slot, page: page)
+        let isWrite = fault.isWrite
+        let trend = trends.record(thread: fault.thread, region: region.slot, page: page)
         var source = zeroPage
-        let fromServer = state & PageState.backed != 0
+        let fromServer = state.isBacked
         var fetched = 0
         if fromServer {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
@@ -363,14 +361,14 @@ final class FaultHandler: @unchecked Sendable {
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault.
-        let newState = PageState.resident | (state & (PageState.backed | PageState.queued)) | (isWrite ? PageState.dirty : 0)
+        let newState = state.installed(dirty: isWrite)
         region.states[page] = newState
         resident += 1
         switch install(source, at: address, writeProtect: !isWrite) {
         case .installed:
             counters.add(fromServer ? .fetches : .zeroFills)
-            if newState & PageState.queued == 0 {
-                region.states[page] |= PageState.queued
+            if !newState.isQueued {
+                region.states[page] = newState.enqueued()
                 queue.push(EvictionQueue.pack(slot: region.slot, page: page))
             }
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
@@ -397,7 +395,7 @@ final class FaultHandler: @unchecked Sendable {
                 swap(&fetchPages, &keptPages)
                 kept = (region.slot, fetched)
             }
-            deferUntilEvent(message)
+            deferUntilEvent(fault)
         case .gone:
             region.states[page] = state
             resident -= 1
@@ -406,10 +404,10 @@ final class FaultHandler: @unchecked Sendable {
         counters.set(.residentPages, UInt64(resident))
     }
 
-    private func deferUntilEvent(_ message: fm_uffd_msg) {
+    private func deferUntilEvent(_ fault: PageFault) {
         counters.add(.eagain)
         awaitingEvent = true
-        deferFault(message)
+        deferFault(fault)
     }
 
     /// Returns false when an event is pending and the fault must wait for it.
@@ -423,7 +421,7 @@ final class FaultHandler: @unchecked Sendable {
         // out, so letting the write through loses nothing. Resident and already
         // dirty: a duplicate. Unprotecting is right in every case, and a page
         // left protected would fault here forever.
-        if state & PageState.resident != 0 { region.states[page] = state | PageState.dirty }
+        if state.isResident { region.states[page] = state.written() }
         do {
             try uffd.writeProtect(address, length: 4096, protect: false)
             return true
@@ -475,7 +473,7 @@ final class FaultHandler: @unchecked Sendable {
             var count = 1
             let limit = min(held.count, max(1, budget - resident - staged))
             while count < limit {
-                guard PageState.isOnServerOnly(region.states[Int(fetchPages[count])]) else { break }
+                guard region.states[Int(fetchPages[count])].isOnServerOnly else { break }
                 count += 1
             }
             return count
@@ -491,7 +489,7 @@ final class FaultHandler: @unchecked Sendable {
             for _ in 0..<min(trend.window, headroom) {
                 candidate += trend.stride
                 guard candidate >= 0, candidate < region.pageCount else { break }
-                guard PageState.isOnServerOnly(region.states[candidate]) else { break }
+                guard region.states[candidate].isOnServerOnly else { break }
                 fetchPages[count] = UInt64(candidate)
                 count += 1
             }
@@ -523,12 +521,12 @@ final class FaultHandler: @unchecked Sendable {
             var run = 1
             while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
                   region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
-            for i in 0..<run { region.states[first + i] |= PageState.resident }
+            for i in 0..<run { region.states[first + i] = region.states[first + i].installed(dirty: false) }
             let copied: Int
             do {
                 copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: true) / 4096
             } catch {
-                for i in 0..<run { region.states[first + i] &= ~PageState.resident }
+                for i in 0..<run { region.states[first + i] = region.states[first + i].notInstalled() }
                 if error == .again {
                     awaitingEvent = true
                     keepRemainder(region: region, from: slot, count: count)
@@ -537,10 +535,10 @@ final class FaultHandler: @unchecked Sendable {
             }
             for i in 0..<run {
                 let page = first + i
-                if i >= copied { region.states[page] &= ~PageState.resident; continue }
+                if i >= copied { region.states[page] = region.states[page].notInstalled(); continue }
                 resident += 1
-                if region.states[page] & PageState.queued == 0 {
-                    region.states[page] |= PageState.queued
+                if !region.states[page].isQueued {
+                    region.states[page] = region.states[page].enqueued()
                     queue.push(EvictionQueue.pack(slot: region.slot, page: page))
                 }
             }
@@ -582,17 +580,17 @@ final class FaultHandler: @unchecked Sendable {
                 var discardStart: Int?
                 for page in run {
                     let state = region.states[page]
-                    if state & PageState.inFlight != 0 {
-                        region.states[page] = state | PageState.discardedInFlight
+                    if state.isInFlight {
+                        region.states[page] = state.discardedWhileInFlight()
                         continue
                     }
-                    if state & PageState.unevictable != 0 {
+                    if state.isUnevictable {
                         unevictable -= 1
-                    } else if state & PageState.resident != 0 {
+                    } else if state.isResident {
                         resident -= 1
                     }
-                    region.states[page] = state & PageState.queued
-                    if state & PageState.backed != 0 {
+                    region.states[page] = state.discarded()
+                    if state.isBacked {
                         if discardStart == nil { discardStart = page }
                     } else if let first = discardStart {
                         evictor.submit(.discard(region.store, first: first, count: page - first))
@@ -663,8 +661,8 @@ final class FaultHandler: @unchecked Sendable {
             let (slot, page) = EvictionQueue.unpack(entry)
             guard slot < regions.count, let region = regions[slot] else { continue }
             let state = region.states[page]
-            region.states[page] = state & ~PageState.queued
-            guard state & PageState.resident != 0, let address = region.address(of: page) else { continue }
+            region.states[page] = state.dequeued()
+            guard state.isResident, let address = region.address(of: page) else { continue }
             switch moveOut(region: region, page: page, state: state, address: address, into: batch) {
             case .moved:
                 resident -= 1
@@ -677,7 +675,7 @@ final class FaultHandler: @unchecked Sendable {
                 queue.push(entry)
             case .notMapped:
                 // Not mapped after all (discarded in a race): it reads as zeros now.
-                region.states[page] = PageState.queued
+                region.states[page] = state.foundUnmapped()
                 queue.push(entry)
                 resident -= 1
             case .refused(let error):
@@ -692,7 +690,7 @@ final class FaultHandler: @unchecked Sendable {
     /// Moves one resident page into a free staging slot and adds it to the
     /// batch (clean pages need no write-back; dirty ones are in flight until
     /// theirs is done). The caller fixes `resident`/`unevictable` and the queues.
-    private func moveOut(region: RegionRecord, page: Int, state: UInt8, address: UInt, into batch: EvictionBatch) -> MoveOutcome {
+    private func moveOut(region: RegionRecord, page: Int, state: PageState, address: UInt, into batch: EvictionBatch) -> MoveOutcome {
         guard let stagingSlot = staging.take() else { return .noFreeSlot }
         do {
             do {
@@ -728,14 +726,10 @@ final class FaultHandler: @unchecked Sendable {
         }
         staged += 1
         counters.add(.evictions)
-        let dirty = state & PageState.dirty != 0
-        if dirty {
-            region.states[page] = PageState.inFlight | (state & PageState.backed)
-        } else {
-            // Clean: the server (or nothing, for a zero page) already has it.
-            region.states[page] = state & PageState.backed
-            counters.add(.cleanDrops)
-        }
+        let dirty = state.isDirty
+        region.states[page] = state.movedOut()
+        // Clean: the store (or nothing, for a zero page) already has it.
+        if !dirty { counters.add(.cleanDrops) }
         batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,
                                    stagingSlot: Int32(stagingSlot), dirty: dirty))
         return .moved
@@ -748,14 +742,14 @@ final class FaultHandler: @unchecked Sendable {
     /// the queue. A second sets it aside, outside the budget, so it can never
     /// wedge eviction (and with it every fault); set-aside pages are tried
     /// again later (`retrySetAside`).
-    private func refused(region: RegionRecord, page: Int, state: UInt8, error: Errno) {
+    private func refused(region: RegionRecord, page: Int, state: PageState, error: Errno) {
         counters.add(.moveRefusals)
-        if state & PageState.moveRefused == 0 {
-            region.states[page] = state | PageState.moveRefused | PageState.queued
+        if !state.wasRefusedOnce {
+            region.states[page] = state.refusedOnceAndRequeued()
             queue.push(EvictionQueue.pack(slot: region.slot, page: page))
             return
         }
-        region.states[page] = (state | PageState.unevictable) & ~(PageState.queued | PageState.moveRefused)
+        region.states[page] = state.setAside()
         resident -= 1
         unevictable += 1
         if setAside.count == setAside.capacity {
@@ -790,7 +784,7 @@ final class FaultHandler: @unchecked Sendable {
     private func isSetAside(_ entry: UInt64) -> Bool {
         let (slot, page) = EvictionQueue.unpack(entry)
         guard slot < regions.count, let region = regions[slot] else { return false }
-        return region.states[page] & PageState.unevictable != 0
+        return region.states[page].isUnevictable
     }
 
     /// Tries up to `limit` set-aside pages again (a pin may have ended). While
@@ -810,7 +804,7 @@ final class FaultHandler: @unchecked Sendable {
             let state = region.states[page]
             guard let address = region.address(of: page) else { setAside.push(entry); continue }
             tried += 1
-            switch moveOut(region: region, page: page, state: state & ~PageState.unevictable, address: address, into: batch) {
+            switch moveOut(region: region, page: page, state: state.retried(), address: address, into: batch) {
             case .moved:
                 unevictable -= 1
                 moved += 1
@@ -820,7 +814,7 @@ final class FaultHandler: @unchecked Sendable {
             case .slotNotEmpty, .refused:
                 setAside.push(entry)
             case .notMapped:
-                region.states[page] = 0
+                region.states[page] = state.foundUnmapped()
                 unevictable -= 1
             }
         }
@@ -877,11 +871,11 @@ final class FaultHandler: @unchecked Sendable {
                     kept = nil   // the server has newer data for a kept page
                 }
                 let state = region.states[entry.page]
-                if state & PageState.discardedInFlight != 0 {
-                    region.states[entry.page] = state & PageState.queued
+                if state.wasDiscardedInFlight {
+                    region.states[entry.page] = state.discarded()
                     evictor.submit(.discard(region.store, first: entry.page, count: 1))
                 } else {
-                    region.states[entry.page] = PageState.backed | (state & PageState.queued)
+                    region.states[entry.page] = state.writtenBack()
                 }
                 if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
                 continue
@@ -908,9 +902,9 @@ final class FaultHandler: @unchecked Sendable {
     private func restore(_ entry: EvictionBatch.Entry) -> Bool {
         guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot] else { return false }
         let state = region.states[entry.page]
-        guard state & PageState.discardedInFlight == 0, let address = region.address(of: entry.page) else {
+        guard !state.wasDiscardedInFlight, let address = region.address(of: entry.page) else {
             // Discarded or unmapped while in flight: it reads as zeros (or is gone). Faults go on.
-            region.states[entry.page] = state & PageState.queued
+            region.states[entry.page] = state.discarded()
             if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
             return false
         }
@@ -925,15 +919,15 @@ final class FaultHandler: @unchecked Sendable {
             // Cannot happen while the page is in flight (its faults are parked); if
             // it does, the data cannot be put back: fail that page loudly, never hang.
             logger.critical("page \(entry.page) of region \(region.store.id) could not be restored (\(error)); it raises SIGBUS")
-            region.states[entry.page] = state & PageState.queued
+            region.states[entry.page] = state.discarded()
             counters.add(.poisoned)
             try? uffd.poison(address, length: 4096)
             return false
         }
-        region.states[entry.page] = PageState.resident | PageState.dirty | PageState.queued | (state & PageState.backed)
+        region.states[entry.page] = state.restored()
         // Back in the eviction queue (it left it when it was moved out), or it
         // would stay resident for good once eviction resumes.
-        if state & PageState.queued == 0 { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
+        if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
         resident += 1
         staging.give(entry.stagingSlot)
         staged -= 1
@@ -965,8 +959,8 @@ final class FaultHandler: @unchecked Sendable {
             for extent in region.extents {
                 try? uffd.unregister(extent.start, length: extent.pageCount * 4096)
             }
-            for page in region.chunk where region.states[page] & PageState.resident != 0 {
-                if region.states[page] & PageState.unevictable != 0 { unevictable -= 1 } else { resident -= 1 }
+            for page in region.chunk where region.states[page].isResident {
+                if region.states[page].isUnevictable { unevictable -= 1 } else { resident -= 1 }
             }
             counters.set(.unevictablePages, UInt64(unevictable))
             let slot = region.slot

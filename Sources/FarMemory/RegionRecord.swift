@@ -1,5 +1,14 @@
 import Synchronization
 
+/// A run of a region's pages at some address. A region starts as one extent;
+/// mremap and partial munmap move or cut extents.
+struct Extent {
+    var start: UInt
+    var pageCount: Int
+    var firstPage: Int
+    var end: UInt { start + UInt(pageCount * 4096) }
+}
+
 /// The pager's view of one far region. Created by the application thread,
 /// then owned by the fault handler: `states` and `extents` change only there.
 final class RegionRecord: @unchecked Sendable {
@@ -8,7 +17,7 @@ final class RegionRecord: @unchecked Sendable {
     let pageCount: Int
     /// Index in the handler's region table (and in eviction-queue entries).
     let slot: Int
-    let states: UnsafeMutablePointer<UInt8>
+    let states: UnsafeMutablePointer<PageState>
     var extents: [Extent]
     /// The pages this shard handles; no other page of the region is ever
     /// resident or queued here (mremap moves them, never renumbers them).
@@ -23,7 +32,7 @@ final class RegionRecord: @unchecked Sendable {
         self.pageCount = pageCount
         self.slot = slot
         states = .allocate(capacity: pageCount)
-        states.initialize(repeating: 0, count: pageCount)
+        states.initialize(repeating: .zeros, count: pageCount)
         self.chunk = chunk
         extents = [Extent(start: base + UInt(chunk.lowerBound * 4096), pageCount: chunk.count, firstPage: chunk.lowerBound)]
         currentBase = Atomic(chunk.lowerBound == 0 ? base : 0)

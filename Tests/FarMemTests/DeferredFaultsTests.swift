@@ -1,19 +1,15 @@
-import CFarMemSys
+import FarMemSystem
 @testable import FarMemory
 import XCTest
 
 /// The handler's held faults: order, one per page, growth (pure logic).
 final class DeferredFaultsTests: XCTestCase {
-    private func fault(_ address: UInt64, thread: UInt32 = 0) -> fm_uffd_msg {
-        var message = fm_uffd_msg()
-        message.event = UInt8(FM_UFFD_EVENT_PAGEFAULT)
-        message.address = address
-        message.thread_id = thread
-        return message
+    private func fault(_ address: UInt, thread: UInt32 = 0) -> PageFault {
+        PageFault(address: address, thread: thread)
     }
 
-    private func drain(_ faults: inout DeferredFaults) -> [UInt64] {
-        var addresses: [UInt64] = []
+    private func drain(_ faults: inout DeferredFaults) -> [UInt] {
+        var addresses: [UInt] = []
         while let message = faults.popFirst() { addresses.append(message.address) }
         return addresses
     }
@@ -21,7 +17,7 @@ final class DeferredFaultsTests: XCTestCase {
     func testFaultsComeBackOldestFirst() {
         var faults = DeferredFaults(capacity: 4)
         defer { faults.deallocate() }
-        for page in [3, 1, 2] as [UInt64] { XCTAssertTrue(faults.append(fault(page << 12))) }
+        for page in [3, 1, 2] as [UInt] { XCTAssertTrue(faults.append(fault(page << 12))) }
         XCTAssertEqual(drain(&faults), [3 << 12, 1 << 12, 2 << 12])
         XCTAssertTrue(faults.isEmpty)
     }
@@ -43,11 +39,11 @@ final class DeferredFaultsTests: XCTestCase {
         var faults = DeferredFaults(capacity: 4)
         defer { faults.deallocate() }
         // Wrap the ring first, so growth has to unroll it.
-        for page in 0..<3 as Range<UInt64> { faults.append(fault(page << 12)) }
+        for page in 0..<3 as Range<UInt> { faults.append(fault(page << 12)) }
         _ = faults.popFirst()
         _ = faults.popFirst()
-        for page in 3..<10 as Range<UInt64> { XCTAssertTrue(faults.append(fault(page << 12))) }
+        for page in 3..<10 as Range<UInt> { XCTAssertTrue(faults.append(fault(page << 12))) }
         XCTAssertGreaterThanOrEqual(faults.capacity, 8)
-        XCTAssertEqual(drain(&faults), (2..<10).map { UInt64($0) << 12 })
+        XCTAssertEqual(drain(&faults), (2..<10).map { UInt($0) << 12 })
     }
 }
