@@ -1,0 +1,65 @@
+import FarMemSystem
+
+/// The application's own events: MADV_DONTNEED/MADV_REMOVE (REMOVE), munmap
+/// (UNMAP) and mremap (REMAP).
+extension FaultHandler {
+    /// The application dropped [start, end): MADV_DONTNEED/MADV_REMOVE (the
+    /// pages read as zeros from now on) or munmap (they are gone). The server's
+    /// copies are discarded so they can never be served stale.
+    func handleRemove(start: UInt, end: UInt, unmapped: Bool) {
+        if staging.contains(start) { return }   // the evictor emptying staging slots
+        if let held = kept, let region = regions[held.region],
+           (0..<held.count).contains(where: { i in
+               region.address(of: Int(keptPages[i])).map { $0 >= start && $0 < end } ?? false }) {
+            kept = nil   // data being dropped: never install the kept copy
+        }
+        for region in liveRegions {
+            for run in region.pageRuns(in: start, end) {
+                var discardStart: Int?
+                for page in run {
+                    let state = region.states[page]
+                    if state.isInFlight {
+                        region.states[page] = state.discardedWhileInFlight()
+                        continue
+                    }
+                    if state.isUnevictable {
+                        budget.unevictable -= 1
+                    } else if state.isResident {
+                        budget.resident -= 1
+                    }
+                    region.states[page] = state.discarded()
+                    if state.isBacked {
+                        if discardStart == nil { discardStart = page }
+                    } else if let first = discardStart {
+                        evictor.submit(.discard(region.store, first: first, count: page - first))
+                        discardStart = nil
+                    }
+                }
+                if let first = discardStart {
+                    evictor.submit(.discard(region.store, first: first, count: run.upperBound - first))
+                }
+            }
+            if unmapped { region.cut(start, end) }
+        }
+        // A thread parked on a page of this range (its write-back in flight)
+        // would be woken at the page's address when the write-back ends, but
+        // after munmap the page has no address, and the kernel does not wake
+        // it either (experiments/unmap-wake.c): wake the range now. It retries
+        // and gets SIGSEGV (EFAULT inside a syscall), as without FarMem.
+        if unmapped { try? uffd.wake(start, length: Int(end - start)) }
+        counters.set(.residentPages, UInt64(budget.resident))
+        counters.set(.unevictablePages, UInt64(budget.unevictable))
+    }
+
+    /// mremap moved [from, from+length) to `to`: the region follows, evicted
+    /// pages included.
+    func handleRemap(from: UInt, to: UInt, length: UInt) {
+        for region in liveRegions {
+            region.move(from: from, to: to, length: length)
+        }
+        // Threads parked at the old addresses would be woken at the new ones:
+        // wake them where they wait. They retry there (nothing is mapped now),
+        // as they would have without FarMem had they come after the move.
+        try? uffd.wake(from, length: Int(length))
+    }
+}

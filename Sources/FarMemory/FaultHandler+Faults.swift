@@ -1,0 +1,159 @@
+import CFarMemSys
+import FarMemSystem
+
+/// Page faults: a missing page is fetched (or zero-filled) and installed;
+/// a write to a clean page marks it dirty. Kernel rules: state changes before
+/// the ioctl that lets the thread run; EEXIST wakes; EAGAIN holds the fault.
+extension FaultHandler {
+    @inline(__always)
+    func locate(_ address: UInt) -> (RegionRecord, Int)? {
+        for region in liveRegions {
+            if let page = region.page(at: address) { return (region, page) }
+        }
+        return nil
+    }
+
+    func handleFault(_ fault: PageFault) {
+        let started = fm_now_ns()
+        let address = fault.page
+        guard let (region, page) = locate(address) else {
+            // Staging, or memory mremap added past a region's end: plain zero-filled
+            // memory, so that no thread ever waits on an address nobody serves.
+            counters.add(.faults)
+            switch install(zeroPage, at: address, writeProtect: false) {
+            case .eventPending: deferUntilEvent(fault)
+            case .gone: try? uffd.wake(address, length: 4096)
+            case .installed, .alreadyThere: break
+            }
+            return
+        }
+        if fault.isWriteProtect {
+            if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
+            return
+        }
+        counters.add(.faults)
+        let state = region.states[page]
+        if state.isInFlight {
+            // Its write-back is in flight; the completion wakes this thread.
+            counters.add(.parkedFaults)
+            return
+        }
+        if state.isResident {
+            // Usually a second thread faulting on a page just installed: EEXIST
+            // below wakes it. If the page really is gone (the application
+            // discarded it while we raced to install), zeros are what it asked for.
+            counters.add(.duplicateFaults)
+            switch install(zeroPage, at: address, writeProtect: true) {
+            case .installed: region.states[page] = state.reinstalledAsZeros()
+            case .eventPending: deferUntilEvent(fault)
+            case .alreadyThere: break
+            case .gone: try? uffd.wake(address, length: 4096)
+            }
+            return
+        }
+        let isWrite = fault.isWrite
+        let trend = trends.record(thread: fault.thread, region: region.slot, page: page)
+        var source = zeroPage
+        let fromServer = state.isBacked
+        var fetched = 0
+        if fromServer {
+            fetched = fetch(region: region, page: page, trend: trend, address: address)
+            guard fetched > 0 else { return }
+            source = UnsafeMutableRawPointer(mutating: fetchedData)
+        }
+        // A read installs the page write-protected (clean until written); a
+        // write installs it writable and dirty, saving a second fault.
+        let newState = state.installed(dirty: isWrite)
+        region.states[page] = newState
+        budget.resident += 1
+        switch install(source, at: address, writeProtect: !isWrite) {
+        case .installed:
+            counters.add(fromServer ? .fetches : .zeroFills)
+            if !newState.isQueued {
+                region.states[page] = newState.enqueued()
+                queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+            }
+            counters.faultService.record(nanoseconds: fm_now_ns() &- started)
+            if fetched > 1 { installPrefetched(region: region, count: fetched - 1) }
+        case .alreadyThere:
+            // Mapped, yet not by us: the application discarded the page and the
+            // kernel has not zapped it yet (MADV_DONTNEED's thread resumes when
+            // we read REMOVE, then takes mmap_lock and zaps). Never adopt it:
+            // its bytes are the discarded ones, and moving it out before the zap
+            // would bring them back. The EEXIST woke the thread; it retries, and
+            // faults again once the page is gone.
+            region.states[page] = state
+            budget.resident -= 1
+            counters.add(.discardWindowFaults)
+        case .eventPending:
+            region.states[page] = state
+            budget.resident -= 1
+            if fromServer {
+                if fetchedData != UnsafeRawPointer(fetchBuffer) {
+                    // Over RDMA the pages sit in the channel's buffer, which the next fetch reuses.
+                    fetchBuffer.copyMemory(from: fetchedData, byteCount: fetched * 4096)
+                }
+                swap(&fetchBuffer, &keptBuffer)
+                swap(&fetchPages, &keptPages)
+                kept = (region.slot, fetched)
+            }
+            deferUntilEvent(fault)
+        case .gone:
+            region.states[page] = state
+            budget.resident -= 1
+            try? uffd.wake(address, length: 4096)   // it faults again, or finds the range gone
+        }
+        counters.set(.residentPages, UInt64(budget.resident))
+    }
+
+    func deferUntilEvent(_ fault: PageFault) {
+        counters.add(.eagain)
+        awaitingEvent = true
+        deferFault(fault)
+    }
+
+    /// Returns false when an event is pending and the fault must wait for it.
+    func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt) -> Bool {
+        counters.add(.writeProtectFaults)
+        let state = region.states[page]
+        // Resident: mark it dirty. Not resident: a stale message (the page was
+        // moved out; the thread retries and takes a missing fault), or a page
+        // the application discarded and the kernel has not zapped yet (or never
+        // will, if the madvise failed after its event): not ours, never moved
+        // out, so letting the write through loses nothing. Resident and already
+        // dirty: a duplicate. Unprotecting is right in every case, and a page
+        // left protected would fault here forever.
+        if state.isResident { region.states[page] = state.written() }
+        do {
+            try uffd.writeProtect(address, length: 4096, protect: false)
+            return true
+        } catch {
+            region.states[page] = state
+            if error == .again { return false }
+            try? uffd.wake(address, length: 4096)
+            return true
+        }
+    }
+
+    private enum InstallResult { case installed, alreadyThere, eventPending, gone }
+
+    @discardableResult
+    private func install(_ source: UnsafeRawPointer, at address: UInt, writeProtect: Bool) -> InstallResult {
+        do {
+            _ = try uffd.copy(to: address, from: source, length: 4096, writeProtect: writeProtect)
+            return .installed
+        } catch {
+            switch error {
+            case .exists:
+                try? uffd.wake(address, length: 4096)
+                return .alreadyThere
+            case .again:
+                return .eventPending
+            default:
+                // ENOENT: unmapped under us; ENOMEM: no memory for the page;
+                // ESRCH/ENOSPC: the process is exiting. Callers wake the thread.
+                return .gone
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import FarMemProtocol
+import FarMemSystem
+
+/// Fetching: the faulting page and the pages the trend predicts in one
+/// store read, prefetched pages installed in runs, and a batch kept when an
+/// install met a pending event.
+extension FaultHandler {
+    /// Fetches the faulting page, and the pages the trend predicts, into
+    /// `fetchedData` with one request, reconnecting within the retry window.
+    /// Returns how many pages arrived (0: failed, and the page was poisoned so
+    /// that the access raises SIGBUS instead of hanging forever).
+    func fetch(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?, address: UInt) -> Int {
+        // A kept batch waits for its own page (another thread's fault may come
+        // first); its invalidation rules hold however long it waits.
+        if let held = kept, held.region == region.slot, keptPages[0] == UInt64(page) {
+            kept = nil
+            swap(&fetchBuffer, &keptBuffer)
+            swap(&fetchPages, &keptPages)
+            fetchedData = UnsafeRawPointer(fetchBuffer)
+            // Prefetched pages are still good while they live on the server
+            // only; stop at the first that does not (installs stay in runs),
+            // and never install past the budget.
+            var count = 1
+            let limit = min(held.count, max(1, budget.headroom))
+            while count < limit {
+                guard region.states[Int(fetchPages[count])].isOnServerOnly else { break }
+                count += 1
+            }
+            return count
+        }
+        var count = 1
+        fetchPages[0] = UInt64(page)
+        // Never prefetch past the budget: only into the room left under it.
+        let headroom = budget.headroom - 1
+        if let trend, headroom > 0 {
+            // Consecutive predicted pages that live on the server, stopping at the
+            // first that does not (so installs stay in runs).
+            var candidate = page
+            for _ in 0..<min(trend.window, headroom) {
+                candidate += trend.stride
+                guard candidate >= 0, candidate < region.pageCount else { break }
+                guard region.states[candidate].isOnServerOnly else { break }
+                fetchPages[count] = UInt64(candidate)
+                count += 1
+            }
+        }
+        do {
+            fetchedData = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+            return count
+        } catch {
+            logger.error("page \(page) of region \(region.store.id) could not be fetched (\(error)); the access raises SIGBUS")
+        }
+        counters.add(.poisoned)
+        do { try uffd.poison(address, length: 4096) } catch {
+            logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
+            try? uffd.wake(address, length: 4096)
+        }
+        return 0
+    }
+
+    /// Installs prefetched pages (slots 1...count of the fetched data), write-protected
+    /// and clean. Contiguous pages go in with one UFFDIO_COPY. A page that is
+    /// already there or meets a pending event ends the run: the rest stay on the
+    /// server, which is always correct.
+    func installPrefetched(region: RegionRecord, count: Int) {
+        var slot = 1
+        while slot <= count {
+            let first = Int(fetchPages[slot])
+            guard let address = region.address(of: first) else { return }
+            // Extend the run while pages are adjacent in the region and in memory.
+            var run = 1
+            while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
+                  region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
+            for i in 0..<run { region.states[first + i] = region.states[first + i].installed(dirty: false) }
+            let copied: Int
+            do {
+                copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: true) / 4096
+            } catch {
+                for i in 0..<run { region.states[first + i] = region.states[first + i].notInstalled() }
+                if error == .again {
+                    awaitingEvent = true
+                    keepRemainder(region: region, from: slot, count: count)
+                }
+                return
+            }
+            for i in 0..<run {
+                let page = first + i
+                if i >= copied { region.states[page] = region.states[page].notInstalled(); continue }
+                budget.resident += 1
+                if !region.states[page].isQueued {
+                    region.states[page] = region.states[page].enqueued()
+                    queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+                }
+            }
+            counters.add(.prefetched, UInt64(copied))
+            if copied < run {
+                keepRemainder(region: region, from: slot + copied, count: count)
+                return
+            }
+            slot += run
+        }
+    }
+
+    /// Keeps prefetched pages that could not be installed (an event was
+    /// pending): in a scan the next fault is the first of them, and `fetch`
+    /// then installs the kept copies (checked and invalidated like any kept
+    /// batch) instead of crossing the network again.
+    func keepRemainder(region: RegionRecord, from slot: Int, count: Int) {
+        let n = count - slot + 1
+        guard n > 0 else { return }
+        keptBuffer.copyMemory(from: fetchedData + slot * 4096, byteCount: n * 4096)
+        for i in 0..<n { keptPages[i] = fetchPages[slot + i] }
+        kept = (region.slot, n)
+    }
+}

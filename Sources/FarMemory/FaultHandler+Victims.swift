@@ -1,0 +1,195 @@
+import CFarMemSys
+import FarMemSystem
+
+/// Victim choice: moving the oldest resident pages into staging (FIFO), the
+/// pages the kernel refuses, and retrying those set aside.
+extension FaultHandler {
+    func evictIfNeeded() {
+        guard !evictionSuspended, !writeBackOutage else { return }
+        if setAsideRetryDue { retrySetAsideRound() }
+        guard budget.needsEviction else { return }
+        let target = budget.evictionTarget
+        while budget.resident > target, staging.freeCount > 0, !awaitingEvent {
+            let batch = spareBatches.popLast() ?? EvictionBatch(capacity: budget.batchSize)
+            let moved = fillBatch(batch, limit: min(budget.batchSize, budget.resident - target))
+            if batch.entries.isEmpty {
+                spareBatches.append(batch)
+                break
+            }
+            evictor.submit(.evict(batch))
+            if !moved { break }
+        }
+        budget.publish(to: counters)
+    }
+
+    /// Moves up to `limit` victims into staging. Returns false when it had to
+    /// stop early (an event is pending, or staging is full).
+    func fillBatch(_ batch: EvictionBatch, limit: Int) -> Bool {
+        batch.entries.removeAll(keepingCapacity: true)
+        var examined = 0
+        let maxExamined = queue.count
+        while batch.entries.count < limit, examined < maxExamined, let entry = queue.pop() {
+            examined += 1
+            let (slot, page) = EvictionQueue.unpack(entry)
+            guard slot < regions.count, let region = regions[slot] else { continue }
+            let state = region.states[page]
+            region.states[page] = state.dequeued()
+            guard state.isResident, let address = region.address(of: page) else { continue }
+            switch moveOut(region: region, page: page, state: state, address: address, into: batch) {
+            case .moved:
+                budget.resident -= 1
+            case .eventPending, .noFreeSlot:
+                region.states[page] = state
+                queue.push(entry)
+                return false
+            case .slotNotEmpty:
+                region.states[page] = state
+                queue.push(entry)
+            case .notMapped:
+                // Not mapped after all (discarded in a race): it reads as zeros now.
+                region.states[page] = state.foundUnmapped()
+                queue.push(entry)
+                budget.resident -= 1
+            case .refused(let error):
+                refused(region: region, page: page, state: state, error: error)
+            }
+        }
+        return batch.entries.count == limit
+    }
+
+    private enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notMapped, refused(Errno) }
+
+    /// Moves one resident page into a free staging slot and adds it to the
+    /// batch (clean pages need no write-back; dirty ones are in flight until
+    /// theirs is done). The caller fixes `resident`/`unevictable` and the queues.
+    private func moveOut(region: RegionRecord, page: Int, state: PageState, address: UInt, into batch: EvictionBatch) -> MoveOutcome {
+        guard let stagingSlot = staging.take() else { return .noFreeSlot }
+        do {
+            do {
+                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            } catch .invalidArgument where fm_now_ns() >= nextStagingUnlock {
+                // Perhaps the application locked staging (mlockall): unlock it
+                // (at most once a second) and try once more before blaming the page.
+                nextStagingUnlock = fm_now_ns() + 1_000_000_000
+                staging.unlock()
+                _ = try uffd.move(to: staging.address(of: stagingSlot), from: address, length: 4096)
+            }
+        } catch {
+            switch error {
+            case .exists:
+                // The slot is not empty (its MADV_DONTNEED failed, or something
+                // read the staging area): the page is not to blame. The evictor
+                // empties the slot; until then it counts as staged.
+                budget.staged += 1
+                evictor.submit(.release([stagingSlot]))
+                return .slotNotEmpty
+            case .again:
+                staging.give(stagingSlot)
+                counters.add(.eagain)
+                awaitingEvent = true
+                return .eventPending
+            case .noEntry:
+                staging.give(stagingSlot)
+                return .notMapped
+            default:
+                staging.give(stagingSlot)
+                return .refused(error)
+            }
+        }
+        budget.staged += 1
+        counters.add(.evictions)
+        let dirty = state.isDirty
+        region.states[page] = state.movedOut()
+        // Clean: the store (or nothing, for a zero page) already has it.
+        if !dirty { counters.add(.cleanDrops) }
+        batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,
+                                   stagingSlot: Int32(stagingSlot), dirty: dirty))
+        return .moved
+    }
+
+    /// The kernel would not move a resident page: EBUSY, pinned (O_DIRECT,
+    /// io_uring, an RDMA registration of the application's); EINVAL, its area
+    /// differs from staging (mlock, mprotect). A first refusal is often a short
+    /// pin, such as an O_DIRECT write in progress: the page goes to the back of
+    /// the queue. A second sets it aside, outside the budget, so it can never
+    /// wedge eviction (and with it every fault); set-aside pages are tried
+    /// again later (`retrySetAside`).
+    func refused(region: RegionRecord, page: Int, state: PageState, error: Errno) {
+        counters.add(.moveRefusals)
+        if !state.wasRefusedOnce {
+            region.states[page] = state.refusedOnceAndRequeued()
+            queue.push(EvictionQueue.pack(slot: region.slot, page: page))
+            return
+        }
+        region.states[page] = state.setAside()
+        budget.resident -= 1
+        budget.unevictable += 1
+        if setAside.count == setAside.capacity {
+            // Only stale entries (pages discarded since, or set aside twice since) can fill it.
+            var seen = Set<UInt64>()
+            setAside.rebuild(capacity: setAside.capacity * 2) { self.isSetAside($0) && seen.insert($0).inserted }
+        }
+        setAside.push(EvictionQueue.pack(slot: region.slot, page: page))
+        counters.set(.unevictablePages, UInt64(budget.unevictable))
+        // Logged at 1, 2, 4, 8... such pages: an mlock of a large range must not flood the log.
+        if budget.unevictable & (budget.unevictable - 1) == 0 {
+            logger.warning("pages that cannot be evicted: \(budget.unevictable) (latest: page \(page) of region \(region.store.id), \(error)); they stay resident, outside the budget, and are tried again now and then (statistics: unevictablePages)")
+        }
+    }
+
+    /// Set-aside pages are outside the budget only while the kernel refuses
+    /// them: while memory counting them is over the high-water mark, a batch
+    /// of them is tried each second (at once again while tries succeed).
+    var setAsideRetryDue: Bool {
+        setAside.count > 0 && budget.overHighWaterWithUnevictable && fm_now_ns() >= nextSetAsideRetry
+    }
+
+    func retrySetAsideRound() {
+        guard staging.freeCount > 0, !awaitingEvent else { return }
+        let batch = spareBatches.popLast() ?? EvictionBatch(capacity: budget.batchSize)
+        batch.entries.removeAll(keepingCapacity: true)
+        _ = retrySetAside(batch, limit: budget.batchSize)
+        if batch.entries.isEmpty { spareBatches.append(batch) } else { evictor.submit(.evict(batch)) }
+    }
+
+    /// Whether a set-aside entry still names an unevictable page.
+    func isSetAside(_ entry: UInt64) -> Bool {
+        let (slot, page) = EvictionQueue.unpack(entry)
+        guard slot < regions.count, let region = regions[slot] else { return false }
+        return region.states[page].isUnevictable
+    }
+
+    /// Tries up to `limit` set-aside pages again (a pin may have ended). While
+    /// some move, the next try comes with the next round; when none does,
+    /// after a second. Returns false when it had to stop (event, no slot).
+    func retrySetAside(_ batch: EvictionBatch, limit: Int) -> Bool {
+        var tried = 0, moved = 0, left = setAside.count
+        defer {
+            nextSetAsideRetry = moved > 0 ? 0 : fm_now_ns() + 1_000_000_000
+            counters.set(.unevictablePages, UInt64(budget.unevictable))
+        }
+        while left > 0, tried < limit, batch.entries.count < limit, let entry = setAside.pop() {
+            left -= 1
+            guard isSetAside(entry) else { continue }   // discarded or unmapped since
+            let (slot, page) = EvictionQueue.unpack(entry)
+            let region = regions[slot]!
+            let state = region.states[page]
+            guard let address = region.address(of: page) else { setAside.push(entry); continue }
+            tried += 1
+            switch moveOut(region: region, page: page, state: state.retried(), address: address, into: batch) {
+            case .moved:
+                budget.unevictable -= 1
+                moved += 1
+            case .eventPending, .noFreeSlot:
+                setAside.push(entry)
+                return false
+            case .slotNotEmpty, .refused:
+                setAside.push(entry)
+            case .notMapped:
+                region.states[page] = state.foundUnmapped()
+                budget.unevictable -= 1
+            }
+        }
+        return true
+    }
+}

@@ -1,0 +1,101 @@
+import CFarMemSys
+import FarMemSystem
+
+/// What comes back from the evictor: finished write-backs, pages put back
+/// after a failed one, and probing the store during an outage.
+extension FaultHandler {
+    /// During a write-back outage, asks the server (through the evictor, whose
+    /// link the failed write-backs used) once a second whether it answers again.
+    func probeIfOutage() {
+        guard writeBackOutage, !probeInFlight, !evictionSuspended, fm_now_ns() >= nextOutageProbe else { return }
+        probeInFlight = true
+        evictor.submit(.probe)
+    }
+
+    /// A write-back round is over: its pages are on the server (or, if the
+    /// server could not take them, moved back into the region).
+    func finish(_ batch: EvictionBatch) {
+        var keepSlots: [Int32] = []
+        for entry in batch.entries {
+            let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
+            guard entry.failed else {
+                // Its slot comes back through `releasedSlots` once the evictor has emptied it.
+                guard entry.dirty, let region else { continue }
+                outageBackoffSeconds = 1
+                if let held = kept, held.region == entry.regionSlot,
+                   (0..<held.count).contains(where: { keptPages[$0] == UInt64(entry.page) }) {
+                    kept = nil   // the server has newer data for a kept page
+                }
+                let state = region.states[entry.page]
+                if state.wasDiscardedInFlight {
+                    region.states[entry.page] = state.discarded()
+                    evictor.submit(.discard(region.store, first: entry.page, count: 1))
+                } else {
+                    region.states[entry.page] = state.writtenBack()
+                }
+                if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
+                continue
+            }
+            // The staged copy is the only one. Put it back where it belongs.
+            if !writeBackOutage, region != nil {
+                writeBackOutage = true
+                nextOutageProbe = fm_now_ns() + outageBackoffSeconds * 1_000_000_000
+                logger.error("write-back failed: eviction paused for at least \(outageBackoffSeconds) s, pages stay in local memory (the budget is not kept) until the server answers again")
+                outageBackoffSeconds = min(outageBackoffSeconds * 2, 60)
+            }
+            if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
+        }
+        batch.entries.removeAll(keepingCapacity: true)
+        spareBatches.append(batch)
+        if !keepSlots.isEmpty { evictor.submit(.release(keepSlots)) }
+        counters.set(.residentPages, UInt64(budget.resident))
+    }
+
+    /// Moves a page whose write-back failed from its staging slot back into
+    /// the region. Returns false when the slot's data is not wanted any more
+    /// (region closed, page discarded or unmapped): the caller empties the slot.
+    /// EAGAIN (an event is pending) keeps the entry for a retry after it.
+    func restore(_ entry: EvictionBatch.Entry) -> Bool {
+        guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot] else { return false }
+        let state = region.states[entry.page]
+        guard !state.wasDiscardedInFlight, let address = region.address(of: entry.page) else {
+            // Discarded or unmapped while in flight: it reads as zeros (or is gone). Faults go on.
+            region.states[entry.page] = state.discarded()
+            if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
+            return false
+        }
+        do {
+            _ = try uffd.move(to: address, from: staging.address(of: entry.stagingSlot), length: 4096, wake: true)
+        } catch {
+            if error == .again {
+                pendingRestores.append(entry)
+                awaitingEvent = true
+                return true
+            }
+            // Cannot happen while the page is in flight (its faults are parked); if
+            // it does, the data cannot be put back: fail that page loudly, never hang.
+            logger.critical("page \(entry.page) of region \(region.store.id) could not be restored (\(error)); it raises SIGBUS")
+            region.states[entry.page] = state.discarded()
+            counters.add(.poisoned)
+            try? uffd.poison(address, length: 4096)
+            return false
+        }
+        region.states[entry.page] = state.restored()
+        // Back in the eviction queue (it left it when it was moved out), or it
+        // would stay resident for good once eviction resumes.
+        if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
+        budget.resident += 1
+        staging.give(entry.stagingSlot)
+        budget.staged -= 1
+        return true
+    }
+
+    func retryRestores() {
+        guard !pendingRestores.isEmpty, !awaitingEvent else { return }
+        let entries = pendingRestores
+        pendingRestores.removeAll(keepingCapacity: true)
+        var discard: [Int32] = []
+        for entry in entries where !restore(entry) { discard.append(entry.stagingSlot) }
+        if !discard.isEmpty { evictor.submit(.release(discard)) }
+    }
+}
