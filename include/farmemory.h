@@ -39,8 +39,10 @@ typedef struct {
     uint64_t poisoned;         /* pages that raise SIGBUS: the server was lost */
 } farmem_stats_t;
 
-/* Connects to the server at "HOST:PORT" with a local budget (bytes resident
- * at most, all regions together). `token` may be NULL. */
+/* Connects to the server at "HOST:PORT", or to a cluster given as
+ * "HOST:PORT,HOST:PORT,..." (every page then has two copies, on different
+ * servers), with a local budget (bytes resident at most, all regions
+ * together). `token` may be NULL. */
 farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token, char *error, size_t error_len);
 
 /* A region of at least `bytes` (whole pages), page aligned, reading as zeros.

@@ -15,11 +15,15 @@ import Synchronization
 ///
 /// Threads: a fault handler (owns all page state; no lock on the fault path)
 /// and an evictor (write-back and discards) per shard, each with its own
-/// connection (see `PagerShard`); one more connection carries control requests.
+/// connection to each server (see `PagerShard`); one more connection per
+/// server carries control requests. With several servers every page has
+/// copies on `configuration.replicas` of them (`ReplicatedPageStore`).
 public final class FarMemory: @unchecked Sendable {
     public let configuration: FarMemoryConfiguration
     /// Region set-up and statistics, serialized.
     private let control: Mutex<ControlStoreBox>
+    /// Which servers are still in use (all but those marked down).
+    private let membership: ClusterMembership
     private let shards: [PagerShard]
     /// Fault service time, one histogram shared by every shard.
     private let histogram: LatencyHistogram
@@ -41,34 +45,6 @@ public final class FarMemory: @unchecked Sendable {
         (.eventRemap, "EVENT_REMAP"), (.eventRemove, "EVENT_REMOVE"), (.eventUnmap, "EVENT_UNMAP"),
         (.move, "MOVE (Linux 6.8)"), (.poison, "POISON (Linux 6.6)"),
     ]
-
-    /// Connects the fault and write-back links over RDMA. Returns nil on
-    /// success, or why RDMA is not used.
-    private static func attachRDMA(configuration: FarMemoryConfiguration, control: ServerLink,
-                                   links: [ServerLink]) -> String? {
-        guard configuration.transport != .tcp else { return "TCP was asked for" }
-        guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
-        let attach: RDMAAttachReply
-        do {
-            let reply = try control.exchange(.rdmaAttach, [])
-            attach = try reply.withUnsafeBytes { try RDMAAttachReply.decode($0) }
-        } catch {
-            return "the server does not serve RDMA (\(error))"
-        }
-        do {
-            for link in links {
-                link.attach(try RDMAChannel(host: configuration.server.host, port: attach.port, ticket: attach.ticket,
-                                            capacityPages: ProtocolLimits.maxBatchPages,
-                                            timeoutSeconds: configuration.requestTimeoutSeconds))
-            }
-        } catch {
-            // All links or none: the channels already made would hold queue pairs
-            // and pinned buffers on both sides for nothing.
-            for link in links { link.detachRDMA() }
-            return error.description
-        }
-        return nil
-    }
 
     public init(configuration: FarMemoryConfiguration, logger: Logger = Logger(label: "farmemory")) throws(FarMemoryError) {
         guard configuration.budgetBytes >= 64 * 4096 else {
@@ -98,41 +74,61 @@ public final class FarMemory: @unchecked Sendable {
         self.histogram = histogram
         // Each shard's links count into the shard's counters (page traffic only).
         let shardCounters = (0..<shardCount).map { _ in PagerCounters(faultService: histogram) }
-        let controlLink = ServerLink(configuration: configuration, sessionKey: key, counters: PagerCounters())
-        let faultLinks = shardCounters.map { ServerLink(configuration: configuration, sessionKey: key, counters: $0) }
-        let writeLinks = shardCounters.map { ServerLink(configuration: configuration, sessionKey: key, counters: $0) }
-        do {
-            for link in [controlLink] + faultLinks + writeLinks { try link.connect() }
-        } catch {
-            switch error {
-            case .network(let text): throw .serverUnreachable(text)
-            case .refused(let refusal): throw .serverRefused(refusal)
+        let servers = configuration.servers
+        guard !servers.isEmpty, servers.count <= 64 else {
+            throw .invalidArgument("1 to 64 memory servers are needed, got \(servers.count)")
+        }
+        let membership = ClusterMembership(servers: servers, logger: logger)
+        self.membership = membership
+        let connections = servers.enumerated().map { member, endpoint in
+            ServerConnections(endpoint: endpoint, member: member, configuration: configuration, sessionKey: key,
+                              shardCounters: shardCounters, logger: logger)
+        }
+        // One server: it must answer. Several: those that do not are down from
+        // the start (their share is placed on the others); at least one must answer.
+        var firstFailure: FarMemoryError?
+        for server in connections {
+            do { try server.connect() } catch {
+                if servers.count == 1 { throw error }
+                firstFailure = firstFailure ?? error
+                server.close()
+                membership.markDown(server.member, reason: "unreachable at start: \(error)")
             }
         }
-        let rdmaReason = Self.attachRDMA(configuration: configuration, control: controlLink,
-                                         links: faultLinks + writeLinks)
-        usesRDMA = rdmaReason == nil
-        control = Mutex(ControlStoreBox(store: ServerPageStore(
-            link: controlLink, retryWindowSeconds: configuration.retryWindowSeconds, exposesForRDMA: usesRDMA,
-            onExposeFailure: { [logger] id, why in logger.error("region \(id) is not exposed for RDMA (\(why)); its pages move over TCP") })))
-        if let rdmaReason {
+        if membership.live == 0, let firstFailure { throw firstFailure }
+        var rdmaReasons: [String] = []
+        for server in connections where membership.isUp(server.member) {
+            if let reason = server.attachRDMA(configuration: configuration) { rdmaReasons.append(servers.count == 1 ? reason : "\(server.endpoint): \(reason)") }
+        }
+        usesRDMA = rdmaReasons.isEmpty
+        if !rdmaReasons.isEmpty {
+            let reason = rdmaReasons.joined(separator: "; ")
             if configuration.transport == .rdma {
-                throw .transportUnavailable("RDMA was required but is unavailable: \(rdmaReason)")
+                throw .transportUnavailable("RDMA was required but is unavailable: \(reason)")
             }
-            if configuration.transport == .auto { logger.info("using TCP: \(rdmaReason)") }
+            if configuration.transport == .auto { logger.info("using TCP: \(reason)") }
         } else {
-            logger.info("using RDMA to \(configuration.server)")
+            logger.info("using RDMA to \(servers.map(\.description).joined(separator: ", "))")
         }
-        for link in faultLinks + writeLinks {
-            link.onRDMAFailure = { [logger] reason in logger.error("\(reason); this connection falls back to TCP") }
+        // Alone, a server's store retries for the retry window; in a cluster the
+        // other copies are the retry, so each server gets one attempt.
+        let placement = Placement(servers: servers.map(\.description), replicas: configuration.replicas)
+        let attemptWindow = servers.count == 1 ? configuration.retryWindowSeconds : 0
+        func store(_ link: (ServerConnections) -> ServerLink, exposes: Bool = false) -> PageStore {
+            let members = connections.map { server in
+                ServerPageStore(link: link(server), member: server.member, retryWindowSeconds: attemptWindow,
+                                exposesForRDMA: exposes && server.usesRDMA,
+                                onExposeFailure: { [logger] id, why in logger.error("region \(id) is not exposed for RDMA on \(server.endpoint) (\(why)); its pages move over TCP") })
+            }
+            return members.count == 1 ? members[0] : ReplicatedPageStore(members: members, membership: membership, placement: placement)
         }
+        control = Mutex(ControlStoreBox(store: store(\.control, exposes: true), connections: connections))
         var started: [PagerShard] = []
         do {
             for index in 0..<shardCount {
-                let store = { (link: ServerLink) in ServerPageStore(link: link, retryWindowSeconds: configuration.retryWindowSeconds) }
                 started.append(try PagerShard(index: index, budgetPages: configuration.budgetPages / shardCount,
-                                              configuration: configuration, faultStore: store(faultLinks[index]),
-                                              writeStore: store(writeLinks[index]), counters: shardCounters[index], logger: logger))
+                                              configuration: configuration, faultStore: store { $0.faultLinks[index] },
+                                              writeStore: store { $0.writeLinks[index] }, counters: shardCounters[index], logger: logger))
             }
         } catch {
             for shard in started { shard.stop() }
@@ -213,17 +209,41 @@ public final class FarMemory: @unchecked Sendable {
     }
 
     /// What the pager has done so far (all shards together).
-    public var statistics: PagerStatistics { PagerStatistics(shards.map(\.counters), faultService: histogram) }
+    public var statistics: PagerStatistics {
+        var statistics = PagerStatistics(shards.map(\.counters), faultService: histogram)
+        statistics.servers = UInt64(configuration.servers.count)
+        statistics.serversDown = UInt64(membership.downCount)
+        statistics.replicas = UInt64(configuration.replicas)
+        return statistics
+    }
 
     /// Resets the fault-service histogram (between phases of a measurement).
     public func resetLatencyHistogram() { histogram.reset() }
 
     /// The memory server's figures, and this client's share of them.
     public func serverStatistics() throws(FarMemoryError) -> ServerStats {
-        let reply = try withControl { store throws(StoreError) in try store.statistics() }
-        do { return try reply.withUnsafeBytes { try ServerStats.decode($0) } } catch {
-            throw .serverRefused(error as? ProtocolError ?? ProtocolError(.internalError, "\(error)"))
+        try serverStatisticsByServer().reduce(into: ServerStats()) { total, one in total.add(one.stats) }
+    }
+
+    /// Each live memory server's figures, and this client's share of them.
+    public func serverStatisticsByServer() throws(FarMemoryError) -> [(server: TCPSocket.Endpoint, stats: ServerStats)] {
+        let replies = control.withLock { box in
+            box.connections.filter { membership.isUp($0.member) }.map { server in
+                (server.endpoint, Result { () throws(ServerLink.LinkError) in try server.control.exchange(.stats, []) })
+            }
         }
+        var result: [(server: TCPSocket.Endpoint, stats: ServerStats)] = []
+        for (endpoint, reply) in replies {
+            switch reply {
+            case .success(let bytes):
+                do { result.append((endpoint, try bytes.withUnsafeBytes { try ServerStats.decode($0) })) } catch {
+                    throw .serverRefused(error as? ProtocolError ?? ProtocolError(.internalError, "\(error)"))
+                }
+            case .failure(.network(let text)): throw .serverUnreachable("\(endpoint): \(text)")
+            case .failure(.refused(let refusal)): throw .serverRefused(refusal)
+            }
+        }
+        return result
     }
 
     /// Closes every region, stops the pager threads and disconnects; the
@@ -239,12 +259,12 @@ public final class FarMemory: @unchecked Sendable {
         guard let open else { return }
         for id in open { close(regionID: id) }
         for shard in shards { shard.stop() }
-        control.withLock { $0.store.link.close() }
+        control.withLock { box in for server in box.connections { server.control.close() } }
     }
 
     deinit { close() }
 
-    private func withControl<T>(_ body: (ServerPageStore) throws(StoreError) -> T) throws(FarMemoryError) -> T {
+    private func withControl<T>(_ body: (PageStore) throws(StoreError) -> T) throws(FarMemoryError) -> T {
         do {
             return try control.withLock { box throws(StoreError) in try body(box.store) }
         } catch {
@@ -258,7 +278,9 @@ public final class FarMemory: @unchecked Sendable {
 
 /// Holds the control store inside a Mutex (a class, so the lock protects it).
 struct ControlStoreBox: @unchecked Sendable {
-    let store: ServerPageStore
+    let store: PageStore
+    /// Per server: its control link answers STATS; closed with the instance.
+    let connections: [ServerConnections]
 }
 
 /// A far-memory region: ordinary memory to the application, paged by FarMemory.
@@ -284,4 +306,14 @@ public final class FarRegion: @unchecked Sendable {
     public func close() { memory.close(regionID: records[0].store.id) }
 
     public var pageCount: Int { records[0].pageCount }
+}
+
+extension ServerStats {
+    /// Adds another server's figures (a cluster's totals).
+    mutating func add(_ other: ServerStats) {
+        capacityPages += other.capacityPages; reservedPages += other.reservedPages; storedPages += other.storedPages
+        sessions += other.sessions; connections += other.connections; sessionRegions += other.sessionRegions
+        sessionReservedPages += other.sessionReservedPages; sessionStoredPages += other.sessionStoredPages
+        pagesRead += other.pagesRead; pagesWritten += other.pagesWritten
+    }
 }

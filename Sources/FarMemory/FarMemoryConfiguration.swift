@@ -3,8 +3,15 @@ import FarMemSystem
 /// How a `FarMemory` instance pages. The defaults suit a large-heap program
 /// talking to a memory server on the same rack.
 public struct FarMemoryConfiguration: Sendable {
-    /// The memory server, "HOST:PORT".
-    public var server: TCPSocket.Endpoint
+    /// The memory servers. With more than one, the pages are spread over
+    /// them and every page has `replicas` copies on different servers, so
+    /// losing a server loses no page (see README, "Several servers").
+    public var servers: [TCPSocket.Endpoint]
+    /// Copies of every page: by default 2 with two or more servers, else 1;
+    /// at most 4, and never more than there are servers.
+    public var replicas: Int
+    /// The first server (the only one in a single-server set-up).
+    public var server: TCPSocket.Endpoint { servers[0] }
     /// Local memory all regions of this instance may keep resident, in bytes.
     /// Rounded down to whole pages; at least 64 pages.
     public var budgetBytes: Int
@@ -43,7 +50,21 @@ public struct FarMemoryConfiguration: Sendable {
                 retryWindowSeconds: Double = 3, transport: Transport = .auto,
                 prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0,
                 handlerThreads: Int = 1) {
-        self.server = server
+        self.init(servers: [server], budgetBytes: budgetBytes, token: token, evictionBatchPages: evictionBatchPages,
+                  requestTimeoutSeconds: requestTimeoutSeconds, retryWindowSeconds: retryWindowSeconds,
+                  transport: transport, prefetchPages: prefetchPages, handlerSpinMicroseconds: handlerSpinMicroseconds,
+                  handlerThreads: handlerThreads)
+    }
+
+    /// `servers` must not be empty (`allocate` says so otherwise); `replicas`
+    /// nil: 2 with two or more servers, else 1.
+    public init(servers: [TCPSocket.Endpoint], replicas: Int? = nil, budgetBytes: Int, token: [UInt8] = [],
+                evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
+                retryWindowSeconds: Double = 3, transport: Transport = .auto,
+                prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0,
+                handlerThreads: Int = 1) {
+        self.servers = servers
+        self.replicas = max(1, min(replicas ?? (servers.count >= 2 ? 2 : 1), 4, max(1, servers.count)))
         self.budgetBytes = budgetBytes
         self.token = token
         self.evictionBatchPages = evictionBatchPages
@@ -56,4 +77,24 @@ public struct FarMemoryConfiguration: Sendable {
     }
 
     var budgetPages: Int { max(64, budgetBytes / MemoryMapping.pageSize) }
+
+    /// Parses "HOST:PORT[,HOST:PORT...]" (the C interface's and the command
+    /// line's form); nil, with the reason, when an entry is not HOST:PORT.
+    public static func servers(parsing text: String) -> Result<[TCPSocket.Endpoint], FarMemoryError> {
+        let entries = text.split(separator: ",", omittingEmptySubsequences: false).map {
+            String($0.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+        }
+        var servers: [TCPSocket.Endpoint] = []
+        for entry in entries {
+            guard let endpoint = TCPSocket.Endpoint(parsing: entry) else {
+                return .failure(.invalidArgument("server list entry '\(entry)' is not HOST:PORT (the list is HOST:PORT[,HOST:PORT...])"))
+            }
+            servers.append(endpoint)
+        }
+        guard Set(servers.map(\.description)).count == servers.count else {
+            return .failure(.invalidArgument("server list '\(text)' names a server twice"))
+        }
+        guard servers.count <= 64 else { return .failure(.invalidArgument("at most 64 servers, got \(servers.count)")) }
+        return .success(servers)
+    }
 }

@@ -1,10 +1,22 @@
 import FarMemProtocol
 
 /// A region as a page store knows it: its name there and, for one-sided
-/// RDMA, where its memory is. Made by `PageStore.createRegion`.
+/// RDMA, where its memory is on each server (in the cluster's server order;
+/// nil where it is not exposed). Made by `PageStore.createRegion`.
 struct StoreRegion: Sendable {
     let id: UInt64
-    let remote: RemoteRegion?
+    var remotes: [RemoteRegion?]
+    /// In a cluster, the servers the region was created on (its copies are
+    /// placed among them); a single server's regions leave it at 1.
+    var members: Placement.ServerSet
+
+    init(id: UInt64, remotes: [RemoteRegion?] = [], members: Placement.ServerSet = 1) {
+        self.id = id
+        self.remotes = remotes
+        self.members = members
+    }
+
+    @inline(__always) func remote(on member: Int) -> RemoteRegion? { member < remotes.count ? remotes[member] : nil }
 }
 
 /// Why a page store could not do what it was asked, once its own retries
@@ -16,6 +28,14 @@ enum StoreError: Error, CustomStringConvertible {
     case regionGone(ProtocolError)
     /// The store answered no: out of capacity, a bad request, ...
     case refused(ProtocolError)
+
+    /// The server's refusal, if it was one.
+    var refusal: ProtocolError? {
+        switch self {
+        case .unavailable: return nil
+        case .regionGone(let refusal), .refused(let refusal): return refusal
+        }
+    }
 
     var description: String {
         switch self {

@@ -78,6 +78,15 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
     public var rdmaPagesIn: UInt64
     public var rdmaPagesOut: UInt64
+    /// Memory servers configured, and how many of them are marked down (never
+    /// used again by this instance).
+    public var servers: UInt64 = 1
+    public var serversDown: UInt64 = 0
+    /// Copies kept of every page.
+    public var replicas: UInt64 = 1
+    /// Some pages have fewer live copies than `replicas` (a server is down;
+    /// FarMem does not yet copy them again elsewhere).
+    public var underReplicated: Bool { serversDown > 0 && replicas > 1 }
     /// Time the fault handler spent per fault, message read to page installed.
     public var serviceP50Nanoseconds: UInt64
     public var serviceP99Nanoseconds: UInt64
@@ -109,7 +118,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
-        discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
+        servers \(servers) (down \(serversDown)), replicas \(replicas)\(underReplicated ? " (under-replicated)" : ""), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

@@ -9,6 +9,8 @@ import FarMemSystem
 /// finds the same session as long as one of the client's connections stayed up.
 final class ServerLink {
     private let configuration: FarMemoryConfiguration
+    /// The server this link talks to.
+    let endpoint: TCPSocket.Endpoint
     private let sessionKey: [UInt8]
     private var socket: TCPSocket?
     private var nextRequestID: UInt32 = 1
@@ -22,7 +24,8 @@ final class ServerLink {
     private(set) var rdma: RDMAChannel?
     var onRDMAFailure: ((String) -> Void)?
 
-    init(configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters) {
+    init(endpoint: TCPSocket.Endpoint, configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters) {
+        self.endpoint = endpoint
         self.configuration = configuration
         self.sessionKey = sessionKey
         self.counters = counters
@@ -88,9 +91,9 @@ final class ServerLink {
         guard socket == nil else { return }
         let fresh: TCPSocket
         do {
-            fresh = try TCPSocket.connect(to: configuration.server, timeoutSeconds: configuration.requestTimeoutSeconds)
+            fresh = try TCPSocket.connect(to: endpoint, timeoutSeconds: configuration.requestTimeoutSeconds)
         } catch {
-            throw .network("cannot connect to \(configuration.server): \(error)")
+            throw .network("cannot connect to \(endpoint): \(error)")
         }
         socket = fresh
         let hello = Hello(sessionKey: sessionKey, token: configuration.token).encode()

@@ -5,14 +5,17 @@ import FarMemProtocol
 /// itself). Network failures are retried, reconnecting, for the retry window.
 final class ServerPageStore: PageStore {
     let link: ServerLink
+    /// This server's place in the cluster (0 alone): which of a region's RDMA remotes is its.
+    let member: Int
     private let retryWindowSeconds: Double
     /// Expose new regions for one-sided RDMA (when the links use RDMA).
     private let exposesForRDMA: Bool
     private let onExposeFailure: (UInt64, String) -> Void
 
-    init(link: ServerLink, retryWindowSeconds: Double, exposesForRDMA: Bool = false,
+    init(link: ServerLink, member: Int = 0, retryWindowSeconds: Double, exposesForRDMA: Bool = false,
          onExposeFailure: @escaping (UInt64, String) -> Void = { _, _ in }) {
         self.link = link
+        self.member = member
         self.retryWindowSeconds = retryWindowSeconds
         self.exposesForRDMA = exposesForRDMA
         self.onExposeFailure = onExposeFailure
@@ -32,7 +35,7 @@ final class ServerPageStore: PageStore {
               into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
         var landed = UnsafeRawPointer(buffer)
         try withRetries { () throws(ServerLink.LinkError) in
-            landed = try link.readPages(region: region.id, remote: region.remote, pages: pages, into: buffer)
+            landed = try link.readPages(region: region.id, remote: region.remote(on: member), pages: pages, into: buffer)
         }
         return landed
     }
@@ -40,7 +43,7 @@ final class ServerPageStore: PageStore {
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
                source: (Int) -> UnsafeRawPointer) throws(StoreError) {
         try withRetries { () throws(ServerLink.LinkError) in
-            try link.writePages(region: region.id, remote: region.remote, pages: pages, source: source)
+            try link.writePages(region: region.id, remote: region.remote(on: member), pages: pages, source: source)
         }
     }
 
@@ -65,14 +68,16 @@ final class ServerPageStore: PageStore {
 
     func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {
         try exchangeOnce(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pageCount)).encode())
-        guard exposesForRDMA else { return StoreRegion(id: id, remote: nil) }
+        guard exposesForRDMA else { return StoreRegion(id: id) }
         do {
             let reply = try link.exchange(.rdmaExpose, RegionRef(regionID: id).encode())
             let exposed = try reply.withUnsafeBytes { try RDMAExposeReply.decode($0) }
-            return StoreRegion(id: id, remote: RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length))
+            var remotes = [RemoteRegion?](repeating: nil, count: member + 1)
+            remotes[member] = RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length)
+            return StoreRegion(id: id, remotes: remotes)
         } catch {
             onExposeFailure(id, "\(error)")
-            return StoreRegion(id: id, remote: nil)
+            return StoreRegion(id: id)
         }
     }
 

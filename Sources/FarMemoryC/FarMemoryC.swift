@@ -17,13 +17,20 @@ private func report(_ message: String, into buffer: UnsafeMutablePointer<CChar>?
 @_cdecl("farmem_open")
 public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ token: UnsafePointer<CChar>?,
                         _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
-    guard let server, let endpoint = TCPSocket.Endpoint(parsing: String(cString: server)) else {
-        report("server must be HOST:PORT", into: errorBuffer, length: errorLength)
+    guard let server else {
+        report("no server given: HOST:PORT[,HOST:PORT...]", into: errorBuffer, length: errorLength)
+        return nil
+    }
+    let servers: [TCPSocket.Endpoint]
+    switch FarMemoryConfiguration.servers(parsing: String(cString: server)) {
+    case .success(let list): servers = list
+    case .failure(let error):
+        report("\(error)", into: errorBuffer, length: errorLength)
         return nil
     }
     let tokenBytes = token.map { Array(String(cString: $0).utf8) } ?? []
     do {
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes, token: tokenBytes))
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: servers, budgetBytes: budgetBytes, token: tokenBytes))
         return Unmanaged.passRetained(memory).toOpaque()
     } catch {
         report("\(error)", into: errorBuffer, length: errorLength)

@@ -19,7 +19,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Local memory budget.") var budget = "32MiB"
     @Option(help: "Region size (default: 4x the budget).") var regionSize: String?
     @Option(help: "Application threads touching the region.") var threads = 2
-    @Option(help: "Use this server instead of an embedded one (HOST:PORT).") var server: String?
+    @Option(help: "Use these servers instead of embedded ones (HOST:PORT[,HOST:PORT...]; two or more keep two copies of every page).") var server: String?
+    @Option(help: "Embedded servers to start (two or more: a cluster with two copies of every page).") var servers = 1
     @Option(help: "Random page reads in the last phase.") var randomReads = 20000
     @Option(help: "Page transport: tcp, rdma or auto.") var transport = "auto"
     @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
@@ -46,22 +47,28 @@ struct DemoCommand: ParsableCommand {
             return handler
         }
 
-        var embedded: MemoryServer?
-        let endpoint: TCPSocket.Endpoint
+        var embedded: [MemoryServer] = []
+        let endpoints: [TCPSocket.Endpoint]
         if let server {
-            guard let parsed = TCPSocket.Endpoint(parsing: server) else { throw ValidationError("--server must be HOST:PORT") }
-            endpoint = parsed
+            switch FarMemoryConfiguration.servers(parsing: server) {
+            case .success(let list): endpoints = list
+            case .failure(let error): throw ValidationError("--server: \(error)")
+            }
         } else {
-            let started = try MemoryServer(configuration: ServerConfiguration(
-                listen: TCPSocket.Endpoint(host: listenHost, port: 0), capacityBytes: regionBytes * 2,
-                transport: pageTransport == .tcp ? .tcp : .auto))
-            started.start()
-            embedded = started
-            endpoint = TCPSocket.Endpoint(host: listenHost, port: started.port)
+            guard (1...8).contains(servers) else { throw ValidationError("--servers takes 1 to 8") }
+            for _ in 0..<servers {
+                let started = try MemoryServer(configuration: ServerConfiguration(
+                    listen: TCPSocket.Endpoint(host: listenHost, port: 0), capacityBytes: regionBytes * 2,
+                    transport: pageTransport == .tcp ? .tcp : .auto))
+                started.start()
+                embedded.append(started)
+            }
+            endpoints = embedded.map { TCPSocket.Endpoint(host: listenHost, port: $0.port) }
         }
-        defer { embedded?.stop() }
+        defer { embedded.forEach { $0.stop() } }
+        let endpoint = endpoints[0]
 
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: endpoint, budgetBytes: budgetBytes,
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: endpoints, budgetBytes: budgetBytes,
                                                                          transport: pageTransport, prefetchPages: prefetch,
                                                                          handlerSpinMicroseconds: spin,
                                                                          handlerThreads: handlerThreads))
@@ -69,7 +76,9 @@ struct DemoCommand: ParsableCommand {
         let region = try memory.allocate(bytes: regionBytes)
         let pages = region.pageCount
         print("farmem demo: \(formatByteSize(region.length)) region, \(formatByteSize(budgetBytes)) local budget "
-              + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, server \(embedded == nil ? endpoint.description : "embedded at \(endpoint)"), "
+              + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, "
+              + (endpoints.count == 1 ? "server \(embedded.isEmpty ? endpoint.description : "embedded at \(endpoint)"), "
+                 : "\(endpoints.count) \(embedded.isEmpty ? "" : "embedded ")servers with \(memory.configuration.replicas) copies of every page, ")
               + "transport \(memory.usesRDMA ? "RDMA" : "TCP")")
 
         let pattern = PagePattern(seed: 0xFA12_3E40)

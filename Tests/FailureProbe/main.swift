@@ -1,9 +1,11 @@
-// farmem-failure-probe PORT MODE [HOST]
-// Fills a far region 4x its budget through the server on HOST:PORT (default
-// 127.0.0.1; transport auto, so RDMA where HOST has a device), prints
-// READY, waits for a line on stdin, then:
+// farmem-failure-probe PORT|HOST:PORT,HOST:PORT... MODE [HOST]
+// Fills a far region 4x its budget (16x in a cluster) through the server on
+// HOST:PORT (default 127.0.0.1; transport auto, so RDMA where HOST has a
+// device) or the cluster listed, prints READY, waits for a line on stdin, then:
 //   read-evicted: reads an evicted page (the test killed the server: expect SIGBUS);
 //   hold: waits to be killed (the test checks the server frees the pages);
+//   read-lost-extent: (a cluster; the test killed both servers holding page 0)
+//     reads the page the line names (prints SURVIVOR OK), then page 0: expect SIGBUS;
 //   fault-burst: (the test paused the server) blocks the fault handler in a
 //     fetch, lets more faults pile up than its first deferral buffer holds,
 //     with a REMOVE event behind them, prints PILED, and once the test has
@@ -17,23 +19,27 @@ import Glibc
 #endif
 
 let arguments = CommandLine.arguments
-let modes = ["read-evicted", "hold", "fault-burst"]
-guard arguments.count == 3 || arguments.count == 4, let port = UInt16(arguments[1]), modes.contains(arguments[2]) else {
-    print("usage: farmem-failure-probe PORT \(modes.joined(separator: "|")) [HOST]")
+let modes = ["read-evicted", "hold", "fault-burst", "read-lost-extent"]
+let servers: [TCPSocket.Endpoint]? = arguments.count >= 2
+    ? (UInt16(arguments[1]).map { [TCPSocket.Endpoint(host: arguments.count == 4 ? arguments[3] : "127.0.0.1", port: $0)] }
+        ?? (try? FarMemoryConfiguration.servers(parsing: arguments[1]).get()))
+    : nil
+guard arguments.count == 3 || arguments.count == 4, let servers, modes.contains(arguments[2]) else {
+    print("usage: farmem-failure-probe PORT|HOST:PORT,HOST:PORT... \(modes.joined(separator: "|")) [HOST]")
     exit(64)
 }
 let mode = arguments[2]
 // The burst keeps its requests waiting on a paused server: long time-outs.
 let patient = mode == "fault-burst"
 let configuration = FarMemoryConfiguration(
-    server: TCPSocket.Endpoint(host: arguments.count == 4 ? arguments[3] : "127.0.0.1", port: port), budgetBytes: 1 << 20,
+    servers: servers, budgetBytes: 1 << 20,
     requestTimeoutSeconds: patient ? 60 : 1, retryWindowSeconds: patient ? 60 : 1, prefetchPages: patient ? 0 : 64)
 let memory: FarMemory
 do { memory = try FarMemory(configuration: configuration) } catch {
     print("ERROR \(error)")
     exit(1)
 }
-let region = try! memory.allocate(bytes: 4 << 20)
+let region = try! memory.allocate(bytes: servers.count > 1 ? 16 << 20 : 4 << 20)
 let pattern = PagePattern(seed: 99)
 let base = region.baseAddress!
 for page in 0..<region.pageCount { _ = pattern.write(page: page, at: base + page * 4096) }
@@ -66,6 +72,14 @@ _ = readLine()
 switch mode {
 case "read-evicted":
     let value = base.load(as: UInt64.self)   // page 0 was evicted long ago
+    print("UNEXPECTED read returned \(value)")
+    exit(3)
+case "read-lost-extent":
+    let survivor = Int(readLine() ?? "") ?? -1
+    let ok = survivor > 0 && survivor < region.pageCount && pattern.verify(page: survivor, at: base + survivor * 4096).ok
+    print(ok ? "SURVIVOR OK" : "SURVIVOR BAD \(survivor)")
+    fflush(nil)
+    let value = base.load(as: UInt64.self)   // both copies of page 0 are gone
     print("UNEXPECTED read returned \(value)")
     exit(3)
 case "fault-burst":

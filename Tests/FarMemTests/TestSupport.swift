@@ -193,8 +193,17 @@ struct FailureProbe {
     let readyLine: String
 
     init(port: UInt16, mode: String, host: String? = nil, watchdogSeconds: Double = 120) throws {
+        try self.init(arguments: [String(port), mode] + (host.map { [$0] } ?? []), watchdogSeconds: watchdogSeconds)
+    }
+
+    /// A probe paging through a cluster ("HOST:PORT,HOST:PORT,...").
+    init(servers: String, mode: String, watchdogSeconds: Double = 120) throws {
+        try self.init(arguments: [servers, mode], watchdogSeconds: watchdogSeconds)
+    }
+
+    private init(arguments: [String], watchdogSeconds: Double) throws {
         process.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
-        process.arguments = [String(port), mode] + (host.map { [$0] } ?? [])
+        process.arguments = arguments
         // A crash must end the process at once, not start the Swift backtracer.
         process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
         process.standardOutput = output

@@ -1,0 +1,152 @@
+import FarMemProtocol
+
+/// A page store over several servers. Every page has copies on the
+/// `placement.replicas` servers that rendezvous hashing picks for its extent,
+/// among the servers the region was created on. Reads go to the first live
+/// copy and fail over to the next at once (no retry window: the next copy is
+/// the retry); writes and discards go to every live copy, and fail only when
+/// no copy could be written. A server that fails is marked down for good.
+/// One instance per pager thread, one `ServerPageStore` per server inside it.
+final class ReplicatedPageStore: PageStore {
+    private let members: [ServerPageStore]
+    private let membership: ClusterMembership
+    private let placement: Placement
+
+    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement) {
+        self.members = members
+        self.membership = membership
+        self.placement = placement
+    }
+
+    /// Calls `body` for each run of `pages` that lies in one extent: the
+    /// index of its first page, and the run.
+    @inline(__always)
+    private func forEachExtentRun(_ pages: UnsafeBufferPointer<UInt64>,
+                                  _ body: (Int, Int, UnsafeBufferPointer<UInt64>) throws(StoreError) -> Void) throws(StoreError) {
+        var start = 0
+        while start < pages.count {
+            let extent = Placement.extent(of: Int(pages[start]))
+            var end = start + 1
+            while end < pages.count, Placement.extent(of: Int(pages[end])) == extent { end += 1 }
+            try body(start, extent, UnsafeBufferPointer(rebasing: pages[start..<end]))
+            start = end
+        }
+    }
+
+    private func replicas(_ region: StoreRegion, _ extent: Int) -> ReplicaList {
+        placement.replicaSet(region: region.id, extent: extent, among: region.members)
+    }
+
+    func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
+              into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+        var single: UnsafeRawPointer?
+        try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
+            let destination = buffer + first * 4096
+            let landed = try readRun(region, extent: extent, pages: run, into: destination)
+            if run.count == pages.count { single = landed; return }   // one extent: wherever it landed, no copy
+            if landed != UnsafeRawPointer(destination) { destination.copyMemory(from: landed, byteCount: run.count * 4096) }
+        }
+        return single ?? UnsafeRawPointer(buffer)
+    }
+
+    private func readRun(_ region: StoreRegion, extent: Int, pages: UnsafeBufferPointer<UInt64>,
+                         into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+        let copies = replicas(region, extent)
+        var failure: StoreError?
+        for i in 0..<copies.count where membership.isUp(copies[i]) {
+            do {
+                return try members[copies[i]].read(region, pages: pages, into: buffer)
+            } catch {
+                failed(copies[i], error)
+                failure = error
+            }
+        }
+        throw .unavailable("no live server holds extent \(extent) of region \(region.id)"
+            + (failure.map { " (last error: \($0))" } ?? ": every copy was on servers marked down"))
+    }
+
+    func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
+               source: (Int) -> UnsafeRawPointer) throws(StoreError) {
+        try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
+            let copies = replicas(region, extent)
+            var written = 0
+            var failure: StoreError?
+            for i in 0..<copies.count where membership.isUp(copies[i]) {
+                do throws(StoreError) {
+                    try members[copies[i]].write(region, pages: run) { source(first + $0) }
+                    written += 1
+                } catch {
+                    failed(copies[i], error)
+                    failure = error
+                }
+            }
+            guard written > 0 else {
+                throw failure ?? .unavailable("no live server for extent \(extent) of region \(region.id)")
+            }
+        }
+    }
+
+    func discard(_ region: StoreRegion, first: Int, count: Int) throws(StoreError) {
+        var page = first
+        while page < first + count {
+            let extent = Placement.extent(of: page)
+            let end = min(first + count, (extent + 1) * Placement.extentPages)
+            let copies = replicas(region, extent)
+            for i in 0..<copies.count where membership.isUp(copies[i]) {
+                do { try members[copies[i]].discard(region, first: page, count: end - page) } catch { failed(copies[i], error) }
+            }
+            page = end
+        }
+    }
+
+    /// Creates the region on every live server (each reserves its full size
+    /// for now), merging their RDMA remotes. A server that cannot be reached is
+    /// marked down and left out; one that refuses (full) fails the whole
+    /// allocation, after the servers already done drop it again.
+    func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {
+        var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.count), members: 0)
+        for server in members.indices where membership.isUp(server) {
+            do {
+                let made = try members[server].createRegion(id: id, pageCount: pageCount)
+                created.remotes[server] = made.remote(on: server)
+                created.members |= 1 << UInt64(server)
+            } catch {
+                if case .unavailable(let text) = error {
+                    membership.markDown(server, reason: text)
+                    continue
+                }
+                dropRegion(created)
+                throw .refused(ProtocolError(error.refusal?.code ?? .internalError,
+                                             "memory server \(membership.servers[server]): \(error.refusal?.message ?? "\(error)")"))
+            }
+        }
+        guard created.members != 0 else { throw .unavailable("no memory server of the cluster answers") }
+        return created
+    }
+
+    func dropRegion(_ region: StoreRegion) {
+        for server in members.indices where region.members & (1 << UInt64(server)) != 0 && membership.isUp(server) {
+            members[server].dropRegion(region)
+        }
+    }
+
+    func probe() -> Bool { members.indices.contains { membership.isUp($0) && members[$0].probe() } }
+
+    /// Each live server's STATS reply.
+    func statistics() -> [(server: Int, reply: [UInt8])] {
+        members.indices.compactMap { server in
+            guard membership.isUp(server), let reply = try? members[server].statistics() else { return nil }
+            return (server, reply)
+        }
+    }
+
+    /// A server failed a request: down for good, unless it only refused a
+    /// malformed or unsupported request (a bug here, not a failed server).
+    private func failed(_ server: Int, _ error: StoreError) {
+        switch error {
+        case .unavailable(let text): membership.markDown(server, reason: text)
+        case .regionGone(let refusal): membership.markDown(server, reason: "it lost the region: \(refusal)")
+        case .refused(let refusal): membership.markDown(server, reason: "it refused: \(refusal)")
+        }
+    }
+}

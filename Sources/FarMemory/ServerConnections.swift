@@ -1,0 +1,74 @@
+import FarMemProtocol
+import FarMemSystem
+import Logging
+
+/// Everything one client keeps open to one memory server: a control link,
+/// and a fault link and a write-back link per shard (so no pager thread ever
+/// waits on another's request). Links connect on first use; `connect`
+/// connects them all now, and `attachRDMA` moves their pages over RDMA.
+final class ServerConnections {
+    let endpoint: TCPSocket.Endpoint
+    /// This server's place in the cluster's server list.
+    let member: Int
+    let control: ServerLink
+    let faultLinks: [ServerLink]
+    let writeLinks: [ServerLink]
+    private(set) var usesRDMA = false
+
+    init(endpoint: TCPSocket.Endpoint, member: Int, configuration: FarMemoryConfiguration, sessionKey: [UInt8],
+         shardCounters: [PagerCounters], logger: Logger) {
+        self.endpoint = endpoint
+        self.member = member
+        // Each shard's links count into the shard's counters (page traffic only).
+        control = ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: PagerCounters())
+        faultLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
+        writeLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
+        for link in faultLinks + writeLinks {
+            link.onRDMAFailure = { reason in logger.error("\(reason) (\(endpoint)); this connection falls back to TCP") }
+        }
+    }
+
+    private var allLinks: [ServerLink] { [control] + faultLinks + writeLinks }
+
+    func connect() throws(FarMemoryError) {
+        do {
+            for link in allLinks { try link.connect() }
+        } catch {
+            switch error {
+            case .network(let text): throw .serverUnreachable(text)
+            case .refused(let refusal): throw .serverRefused(refusal)
+            }
+        }
+    }
+
+    /// Connects the fault and write-back links over RDMA. Returns nil on
+    /// success, or why RDMA is not used with this server.
+    func attachRDMA(configuration: FarMemoryConfiguration) -> String? {
+        guard configuration.transport != .tcp else { return "TCP was asked for" }
+        guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
+        let attach: RDMAAttachReply
+        do {
+            let reply = try control.exchange(.rdmaAttach, [])
+            attach = try reply.withUnsafeBytes { try RDMAAttachReply.decode($0) }
+        } catch {
+            return "the server does not serve RDMA (\(error))"
+        }
+        let links = faultLinks + writeLinks
+        do {
+            for link in links {
+                link.attach(try RDMAChannel(host: endpoint.host, port: attach.port, ticket: attach.ticket,
+                                            capacityPages: ProtocolLimits.maxBatchPages,
+                                            timeoutSeconds: configuration.requestTimeoutSeconds))
+            }
+        } catch {
+            // All links or none: the channels already made would hold queue pairs
+            // and pinned buffers on both sides for nothing.
+            for link in links { link.detachRDMA() }
+            return error.description
+        }
+        usesRDMA = true
+        return nil
+    }
+
+    func close() { for link in allLinks { link.close() } }
+}
