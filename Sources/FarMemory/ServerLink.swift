@@ -193,13 +193,23 @@ final class ServerLink {
     /// Writes pages; `source(i)` gives the 4 KiB of the i-th page.
     func writePages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
                     source: (Int) -> UnsafeRawPointer) throws(LinkError) {
+        if let pending = try startWritePages(region: region, remote: remote, pages: pages, source: source) {
+            try finishWritePages(pending, count: pages.count)
+        }
+    }
+
+    /// Starts a write: over RDMA it is done when this returns (nil); over TCP
+    /// the request is sent and its id returned for `finishWritePages`, so one
+    /// thread can have the same pages on their way to several servers at once.
+    func startWritePages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
+                         source: (Int) -> UnsafeRawPointer) throws(LinkError) -> UInt32? {
         if let rdma, let remote {
             for i in 0..<pages.count { (rdma.buffer + i * 4096).copyMemory(from: source(i), byteCount: 4096) }
             do {
                 try rdma.transfer(write: true, remote: remote, pages: pages)
                 counters.add(.bytesOut, UInt64(pages.count * 4096))
                 counters.add(.rdmaPagesOut, UInt64(pages.count))
-                return
+                return nil
             } catch {
                 dropRDMA(error.description)
             }
@@ -209,11 +219,15 @@ final class ServerLink {
         writeBatchHeader(region: region, pages: pages)
         let size = ProtocolLimits.pageSize
         for i in 0..<pages.count { (request + listLength + i * size).copyMemory(from: source(i), byteCount: size) }
-        let id = try send(.writePages, payloadLength: listLength + pages.count * size)
+        return try send(.writePages, payloadLength: listLength + pages.count * size)
+    }
+
+    /// Waits for the reply to a write `startWritePages` sent.
+    func finishWritePages(_ id: UInt32, count: Int) throws(LinkError) {
         let reply = try receiveHeader(expecting: .writePages, id: id)
         let body = try readBody(Int(reply.payloadLength), of: .writePages)
         if reply.status != 0 { throw .refused(Self.refusal(status: reply.status, body: body)) }
-        counters.add(.bytesOut, UInt64(pages.count * size))
+        counters.add(.bytesOut, UInt64(count * ProtocolLimits.pageSize))
     }
 
     private func writeBatchHeader(region: UInt64, pages: UnsafeBufferPointer<UInt64>) {

@@ -24,11 +24,8 @@ final class ServerPageStore: PageStore {
     /// Runs `body` with the link's retries; a failure becomes a StoreError.
     private func withRetries(_ body: () throws(ServerLink.LinkError) -> Void) throws(StoreError) {
         guard let failure = link.withRetries(windowSeconds: retryWindowSeconds, body) else { return }
-        switch failure {
-        case .refused(let refusal) where refusal.code == .noSuchRegion: throw .regionGone(refusal)
-        case .refused(let refusal): throw .refused(refusal)
-        case .network(let text): throw .unavailable("\(text); gave up after \(retryWindowSeconds) s")
-        }
+        if case .network(let text) = failure { throw .unavailable("\(text); gave up after \(retryWindowSeconds) s") }
+        throw Self.storeError(failure)
     }
 
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
@@ -47,6 +44,30 @@ final class ServerPageStore: PageStore {
         }
     }
 
+    /// One attempt, no retries, in two halves (a replicated store writes all
+    /// copies' first halves, then waits for them all): returns the request
+    /// to finish, or nil when it is done already (RDMA).
+    func startWrite(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
+                    source: (Int) -> UnsafeRawPointer) throws(StoreError) -> UInt32? {
+        do {
+            return try link.startWritePages(region: region.id, remote: region.remote(on: member), pages: pages, source: source)
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    func finishWrite(_ request: UInt32, count: Int) throws(StoreError) {
+        do { try link.finishWritePages(request, count: count) } catch { throw Self.storeError(error) }
+    }
+
+    private static func storeError(_ error: ServerLink.LinkError) -> StoreError {
+        switch error {
+        case .refused(let refusal) where refusal.code == .noSuchRegion: return .regionGone(refusal)
+        case .refused(let refusal): return .refused(refusal)
+        case .network(let text): return .unavailable(text)
+        }
+    }
+
     func discard(_ region: StoreRegion, first: Int, count: Int) throws(StoreError) {
         let payload = DiscardRange(regionID: region.id, firstPage: UInt64(first), pageCount: UInt64(count)).encode()
         try withRetries { () throws(ServerLink.LinkError) in try link.exchange(.discard, payload) }
@@ -55,15 +76,7 @@ final class ServerPageStore: PageStore {
     /// One request, not retried (region set-up and statistics: the caller gets the error at once).
     @discardableResult
     private func exchangeOnce(_ opcode: Opcode, _ payload: [UInt8]) throws(StoreError) -> [UInt8] {
-        do {
-            return try link.exchange(opcode, payload)
-        } catch {
-            switch error {
-            case .refused(let refusal) where refusal.code == .noSuchRegion: throw .regionGone(refusal)
-            case .refused(let refusal): throw .refused(refusal)
-            case .network(let text): throw .unavailable(text)
-            }
-        }
+        do { return try link.exchange(opcode, payload) } catch { throw Self.storeError(error) }
     }
 
     func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {

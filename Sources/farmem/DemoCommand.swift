@@ -21,6 +21,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Application threads touching the region.") var threads = 2
     @Option(help: "Use these servers instead of embedded ones (HOST:PORT[,HOST:PORT...]; two or more keep two copies of every page).") var server: String?
     @Option(help: "Embedded servers to start (two or more: a cluster with two copies of every page).") var servers = 1
+    @Option(help: "Copies of every page with several servers (default 2).") var replicas: Int?
     @Option(help: "Random page reads in the last phase.") var randomReads = 20000
     @Option(help: "Page transport: tcp, rdma or auto.") var transport = "auto"
     @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
@@ -68,7 +69,7 @@ struct DemoCommand: ParsableCommand {
         defer { embedded.forEach { $0.stop() } }
         let endpoint = endpoints[0]
 
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: endpoints, budgetBytes: budgetBytes,
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: endpoints, replicas: replicas, budgetBytes: budgetBytes,
                                                                          transport: pageTransport, prefetchPages: prefetch,
                                                                          handlerSpinMicroseconds: spin,
                                                                          handlerThreads: handlerThreads))

@@ -1,40 +1,69 @@
 import ArgumentParser
 import FarMemProtocol
 import FarMemSystem
+import FarMemory
+import Foundation
 
-/// `farmem stats`: a server's figures, read over the wire protocol.
+/// `farmem stats`: each server's figures and state, read over the wire protocol.
 struct StatsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "stats", abstract: "Show a memory server's statistics.")
+    static let configuration = CommandConfiguration(commandName: "stats", abstract: "Show memory servers' statistics.")
 
-    @Option(help: "The server, HOST:PORT.") var server = "127.0.0.1:7070"
-    @Option(help: "File with the server's shared token, if it has one.") var tokenFile: String?
+    @Option(help: "The server, or a cluster: HOST:PORT[,HOST:PORT...].") var server = "127.0.0.1:7070"
+    @Option(help: "File with the servers' shared token, if they have one.") var tokenFile: String?
     @Flag(help: "Print JSON instead of text.") var json = false
 
     func run() throws {
-        guard let endpoint = TCPSocket.Endpoint(parsing: server) else { throw ValidationError("--server must be HOST:PORT") }
+        let endpoints: [TCPSocket.Endpoint]
+        switch FarMemoryConfiguration.servers(parsing: server) {
+        case .success(let list): endpoints = list
+        case .failure(let error): throw ValidationError("--server: \(error)")
+        }
         let token = try tokenFile.map { path -> [UInt8] in
             guard let token = readTokenFile(path) else { throw ValidationError("cannot read \(path)") }
             return token
         } ?? []
-        let stats = try fetchServerStats(endpoint: endpoint, token: token)
+        // One server down does not hide the others: each is asked on its own.
+        let results = endpoints.map { endpoint in (endpoint, Result { try fetchServerStats(endpoint: endpoint, token: token) }) }
+        if endpoints.count == 1, case .failure(let error) = results[0].1 { throw error }
         if json {
-            print("""
-            {"capacity_pages": \(stats.capacityPages), "reserved_pages": \(stats.reservedPages), \
-            "stored_pages": \(stats.storedPages), "sessions": \(stats.sessions), "connections": \(stats.connections), \
-            "pages_read": \(stats.pagesRead), "pages_written": \(stats.pagesWritten)}
-            """)
-        } else {
-            print("""
-            capacity      \(formatByteSize(Int(stats.capacityPages) * 4096)) (\(stats.capacityPages) pages)
-            reserved      \(formatByteSize(Int(stats.reservedPages) * 4096))
-            stored        \(formatByteSize(Int(stats.storedPages) * 4096))
-            sessions      \(stats.sessions)
-            connections   \(stats.connections)
-            pages read    \(stats.pagesRead)
-            pages written \(stats.pagesWritten)
-            """)
+            let entries = results.map { endpoint, result -> String in
+                switch result {
+                case .success(let stats):
+                    return """
+                    {"server": "\(endpoint)", "state": "up", "capacity_pages": \(stats.capacityPages), \
+                    "reserved_pages": \(stats.reservedPages), "stored_pages": \(stats.storedPages), "sessions": \(stats.sessions), \
+                    "connections": \(stats.connections), "pages_read": \(stats.pagesRead), "pages_written": \(stats.pagesWritten)}
+                    """
+                case .failure(let error):
+                    let reason = jsonEscaped(String(describing: error))
+                    return #"{"server": "\#(endpoint)", "state": "down", "error": "\#(reason)"}"#
+                }
+            }
+            print(endpoints.count == 1 ? entries[0] : "[" + entries.joined(separator: ", ") + "]")
+            return
+        }
+        for (index, (endpoint, result)) in results.enumerated() {
+            if endpoints.count > 1 { print("\(index == 0 ? "" : "\n")\(endpoint)") }
+            switch result {
+            case .success(let stats):
+                print("""
+                \(endpoints.count > 1 ? "state         up\n" : "")capacity      \(formatByteSize(Int(stats.capacityPages) * 4096)) (\(stats.capacityPages) pages)
+                reserved      \(formatByteSize(Int(stats.reservedPages) * 4096))
+                stored        \(formatByteSize(Int(stats.storedPages) * 4096))
+                sessions      \(stats.sessions)
+                connections   \(stats.connections)
+                pages read    \(stats.pagesRead)
+                pages written \(stats.pagesWritten)
+                """)
+            case .failure(let error):
+                print("state         down (\(error))")
+            }
         }
     }
+}
+
+private func jsonEscaped(_ text: String) -> String {
+    text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
 }
 
 /// One HELLO + STATS exchange on a fresh connection (a throw-away session).
