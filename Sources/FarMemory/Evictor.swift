@@ -140,6 +140,12 @@ final class Evictor: @unchecked Sendable {
             case .failed:
                 counters.add(.writeBackFailures, UInt64(group.count))
                 for i in group { batch.entries[i].failed = true }
+            case .lost:
+                counters.add(.writeBackFailures, UInt64(group.count))
+                for i in group {
+                    batch.entries[i].failed = true
+                    batch.entries[i].lost = true
+                }
             }
         }
         // The pages are on the server: report now (parked faults wake); their
@@ -210,7 +216,7 @@ final class Evictor: @unchecked Sendable {
         return (emptied, failed)
     }
 
-    enum Outcome { case done, regionGone, failed }
+    enum Outcome { case done, regionGone, failed, lost }
 
     /// Runs `body` (the store retries inside) and says what came of it.
     private func outcome(of what: String, _ body: () throws(StoreError) -> Void) -> Outcome {
@@ -220,6 +226,9 @@ final class Evictor: @unchecked Sendable {
         } catch {
             switch error {
             case .regionGone: return .regionGone
+            case .lost:
+                logger.error("\(what): \(error); those pages stay in local memory for good")
+                return .lost
             case .refused, .unavailable:
                 logger.error("\(what) failed: \(error)")
                 return .failed

@@ -24,6 +24,8 @@ public final class FarMemory: @unchecked Sendable {
     private let control: Mutex<ControlStoreBox>
     /// Which servers are still in use (all but those marked down).
     private let membership: ClusterMembership
+    /// A cluster's: copies lost extents to the servers the hash now picks.
+    private var repair: RepairWorker?
     private let shards: [PagerShard]
     /// Fault service time, one histogram shared by every shard.
     private let histogram: LatencyHistogram
@@ -77,6 +79,9 @@ public final class FarMemory: @unchecked Sendable {
         let servers = configuration.servers
         guard !servers.isEmpty, servers.count <= 64 else {
             throw .invalidArgument("1 to 64 memory servers are needed, got \(servers.count)")
+        }
+        guard Set(servers.map(\.description)).count == servers.count else {
+            throw .invalidArgument("a memory server is listed twice: \(servers.map(\.description).joined(separator: ","))")
         }
         let membership = ClusterMembership(servers: servers, logger: logger)
         self.membership = membership
@@ -135,6 +140,18 @@ public final class FarMemory: @unchecked Sendable {
             throw error
         }
         shards = started
+        if servers.count > 1 {
+            let members = connections.map { ServerPageStore(link: $0.repairLink, member: $0.member, retryWindowSeconds: 0) }
+            let worker = RepairWorker(members: members, membership: membership, placement: placement, logger: logger) {
+                [unowned self] in self.openStoreRegions()
+            }
+            worker.start()
+            repair = worker
+        }
+    }
+
+    private func openStoreRegions() -> [StoreRegion] {
+        book.withLock { book in book.open.values.compactMap { $0.first?.store } }
     }
 
     /// Allocates a far region of at least `bytes` (rounded up to whole pages),
@@ -214,6 +231,11 @@ public final class FarMemory: @unchecked Sendable {
         statistics.servers = UInt64(configuration.servers.count)
         statistics.serversDown = UInt64(membership.downCount)
         statistics.replicas = UInt64(configuration.replicas)
+        if let repair {
+            statistics.underReplicatedExtents = UInt64(openStoreRegions().reduce(0) { $0 + repair.underReplicatedExtents(in: $1) })
+            statistics.pagesRepaired = repair.pagesRepaired.load(ordering: .relaxed)
+            statistics.extentsRepaired = repair.extentsRepaired.load(ordering: .relaxed)
+        }
         return statistics
     }
 
@@ -234,6 +256,8 @@ public final class FarMemory: @unchecked Sendable {
         }
         var result: [(server: TCPSocket.Endpoint, stats: ServerStats)] = []
         for (endpoint, reply) in replies {
+            // In a cluster, one server not answering leaves the others' figures.
+            if replies.count > 1, case .failure = reply { continue }
             switch reply {
             case .success(let bytes):
                 do { result.append((endpoint, try bytes.withUnsafeBytes { try ServerStats.decode($0) })) } catch {
@@ -257,9 +281,11 @@ public final class FarMemory: @unchecked Sendable {
             }
         }
         guard let open else { return }
+        repair?.stop()
         for id in open { close(regionID: id) }
         for shard in shards { shard.stop() }
-        control.withLock { box in for server in box.connections { server.control.close() } }
+        // Every link, the pager threads' too (they have stopped): each server ends our session.
+        control.withLock { box in for server in box.connections { server.close() } }
     }
 
     deinit { close() }
@@ -269,7 +295,7 @@ public final class FarMemory: @unchecked Sendable {
             return try control.withLock { box throws(StoreError) in try body(box.store) }
         } catch {
             switch error {
-            case .unavailable(let text): throw .serverUnreachable(text)
+            case .unavailable(let text), .lost(let text): throw .serverUnreachable(text)
             case .refused(let refusal), .regionGone(let refusal): throw .serverRefused(refusal)
             }
         }

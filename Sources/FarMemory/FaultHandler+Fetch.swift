@@ -48,6 +48,13 @@ extension FaultHandler {
             fetchedData = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
             return count
         } catch {
+            // The prefetched pages may be what failed (another extent, its copies
+            // lost): the faulting page alone before giving up on it.
+            if count > 1, let alone = try? store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: 1),
+                                                      into: fetchBuffer) {
+                fetchedData = alone
+                return 1
+            }
             logger.error("page \(page) of region \(region.store.id) could not be fetched (\(error)); the access raises SIGBUS")
         }
         counters.add(.poisoned)

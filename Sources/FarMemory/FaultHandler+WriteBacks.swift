@@ -37,7 +37,7 @@ extension FaultHandler {
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
-            if !writeBackOutage, region != nil {
+            if !entry.lost, !writeBackOutage, region != nil {
                 writeBackOutage = true
                 nextOutageProbe = fm_now_ns() + outageBackoffSeconds * 1_000_000_000
                 logger.error("write-back failed: eviction paused for at least \(outageBackoffSeconds) s, pages stay in local memory (the budget is not kept) until the server answers again")
@@ -80,11 +80,19 @@ extension FaultHandler {
             try? uffd.poison(address, length: 4096)
             return false
         }
-        region.states[entry.page] = state.restored()
-        // Back in the eviction queue (it left it when it was moved out), or it
-        // would stay resident for good once eviction resumes.
-        if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
-        budget.resident += 1
+        if entry.lost {
+            // Every copy of its extent is gone: local for good, outside the
+            // budget, never tried again (nowhere to write it).
+            region.states[entry.page] = state.restored().setAside()
+            budget.unevictable += 1
+            counters.set(.unevictablePages, UInt64(budget.unevictable))
+        } else {
+            region.states[entry.page] = state.restored()
+            // Back in the eviction queue (it left it when it was moved out), or it
+            // would stay resident for good once eviction resumes.
+            if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: entry.page)) }
+            budget.resident += 1
+        }
         staging.give(entry.stagingSlot)
         budget.staged -= 1
         return true

@@ -9,11 +9,14 @@ struct StoreRegion: Sendable {
     /// In a cluster, the servers the region was created on (its copies are
     /// placed among them); a single server's regions leave it at 1.
     var members: Placement.ServerSet
+    /// In a cluster, where each extent's copies are now (repairs move them).
+    var copies: ExtentCopies?
 
-    init(id: UInt64, remotes: [RemoteRegion?] = [], members: Placement.ServerSet = 1) {
+    init(id: UInt64, remotes: [RemoteRegion?] = [], members: Placement.ServerSet = 1, copies: ExtentCopies? = nil) {
         self.id = id
         self.remotes = remotes
         self.members = members
+        self.copies = copies
     }
 
     @inline(__always) func remote(on member: Int) -> RemoteRegion? { member < remotes.count ? remotes[member] : nil }
@@ -28,18 +31,21 @@ enum StoreError: Error, CustomStringConvertible {
     case regionGone(ProtocolError)
     /// The store answered no: out of capacity, a bad request, ...
     case refused(ProtocolError)
+    /// Every copy of these pages is gone (a cluster whose servers holding them
+    /// are all down): nothing can be read, nor written, there.
+    case lost(String)
 
     /// The server's refusal, if it was one.
     var refusal: ProtocolError? {
         switch self {
-        case .unavailable: return nil
+        case .unavailable, .lost: return nil
         case .regionGone(let refusal), .refused(let refusal): return refusal
         }
     }
 
     var description: String {
         switch self {
-        case .unavailable(let text): return text
+        case .unavailable(let text), .lost(let text): return text
         case .regionGone(let refusal), .refused(let refusal): return "refused by the server: \(refusal)"
         }
     }

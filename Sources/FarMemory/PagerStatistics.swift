@@ -84,9 +84,13 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var serversDown: UInt64 = 0
     /// Copies kept of every page.
     public var replicas: UInt64 = 1
-    /// Some pages have fewer live copies than `replicas` (a server is down;
-    /// FarMem does not yet copy them again elsewhere).
-    public var underReplicated: Bool { serversDown > 0 && replicas > 1 }
+    /// Extents (2 MiB) with fewer live copies than `replicas`: a server is
+    /// down and the repair has not copied them elsewhere yet.
+    public var underReplicatedExtents: UInt64 = 0
+    public var underReplicated: Bool { underReplicatedExtents > 0 }
+    /// What the repair copied to other servers since the start.
+    public var pagesRepaired: UInt64 = 0
+    public var extentsRepaired: UInt64 = 0
     /// Time the fault handler spent per fault, message read to page installed.
     public var serviceP50Nanoseconds: UInt64
     public var serviceP99Nanoseconds: UInt64
@@ -119,7 +123,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
-        servers \(servers) (down \(serversDown)), replicas \(replicas)\(underReplicated ? " (under-replicated)" : ""), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), \
+        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

@@ -63,6 +63,19 @@ struct ReplicaList: Sequence, Equatable {
     private var packed: (Int8, Int8, Int8, Int8) = (-1, -1, -1, -1)
     private(set) var count = 0
 
+    init() {}
+
+    /// The servers of `set` in index order, at most four.
+    init(_ set: Placement.ServerSet) {
+        var rest = set
+        while rest != 0, count < 4 {
+            append(rest.trailingZeroBitCount)
+            rest &= rest - 1
+        }
+    }
+
+    var mask: Placement.ServerSet { (0..<count).reduce(0) { $0 | 1 << UInt64(self[$1]) } }
+
     mutating func append(_ server: Int) {
         precondition(count < 4, "at most four replicas")
         switch count {

@@ -33,8 +33,16 @@ final class ReplicatedPageStore: PageStore {
         }
     }
 
+    /// The live servers holding a current copy of the extent, best first.
     private func replicas(_ region: StoreRegion, _ extent: Int) -> ReplicaList {
-        placement.replicaSet(region: region.id, extent: extent, among: region.members)
+        let holders = region.copies?.holders(extent) ?? region.members
+        return placement.replicaSet(region: region.id, extent: extent, among: holders & membership.live)
+    }
+
+    /// Where a write or discard of the extent goes: every live holder, and a
+    /// server a repair is filling.
+    private func writeTargets(_ region: StoreRegion, _ extent: Int) -> ReplicaList {
+        ReplicaList((region.copies?.writeTargets(extent) ?? region.members) & membership.live)
     }
 
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
@@ -53,11 +61,11 @@ final class ReplicatedPageStore: PageStore {
                          into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
         let copies = replicas(region, extent)
         var failure: StoreError?
-        for i in 0..<copies.count where membership.isUp(copies[i]) {
+        for i in 0..<copies.count {
             do {
                 return try members[copies[i]].read(region, pages: pages, into: buffer)
             } catch {
-                failed(copies[i], error)
+                failed(copies[i], error, region)
                 failure = error
             }
         }
@@ -68,7 +76,9 @@ final class ReplicatedPageStore: PageStore {
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
                source: (Int) -> UnsafeRawPointer) throws(StoreError) {
         try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
-            let copies = replicas(region, extent)
+            region.copies?.beginWrite(extent)
+            defer { region.copies?.endWrite(extent) }
+            let copies = writeTargets(region, extent)
             var written = 0
             var failure: StoreError?
             // All copies on their way first, then every reply: the copies are
@@ -86,7 +96,7 @@ final class ReplicatedPageStore: PageStore {
                     }
                     started |= 1 << UInt8(i)
                 } catch {
-                    failed(copies[i], error)
+                    failed(copies[i], error, region)
                     failure = error
                 }
             }
@@ -100,13 +110,18 @@ final class ReplicatedPageStore: PageStore {
                 }
                 do throws(StoreError) {
                     if let request { try members[copies[i]].finishWrite(request, count: run.count) }
-                    written += 1
+                    // Only a copy reads can reach counts: not a server a repair is
+                    // still filling, nor one another thread fenced meanwhile.
+                    let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
+                    if holds, membership.isUp(copies[i]) { written += 1 }
                 } catch {
-                    failed(copies[i], error)
+                    failed(copies[i], error, region)
                     failure = error
                 }
             }
             guard written > 0 else {
+                // No live server holds the extent any more: its pages can only stay local.
+                if replicas(region, extent).count == 0 { throw .lost("every copy of extent \(extent) of region \(region.id) is on servers marked down") }
                 throw failure ?? .unavailable("no live server for extent \(extent) of region \(region.id)")
             }
         }
@@ -117,10 +132,12 @@ final class ReplicatedPageStore: PageStore {
         while page < first + count {
             let extent = Placement.extent(of: page)
             let end = min(first + count, (extent + 1) * Placement.extentPages)
-            let copies = replicas(region, extent)
+            region.copies?.beginWrite(extent)
+            let copies = writeTargets(region, extent)
             for i in 0..<copies.count where membership.isUp(copies[i]) {
-                do { try members[copies[i]].discard(region, first: page, count: end - page) } catch { failed(copies[i], error) }
+                do { try members[copies[i]].discard(region, first: page, count: end - page) } catch { failed(copies[i], error, region) }
             }
+            region.copies?.endWrite(extent)
             page = end
         }
     }
@@ -147,10 +164,15 @@ final class ReplicatedPageStore: PageStore {
             }
         }
         guard created.members != 0 else { throw .unavailable("no memory server of the cluster answers") }
+        let members = created.members
+        created.copies = ExtentCopies(pageCount: pageCount) { extent in
+            self.placement.replicaSet(region: id, extent: extent, among: members).mask
+        }
         return created
     }
 
     func dropRegion(_ region: StoreRegion) {
+        region.copies?.markClosed()
         for server in members.indices where region.members & (1 << UInt64(server)) != 0 && membership.isUp(server) {
             members[server].dropRegion(region)
         }
@@ -159,20 +181,25 @@ final class ReplicatedPageStore: PageStore {
     func probe() -> Bool { members.indices.contains { membership.isUp($0) && members[$0].probe() } }
 
     /// Each live server's STATS reply.
-    func statistics() -> [(server: Int, reply: [UInt8])] {
+    func statisticsReplies() -> [(server: Int, reply: [UInt8])] {
         members.indices.compactMap { server in
             guard membership.isUp(server), let reply = try? members[server].statistics() else { return nil }
             return (server, reply)
         }
     }
 
-    /// A server failed a request: down for good, unless it only refused a
-    /// malformed or unsupported request (a bug here, not a failed server).
-    private func failed(_ server: Int, _ error: StoreError) {
+    /// A server failed a request: down for good (a refusal too: a server that
+    /// refuses a write has not got the page), and this store's connection to
+    /// it is closed (the other pager threads close theirs when they next try it).
+    private func failed(_ server: Int, _ error: StoreError, _ region: StoreRegion) {
+        // The region closed here while a request was on its way: not the server's fault.
+        if case .regionGone = error, region.copies?.isClosed == true { return }
         switch error {
         case .unavailable(let text): membership.markDown(server, reason: text)
         case .regionGone(let refusal): membership.markDown(server, reason: "it lost the region: \(refusal)")
         case .refused(let refusal): membership.markDown(server, reason: "it refused: \(refusal)")
+        case .lost(let text): membership.markDown(server, reason: text)
         }
+        members[server].link.close()
     }
 }

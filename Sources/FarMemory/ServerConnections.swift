@@ -13,6 +13,8 @@ final class ServerConnections {
     let control: ServerLink
     let faultLinks: [ServerLink]
     let writeLinks: [ServerLink]
+    /// The repair worker's (a cluster's): copies never wait behind faults.
+    let repairLink: ServerLink
     private(set) var usesRDMA = false
 
     init(endpoint: TCPSocket.Endpoint, member: Int, configuration: FarMemoryConfiguration, sessionKey: [UInt8],
@@ -23,12 +25,13 @@ final class ServerConnections {
         control = ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: PagerCounters())
         faultLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
         writeLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
+        repairLink = ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: PagerCounters())
         for link in faultLinks + writeLinks {
             link.onRDMAFailure = { reason in logger.error("\(reason) (\(endpoint)); this connection falls back to TCP") }
         }
     }
 
-    private var allLinks: [ServerLink] { [control] + faultLinks + writeLinks }
+    private var allLinks: [ServerLink] { [control, repairLink] + faultLinks + writeLinks }
 
     func connect() throws(FarMemoryError) {
         do {

@@ -84,6 +84,9 @@ final class EvictionBatch: @unchecked Sendable {
         /// Set by the evictor: the write-back could not be done; the staged
         /// copy is the only one and the handler moves it back.
         var failed = false
+        /// With `failed`: no server holds the page's extent any more, so the
+        /// page can only stay local (unevictable, and no outage is declared).
+        var lost = false
     }
     var entries: [Entry] = []
     init(capacity: Int) { entries.reserveCapacity(capacity) }

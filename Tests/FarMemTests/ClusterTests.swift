@@ -10,7 +10,8 @@ import XCTest
 final class ClusterTests: XCTestCase {
     private var servers: [ServerProcess] = []
 
-    override func setUpWithError() throws { servers = try (0..<3).map { _ in try ServerProcess(capacity: "64MiB") } }
+    // The third is smaller: an allocation it refuses must be undone on the other two.
+    override func setUpWithError() throws { servers = try ["64MiB", "64MiB", "32MiB"].map { try ServerProcess(capacity: $0) } }
     override func tearDown() { servers.forEach { $0.stop() } }
 
     private func makeMemory(budget: Int = 2 << 20, requestTimeout: Double = 2) throws -> FarMemory {
@@ -56,12 +57,21 @@ final class ClusterTests: XCTestCase {
         let pattern = PagePattern(seed: 91)
         fill(region, pattern)
         XCTAssertEqual(mismatches(region, pattern), [])
+        // Push every page out (a second region), then ask the servers: each holds
+        // exactly the extents placement gives it, every page twice in all.
+        let other = try memory.allocate(bytes: 4 << 20)
+        fill(other, PagePattern(seed: 911))
+        other.close()
         let perServer = try memory.serverStatisticsByServer()
         XCTAssertEqual(perServer.count, 3)
-        let stored = perServer.map(\.stats.sessionStoredPages)
-        // Every written-back page is on two servers; no server holds them all.
-        XCTAssertEqual(stored.reduce(0, +), 2 * UInt64(region.pageCount), "\(stored)")
-        for count in stored { XCTAssertLessThan(count, UInt64(region.pageCount), "\(stored)") }
+        let placement = Placement(servers: servers.map(\.endpoint.description), replicas: 2)
+        var expected = [UInt64](repeating: 0, count: 3)
+        for extent in 0..<region.pageCount / Placement.extentPages {
+            for server in placement.replicaSet(region: 1, extent: extent, among: placement.allServers) {
+                expected[server] += UInt64(Placement.extentPages)
+            }
+        }
+        XCTAssertEqual(perServer.map(\.stats.sessionStoredPages), expected)
     }
 
     func testKillingOneOfThreeServersMidRunLosesNoPage() throws {
@@ -97,11 +107,41 @@ final class ClusterTests: XCTestCase {
         let stats = memory.statistics
         XCTAssertEqual(stats.poisoned, 0, stats.description)
         XCTAssertEqual(stats.serversDown, 1, stats.description)
-        XCTAssertTrue(stats.underReplicated)
+    }
+
+    func testAfterAKillTheRepairPutsEveryPageOnTwoLiveServersAgain() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 16 << 20)
+        let pattern = PagePattern(seed: 96)
+        fill(region, pattern)
+        servers[0].kill()
+        XCTAssertEqual(mismatches(region, pattern), [], "read through the failover (and the kill noticed)")
+        // Everything written back (a second region pushes the first out), then repaired.
+        let other = try memory.allocate(bytes: 4 << 20)
+        fill(other, PagePattern(seed: 961))
+        let deadline = Date().addingTimeInterval(30)
+        while memory.statistics.underReplicatedExtents > 0, Date() < deadline { usleep(50_000) }
+        let stats = memory.statistics
+        XCTAssertEqual(stats.underReplicatedExtents, 0, "repaired within 30 s: \(stats)")
+        XCTAssertGreaterThan(stats.pagesRepaired, 0, stats.description)
+        // Ask the servers: with two copies and two live servers, each holds every
+        // stored page (once the last write-backs have landed: bounded wait).
+        var stored = try memory.serverStatisticsByServer().map(\.stats.sessionStoredPages)
+        let settle = Date().addingTimeInterval(10)
+        while stored.count == 2, stored[0] != stored[1], Date() < settle {
+            usleep(100_000)
+            stored = try memory.serverStatisticsByServer().map(\.stats.sessionStoredPages)
+        }
+        XCTAssertEqual(stored.count, 2)
+        XCTAssertEqual(stored[0], stored[1], "\(stored)")
+        XCTAssertGreaterThanOrEqual(stored[0], UInt64(region.pageCount), "\(stored)")
+        XCTAssertEqual(mismatches(region, pattern), [])
+        XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 
     func testAStoppedServerIsNeverReadAgainAfterItContinues() throws {
-        let memory = try makeMemory(requestTimeout: 1)
+        let memory = try makeMemory()
         defer { memory.close() }
         let region = try memory.allocate(bytes: 16 << 20)
         let old = PagePattern(seed: 94), new = PagePattern(seed: 95)
@@ -120,7 +160,8 @@ final class ClusterTests: XCTestCase {
     func testAFullClusterIsAClearErrorAtAllocation() throws {
         let memory = try makeMemory()
         defer { memory.close() }
-        XCTAssertThrowsError(try memory.allocate(bytes: 80 << 20)) { error in
+        // The first two servers take it, the third (32 MiB) cannot.
+        XCTAssertThrowsError(try memory.allocate(bytes: 48 << 20)) { error in
             XCTAssertTrue("\(error)".contains("out of capacity"), "\(error)")
         }
         // Nothing is left reserved by the refused allocation.

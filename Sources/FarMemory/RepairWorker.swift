@@ -1,0 +1,162 @@
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// Restores the second copy by itself. Every 100 ms it looks for extents with
+/// fewer live copies than wanted (a server was marked down) and copies each
+/// to the live server the hash now picks: the pages that are not zeros, read
+/// from a live holder, written to the new server; then the new server becomes
+/// a holder. The protocol with concurrent writes is `ExtentCopies`'. It runs
+/// on its own thread with its own link to each server, sleeps between
+/// extents so application faults keep priority, and never touches region
+/// memory (it moves page data between servers only).
+final class RepairWorker: @unchecked Sendable {
+    private let members: [ServerPageStore]
+    private let membership: ClusterMembership
+    private let placement: Placement
+    /// The open regions (a snapshot each round).
+    private let regions: @Sendable () -> [StoreRegion]
+    private let logger: Logger
+    private let running = Atomic<Bool>(true)
+    private let condition = Condition()
+    private let pageList = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
+    private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256 * 4096, alignment: 4096)
+    private var thread: PosixThread?
+
+    let pagesRepaired = Atomic<UInt64>(0)
+    let extentsRepaired = Atomic<UInt64>(0)
+
+    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
+         logger: Logger, regions: @escaping @Sendable () -> [StoreRegion]) {
+        self.members = members
+        self.membership = membership
+        self.placement = placement
+        self.logger = logger
+        self.regions = regions
+    }
+
+    deinit {
+        pageList.deallocate()
+        buffer.deallocate()
+    }
+
+    func start() { thread = PosixThread.spawn(name: "farmem-repair") { self.run() } }
+
+    func stop() {
+        running.store(false, ordering: .relaxed)
+        condition.signal()
+        thread?.join()
+        thread = nil
+    }
+
+    private func run() {
+        while running.load(ordering: .relaxed) {
+            _ = condition.wait(until: { !running.load(ordering: .relaxed) }, timeoutMilliseconds: 100)
+            repairRound()
+        }
+    }
+
+    /// Extents with fewer live copies than wanted in `region` (for the statistics).
+    func underReplicatedExtents(in region: StoreRegion) -> Int {
+        guard let copies = region.copies else { return 0 }
+        let live = membership.live
+        return (0..<copies.extentCount).reduce(0) { $0 + ((copies.holders($1) & live).nonzeroBitCount < placement.replicas ? 1 : 0) }
+    }
+
+    private func repairRound() {
+        for region in regions() {
+            guard let copies = region.copies else { continue }
+            for extent in 0..<copies.extentCount {
+                guard running.load(ordering: .relaxed) else { return }
+                let live = membership.live
+                let holders = copies.holders(extent) & live
+                // None left: nothing to copy from (its pages raise SIGBUS when touched).
+                guard holders != 0, holders.nonzeroBitCount < placement.replicas else { continue }
+                let candidates = live & region.members & ~holders
+                guard candidates != 0 else { continue }   // no live server to put a copy on
+                let target = placement.replicaSet(region: region.id, extent: extent, among: candidates)[0]
+                if repair(region, copies, extent: extent, to: target) {
+                    _ = extentsRepaired.add(1, ordering: .relaxed)
+                }
+                sleepSeconds(0.002)   // application faults first
+            }
+        }
+    }
+
+    /// Copies one extent to `target`; true when `target` became a holder.
+    private func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
+        copies.startJoining(extent, target)
+        for _ in 0..<5 {
+            // Copy only while no write to the extent is under way...
+            var writes = copies.writes(extent)
+            var waited = 0
+            while writes.started != writes.finished, waited < 1000, running.load(ordering: .relaxed) {
+                sleepSeconds(0.001)
+                writes = copies.writes(extent)
+                waited += 1
+            }
+            guard writes.started == writes.finished else { continue }
+            guard copyExtent(region, copies, extent: extent, to: target) else { break }
+            // ...and keep the copy only if none started meanwhile.
+            if copies.writes(extent).started == writes.started, membership.isUp(target) {
+                copies.addHolder(extent, target)
+                return true
+            }
+        }
+        copies.stopJoining(extent, target)
+        return false
+    }
+
+    /// Reads the extent from a live holder, 256 pages at a time, and writes
+    /// its non-zero pages to `target`. False when a server failed or the
+    /// region is gone (closed meanwhile).
+    private func copyExtent(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
+        let first = extent * Placement.extentPages
+        let end = min(first + Placement.extentPages, copies.pageCount)
+        var page = first
+        while page < end {
+            let count = min(256, end - page)
+            for i in 0..<count { pageList[i] = UInt64(page + i) }
+            let holders = placement.replicaSet(region: region.id, extent: extent, among: copies.holders(extent) & membership.live)
+            guard holders.count > 0 else { return false }
+            let source = holders[0]
+            let landed: UnsafeRawPointer
+            do {
+                landed = try members[source].read(region, pages: UnsafeBufferPointer(start: pageList, count: count), into: buffer)
+            } catch {
+                if case .regionGone = error { return false }
+                membership.markDown(source, reason: "a repair read failed: \(error)")
+                return false
+            }
+            // Zero pages read as zeros on the new server without being written.
+            var kept = 0
+            for i in 0..<count where !isZero(landed + i * 4096) {
+                if landed + i * 4096 != UnsafeRawPointer(buffer + kept * 4096) {
+                    (buffer + kept * 4096).copyMemory(from: landed + i * 4096, byteCount: 4096)
+                }
+                pageList[kept] = UInt64(page + i)
+                kept += 1
+            }
+            if kept > 0 {
+                do {
+                    try members[target].write(region, pages: UnsafeBufferPointer(start: pageList, count: kept)) { i in
+                        UnsafeRawPointer(buffer + i * 4096)
+                    }
+                } catch {
+                    if case .regionGone = error { return false }
+                    membership.markDown(target, reason: "a repair write failed: \(error)")
+                    return false
+                }
+                _ = pagesRepaired.add(UInt64(kept), ordering: .relaxed)
+            }
+            page += count
+        }
+        return true
+    }
+
+    private func isZero(_ page: UnsafeRawPointer) -> Bool {
+        let words = page.assumingMemoryBound(to: UInt64.self)
+        for i in 0..<512 where words[i] != 0 { return false }
+        return true
+    }
+}
