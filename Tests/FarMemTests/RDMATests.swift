@@ -130,4 +130,33 @@ final class RDMATests: XCTestCase {
 
         XCTAssertTrue(log.contains("falls back to TCP") || log.contains("could not be fetched"), log)
     }
+
+    /// Issue 9 over RDMA: three servers, two copies, write-backs are one-sided
+    /// WRITEs to each copy and fetches one-sided READs; a server killed mid-run
+    /// (its queue pairs die with it) costs no page.
+    func testThreeServersWithTwoCopiesOverRDMALoseNoPageWhenOneDies() throws {
+        let servers = try (0..<3).map { _ in try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"]) }
+        defer { servers.forEach { $0.stop() } }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            servers: servers.map(\.endpoint), budgetBytes: 1 << 20, requestTimeoutSeconds: 10, transport: .rdma))
+        defer { memory.close() }
+        XCTAssertTrue(memory.usesRDMA)
+        let region = try memory.allocate(bytes: 8 << 20)
+        let pattern = PagePattern(seed: 13)
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        var stats = memory.statistics
+        XCTAssertGreaterThan(stats.rdmaPagesOut, UInt64(region.pageCount), "two copies, each an RDMA WRITE: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesIn, 0, stats.description)
+        let perServer = try memory.serverStatisticsByServer()
+        XCTAssertTrue(perServer.allSatisfy { $0.stats.pagesRead == 0 && $0.stats.pagesWritten == 0 }, "one-sided: \(perServer)")
+        servers[1].kill()
+        XCTAssertEqual(verifyAll(region, pattern), 0, "every page from a surviving copy")
+        let rewrite = PagePattern(seed: 14)
+        for page in 0..<region.pageCount { _ = rewrite.write(page: page, at: region.baseAddress! + page * 4096) }
+        XCTAssertEqual(verifyAll(region, rewrite), 0)
+        stats = memory.statistics
+        XCTAssertEqual(stats.poisoned, 0, stats.description)
+        XCTAssertEqual(stats.serversDown, 1, stats.description)
+    }
 }
