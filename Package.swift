@@ -38,7 +38,7 @@ let package = Package(
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
         .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys", "FarMemory"]),
         .executableTarget(name: "farmemd", dependencies: [
-            "FarMemServer", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "FarMemServer", "CFarMemSys", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "farmem", dependencies: [
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemWorkloads", "CFarMemSys",

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -222,4 +223,11 @@ void fm_set_thread_name(const char *name) {
 int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address) {
     void *p = mremap((void *)(uintptr_t)old_address, old_size, new_size, flags, (void *)(uintptr_t)new_address);
     return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
+}
+
+int fm_die_with_parent(void) {
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return neg_errno();
+    // The parent may have gone before the call: then nobody would signal us.
+    return getppid() != parent ? -ESRCH : 0;
 }

@@ -21,6 +21,11 @@ public struct FarMemoryConfiguration: Sendable {
     public var evictionBatchPages: Int
     /// Per-request network time-out; a server silent this long is treated as down.
     public var requestTimeoutSeconds: Double
+    /// With several servers: a server silent this long on a page request (a
+    /// fetch, a write-back) is marked down and the request goes to another
+    /// copy. Short, so that a stalled server costs a thread well under a
+    /// second; a server slower than this is fenced (and repaired around).
+    public var failoverTimeoutSeconds: Double
     /// How long a failed fetch or write-back keeps reconnecting before it gives up
     /// (then the faulting access gets SIGBUS; a write-back restores the page locally).
     public var retryWindowSeconds: Double
@@ -60,9 +65,10 @@ public struct FarMemoryConfiguration: Sendable {
     /// nil: 2 with two or more servers, else 1.
     public init(servers: [TCPSocket.Endpoint], replicas: Int? = nil, budgetBytes: Int, token: [UInt8] = [],
                 evictionBatchPages: Int = 64, requestTimeoutSeconds: Double = 2,
-                retryWindowSeconds: Double = 3, transport: Transport = .auto,
+                retryWindowSeconds: Double = 3, failoverTimeoutSeconds: Double = 0.5, transport: Transport = .auto,
                 prefetchPages: Int = 64, handlerSpinMicroseconds: Int = 0,
                 handlerThreads: Int = 1) {
+        self.failoverTimeoutSeconds = failoverTimeoutSeconds
         self.servers = servers
         self.replicas = max(1, min(replicas ?? (servers.count >= 2 ? 2 : 1), 4, max(1, servers.count)))
         self.budgetBytes = budgetBytes

@@ -25,7 +25,9 @@ final class RDMAChannel {
 
     static var deviceCount: Int { Int(fm_rdma_device_count()) }
 
-    init(host: String, port: UInt16, ticket: [UInt8], capacityPages: Int, timeoutSeconds: Double) throws(ConnectError) {
+    /// `transferTimeoutSeconds`: how long a READ or WRITE may wait for its completion (default: `timeoutSeconds`).
+    init(host: String, port: UInt16, ticket: [UInt8], capacityPages: Int, timeoutSeconds: Double,
+         transferTimeoutSeconds: Double? = nil) throws(ConnectError) {
         var err: Int32 = 0
         var why = [CChar](repeating: 0, count: 256)
         let timeout = Int32(timeoutSeconds * 1000)
@@ -40,7 +42,7 @@ final class RDMAChannel {
         remoteAddresses = .allocate(capacity: capacityPages)
         localOffsets = .allocate(capacity: capacityPages)
         for i in 0..<capacityPages { localOffsets[i] = UInt64(i * 4096) }
-        timeoutMilliseconds = timeout
+        timeoutMilliseconds = Int32((transferTimeoutSeconds ?? timeoutSeconds) * 1000)
     }
 
     deinit {

@@ -16,15 +16,23 @@ final class ServerConnections {
     /// The repair worker's (a cluster's): copies never wait behind faults.
     let repairLink: ServerLink
     private(set) var usesRDMA = false
+    /// How long a page request may go unanswered (see `failoverTimeoutSeconds`).
+    private let pageTimeout: Double
 
     init(endpoint: TCPSocket.Endpoint, member: Int, configuration: FarMemoryConfiguration, sessionKey: [UInt8],
          shardCounters: [PagerCounters], logger: Logger) {
         self.endpoint = endpoint
         self.member = member
         // Each shard's links count into the shard's counters (page traffic only).
+        // In a cluster the page links give up after the failover time-out: another copy answers.
+        pageTimeout = configuration.servers.count > 1 ? configuration.failoverTimeoutSeconds : configuration.requestTimeoutSeconds
         control = ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: PagerCounters())
-        faultLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
-        writeLinks = shardCounters.map { ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0) }
+        faultLinks = shardCounters.map { [pageTimeout] in
+            ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0, timeoutSeconds: pageTimeout)
+        }
+        writeLinks = shardCounters.map { [pageTimeout] in
+            ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: $0, timeoutSeconds: pageTimeout)
+        }
         repairLink = ServerLink(endpoint: endpoint, configuration: configuration, sessionKey: sessionKey, counters: PagerCounters())
         for link in faultLinks + writeLinks {
             link.onRDMAFailure = { reason in logger.error("\(reason) (\(endpoint)); this connection falls back to TCP") }
@@ -61,7 +69,8 @@ final class ServerConnections {
             for link in links {
                 link.attach(try RDMAChannel(host: endpoint.host, port: attach.port, ticket: attach.ticket,
                                             capacityPages: ProtocolLimits.maxBatchPages,
-                                            timeoutSeconds: configuration.requestTimeoutSeconds))
+                                            timeoutSeconds: configuration.requestTimeoutSeconds,
+                                            transferTimeoutSeconds: pageTimeout))
             }
         } catch {
             // All links or none: the channels already made would hold queue pairs

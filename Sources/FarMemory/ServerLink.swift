@@ -24,8 +24,13 @@ final class ServerLink {
     private(set) var rdma: RDMAChannel?
     var onRDMAFailure: ((String) -> Void)?
 
-    init(endpoint: TCPSocket.Endpoint, configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters) {
+    /// Silence longer than this on a request is a network failure.
+    private let timeoutSeconds: Double
+
+    init(endpoint: TCPSocket.Endpoint, configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters,
+         timeoutSeconds: Double? = nil) {
         self.endpoint = endpoint
+        self.timeoutSeconds = timeoutSeconds ?? configuration.requestTimeoutSeconds
         self.configuration = configuration
         self.sessionKey = sessionKey
         self.counters = counters
@@ -91,7 +96,7 @@ final class ServerLink {
         guard socket == nil else { return }
         let fresh: TCPSocket
         do {
-            fresh = try TCPSocket.connect(to: endpoint, timeoutSeconds: configuration.requestTimeoutSeconds)
+            fresh = try TCPSocket.connect(to: endpoint, timeoutSeconds: timeoutSeconds)
         } catch {
             throw .network("cannot connect to \(endpoint): \(error)")
         }

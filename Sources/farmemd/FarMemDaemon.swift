@@ -1,4 +1,5 @@
 import ArgumentParser
+import CFarMemSys
 import FarMemProtocol
 import FarMemServer
 import FarMemSystem
@@ -45,7 +46,11 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
+    @Flag(help: "Exit (SIGKILL) when the process that started this one exits, even if this one is stopped (for tests and supervisors without a service manager).")
+    var dieWithParent = false
+
     func run() throws {
+        if dieWithParent, fm_die_with_parent() != 0 { throw ExitCode(1) }
         guard let endpoint = TCPSocket.Endpoint(parsing: listen) else {
             throw ValidationError("--listen must be HOST:PORT, got '\(listen)'")
         }

@@ -14,9 +14,12 @@ final class ClusterTests: XCTestCase {
     override func setUpWithError() throws { servers = try ["64MiB", "64MiB", "32MiB"].map { try ServerProcess(capacity: $0) } }
     override func tearDown() { servers.forEach { $0.stop() } }
 
-    private func makeMemory(budget: Int = 2 << 20, requestTimeout: Double = 2) throws -> FarMemory {
+    /// These tests check what is kept, not how fast failover is: a long
+    /// failover time-out, so a busy machine's hiccup never fences a second
+    /// server (with two copies, that could lose pages and SIGBUS the suite).
+    private func makeMemory(budget: Int = 2 << 20, failoverTimeout: Double = 2) throws -> FarMemory {
         try FarMemory(configuration: FarMemoryConfiguration(servers: servers.map(\.endpoint), budgetBytes: budget,
-                                                            requestTimeoutSeconds: requestTimeout))
+                                                            failoverTimeoutSeconds: failoverTimeout))
     }
 
     /// Writes every page with `pattern` from `threads` threads, interleaved.
@@ -195,5 +198,71 @@ final class ClusterTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(started), 30, "bounded, never a hang")
         XCTAssertEqual(probe.process.terminationReason, .uncaughtSignal)
         XCTAssertEqual(probe.process.terminationStatus, SIGBUS, "killed by SIGBUS, not by the watchdog")
+    }
+
+    /// No long stall: with default time-outs, the longest any application
+    /// thread waits on one access when a server stalls (SIGSTOP: only the
+    /// failover time-out tells) and, after the repair, when another is killed.
+    /// Four servers, so that a busy machine's hiccup fencing one more still
+    /// leaves a copy of everything.
+    func testTheLongestWaitOnOneAccessWhenAServerStallsOrDiesIsBounded() throws {
+        servers.append(try ServerProcess(capacity: "64MiB"))
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: servers.map(\.endpoint), budgetBytes: 2 << 20))
+        XCTAssertEqual(memory.configuration.failoverTimeoutSeconds, 0.5, "the default")
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 16 << 20)
+        let pattern = PagePattern(seed: 97)
+        fill(region, pattern)
+        let base = UInt(bitPattern: region.baseAddress!), pages = region.pageCount
+
+        /// Reads pages from two threads while `event` happens; returns the longest single access (ns).
+        func longestWait(during event: () -> Void) -> UInt64 {
+            let stop = Atomic<Bool>(false), longest = Atomic<UInt64>(0), bad = Atomic<Int>(0)
+            let readers = (0..<2).map { r in
+                PosixThread.spawn(name: "timed-\(r)") {
+                    var page = r * 997
+                    while !stop.load(ordering: .relaxed) {
+                        page = (page * 31 + 7) % pages
+                        let started = monotonicSeconds()
+                        let ok = pattern.verify(page: page, at: UnsafeRawPointer(bitPattern: base + UInt(page) * 4096)!).ok
+                        let waited = UInt64((monotonicSeconds() - started) * 1e9)
+                        if !ok { bad.add(1, ordering: .relaxed) }
+                        var seen = longest.load(ordering: .relaxed)
+                        while waited > seen {
+                            let (exchanged, now) = longest.compareExchange(expected: seen, desired: waited, ordering: .relaxed)
+                            if exchanged { break }
+                            seen = now
+                        }
+                    }
+                }
+            }
+            usleep(200_000)
+            event()
+            usleep(1_500_000)
+            stop.store(true, ordering: .relaxed)
+            readers.forEach { $0.join() }
+            XCTAssertEqual(bad.load(ordering: .relaxed), 0)
+            return longest.load(ordering: .relaxed)
+        }
+
+        // Stall the server reads of extent 0 go to first (so the readers meet it),
+        // and later kill one that is not it.
+        let placement = Placement(servers: servers.map(\.endpoint.description), replicas: 2)
+        let stalled = placement.replicaSet(region: 1, extent: 0, among: placement.allServers)[0]
+        let killed = (0..<servers.count).first { $0 != stalled }!
+        let stall = longestWait { servers[stalled].pause() }
+        defer { servers[stalled].resume() }
+        // The second failure only once the first is noticed and repaired: else it could take both copies.
+        guard memory.statistics.serversDown >= 1 else { return XCTFail("the stalled server was not noticed: \(memory.statistics)") }
+        let deadline = Date().addingTimeInterval(30)
+        while memory.statistics.underReplicatedExtents > 0, Date() < deadline { usleep(50_000) }
+        guard memory.statistics.underReplicatedExtents == 0 else { return XCTFail("not repaired in 30 s: \(memory.statistics)") }
+        let kill = longestWait { servers[killed].kill() }
+        print("failover: longest wait on one access: SIGSTOP \(stall / 1_000_000) ms, kill -9 \(kill / 1_000_000) ms "
+              + "(failover time-out \(memory.configuration.failoverTimeoutSeconds) s); \(memory.statistics)")
+        XCTAssertLessThan(stall, 2_000_000_000, "a stalled server costs about the failover time-out, not the request time-out")
+        XCTAssertLessThan(kill, 2_000_000_000)
+        XCTAssertEqual(mismatches(region, pattern), [])
+        XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 }

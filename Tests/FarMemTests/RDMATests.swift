@@ -138,7 +138,8 @@ final class RDMATests: XCTestCase {
         let servers = try (0..<3).map { _ in try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"]) }
         defer { servers.forEach { $0.stop() } }
         let memory = try FarMemory(configuration: FarMemoryConfiguration(
-            servers: servers.map(\.endpoint), budgetBytes: 1 << 20, requestTimeoutSeconds: 10, transport: .rdma))
+            servers: servers.map(\.endpoint), budgetBytes: 1 << 20, requestTimeoutSeconds: 10,
+            failoverTimeoutSeconds: 5, transport: .rdma))   // software-emulated guest: slow completions
         defer { memory.close() }
         XCTAssertTrue(memory.usesRDMA)
         let region = try memory.allocate(bytes: 8 << 20)

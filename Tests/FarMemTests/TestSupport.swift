@@ -30,7 +30,10 @@ final class ServerProcess {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("farmemd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let portFile = directory.appendingPathComponent("port").path
-        var arguments = ["--listen", "\(host):0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning"]
+        // --die-with-parent: a test process that crashes takes its servers with it
+        // (a SIGSTOPped one included), so nothing holds the test run's output open.
+        var arguments = ["--listen", "\(host):0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning",
+                         "--die-with-parent"]
         if let token {
             let tokenPath = directory.appendingPathComponent("token").path
             try (token + "\n").write(toFile: tokenPath, atomically: true, encoding: .utf8)

@@ -126,6 +126,11 @@ void fm_uffd_floor_stop(struct fm_uffd_floor *floor);
 /// Test support: fork; the child reads one byte at `address` and exits 0.
 /// Returns the child's raw wait status or -errno.
 int fm_fork_and_read(uint64_t address);
+
+/// prctl(PR_SET_PDEATHSIG, SIGKILL): this process is killed when the thread
+/// that started it exits (even if it is stopped). Returns 0, or -ESRCH when
+/// the parent is already gone.
+int fm_die_with_parent(void);
 /// Keeps the optimizer from deleting a benchmark's touch loop.
 void fm_sink(uint64_t value);
 /// Monotonic clock in nanoseconds.
