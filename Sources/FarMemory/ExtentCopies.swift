@@ -17,26 +17,42 @@ final class ExtentCopies: @unchecked Sendable {
     let extentCount: Int
     private let words: UnsafeMutablePointer<UInt64>   // 4 per extent
 
-    init(pageCount: Int, initialHolders: (Int) -> Placement.ServerSet) {
+    init(pageCount: Int, regionServers: Placement.ServerSet, initialHolders: (Int) -> Placement.ServerSet) {
         self.pageCount = pageCount
         extentCount = (pageCount + Placement.extentPages - 1) / Placement.extentPages
         words = .allocate(capacity: extentCount * 4)
         words.initialize(repeating: 0, count: extentCount * 4)
         for extent in 0..<extentCount { words[extent * 4] = initialHolders(extent) }
-        closedFlag.initialize(to: 0)
+        regionWords.initialize(to: 0)
+        (regionWords + 1).initialize(to: regionServers)
     }
 
     deinit {
         words.deallocate()
-        closedFlag.deallocate()
+        regionWords.deallocate()
     }
 
-    private let closedFlag = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    /// [0]: closed by this client; [1]: the servers the region exists on.
+    private let regionWords = UnsafeMutablePointer<UInt64>.allocate(capacity: 2)
 
     /// Closed by this client: its pages being gone on a server says nothing
     /// about the server (a write-back that raced the close).
-    var isClosed: Bool { fm_atomic_load_sc_u64(closedFlag) != 0 }
-    func markClosed() { _ = fm_atomic_or_sc_u64(closedFlag, 1) }
+    var isClosed: Bool { fm_atomic_load_sc_u64(regionWords) != 0 }
+    func markClosed() { _ = fm_atomic_or_sc_u64(regionWords, 1) }
+
+    /// The servers the region was created on (a repair creates it on more).
+    var regionServers: Placement.ServerSet { fm_atomic_load_sc_u64(regionWords + 1) }
+    func addRegionServer(_ server: Int) { _ = fm_atomic_or_sc_u64(regionWords + 1, 1 << UInt64(server)) }
+
+    /// A server rejoins empty: it holds no copy, no region, nothing joining.
+    func forget(_ server: Int) {
+        let keep = ~(UInt64(1) << UInt64(server))
+        _ = fm_atomic_and_sc_u64(regionWords + 1, keep)
+        for extent in 0..<extentCount {
+            _ = fm_atomic_and_sc_u64(words + extent * 4, keep)
+            _ = fm_atomic_and_sc_u64(words + extent * 4 + 1, keep)
+        }
+    }
 
     @inline(__always) func holders(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(words + extent * 4) }
     @inline(__always) func joining(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(words + extent * 4 + 1) }

@@ -83,7 +83,7 @@ public final class FarMemory: @unchecked Sendable {
         guard Set(servers.map(\.description)).count == servers.count else {
             throw .invalidArgument("a memory server is listed twice: \(servers.map(\.description).joined(separator: ","))")
         }
-        let membership = ClusterMembership(servers: servers, logger: logger)
+        let membership = ClusterMembership(servers: servers, sessionKey: key, logger: logger)
         self.membership = membership
         let connections = servers.enumerated().map { member, endpoint in
             ServerConnections(endpoint: endpoint, member: member, configuration: configuration, sessionKey: key,
@@ -119,21 +119,35 @@ public final class FarMemory: @unchecked Sendable {
         // other copies are the retry, so each server gets one attempt.
         let placement = Placement(servers: servers.map(\.description), replicas: configuration.replicas)
         let attemptWindow = servers.count == 1 ? configuration.retryWindowSeconds : 0
-        func store(_ link: (ServerConnections) -> ServerLink, exposes: Bool = false) -> PageStore {
+        let pageTimeout = servers.count > 1 ? configuration.failoverTimeoutSeconds : configuration.requestTimeoutSeconds
+        /// A fresh TCP store for a rejoined server's new session (see ClusterMembership).
+        func rejoinedMember(counters: PagerCounters, timeout: Double) -> (Int, [UInt8]) -> ServerPageStore {
+            { server, key in
+                ServerPageStore(link: ServerLink(endpoint: servers[server], configuration: configuration, sessionKey: key,
+                                                 counters: counters, timeoutSeconds: timeout),
+                                member: server, retryWindowSeconds: attemptWindow)
+            }
+        }
+        func store(_ link: (ServerConnections) -> ServerLink, counters: PagerCounters, timeout: Double, exposes: Bool = false) -> PageStore {
             let members = connections.map { server in
                 ServerPageStore(link: link(server), member: server.member, retryWindowSeconds: attemptWindow,
                                 exposesForRDMA: exposes && server.usesRDMA,
                                 onExposeFailure: { [logger] id, why in logger.error("region \(id) is not exposed for RDMA on \(server.endpoint) (\(why)); its pages move over TCP") })
             }
-            return members.count == 1 ? members[0] : ReplicatedPageStore(members: members, membership: membership, placement: placement)
+            return members.count == 1 ? members[0]
+                : ReplicatedPageStore(members: members, membership: membership, placement: placement,
+                                      makeMember: rejoinedMember(counters: counters, timeout: timeout))
         }
-        control = Mutex(ControlStoreBox(store: store(\.control, exposes: true), connections: connections))
+        control = Mutex(ControlStoreBox(store: store(\.control, counters: PagerCounters(), timeout: configuration.requestTimeoutSeconds,
+                                                     exposes: true), connections: connections))
         var started: [PagerShard] = []
         do {
             for index in 0..<shardCount {
                 started.append(try PagerShard(index: index, budgetPages: configuration.budgetPages / shardCount,
-                                              configuration: configuration, faultStore: store { $0.faultLinks[index] },
-                                              writeStore: store { $0.writeLinks[index] }, counters: shardCounters[index], logger: logger))
+                                              configuration: configuration,
+                                              faultStore: store({ $0.faultLinks[index] }, counters: shardCounters[index], timeout: pageTimeout),
+                                              writeStore: store({ $0.writeLinks[index] }, counters: shardCounters[index], timeout: pageTimeout),
+                                              counters: shardCounters[index], logger: logger))
             }
         } catch {
             for shard in started { shard.stop() }
@@ -142,7 +156,8 @@ public final class FarMemory: @unchecked Sendable {
         shards = started
         if servers.count > 1 {
             let members = connections.map { ServerPageStore(link: $0.repairLink, member: $0.member, retryWindowSeconds: 0) }
-            let worker = RepairWorker(members: members, membership: membership, placement: placement, logger: logger) {
+            let worker = RepairWorker(members: members, membership: membership, placement: placement, logger: logger,
+                                      makeMember: rejoinedMember(counters: PagerCounters(), timeout: configuration.requestTimeoutSeconds)) {
                 [unowned self] in self.openStoreRegions()
             }
             worker.start()
@@ -249,10 +264,15 @@ public final class FarMemory: @unchecked Sendable {
 
     /// Each live memory server's figures, and this client's share of them.
     public func serverStatisticsByServer() throws(FarMemoryError) -> [(server: TCPSocket.Endpoint, stats: ServerStats)] {
-        let replies = control.withLock { box in
-            box.connections.filter { membership.isUp($0.member) }.map { server in
-                (server.endpoint, Result { () throws(ServerLink.LinkError) in try server.control.exchange(.stats, []) })
+        // In a cluster through the control store: its links follow a rejoined
+        // server's new session, where this client's pages are now.
+        let servers = configuration.servers
+        let replies: [(TCPSocket.Endpoint, Result<[UInt8], ServerLink.LinkError>)] = control.withLock { box in
+            if let cluster = box.store as? ReplicatedPageStore {
+                return cluster.statisticsReplies().map { (servers[$0.server], .success($0.reply)) }
             }
+            let server = box.connections[0]
+            return [(server.endpoint, Result { () throws(ServerLink.LinkError) in try server.control.exchange(.stats, []) })]
         }
         var result: [(server: TCPSocket.Endpoint, stats: ServerStats)] = []
         for (endpoint, reply) in replies {

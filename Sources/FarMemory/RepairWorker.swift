@@ -5,13 +5,19 @@ import Synchronization
 /// Restores the second copy by itself. Every 100 ms it looks for extents with
 /// fewer live copies than wanted (a server was marked down) and copies each
 /// to the live server the hash now picks: the pages that are not zeros, read
-/// from a live holder, written to the new server; then the new server becomes
-/// a holder. The protocol with concurrent writes is `ExtentCopies`'. It runs
-/// on its own thread with its own link to each server, sleeps between
+/// from a live holder, written to the new server (the region is created there
+/// first if need be); then the new server becomes a holder. The protocol with
+/// concurrent writes is `ExtentCopies`'. Every 5 s it asks the servers marked
+/// down whether they answer again, on a new session: one that does rejoins
+/// empty (`ClusterMembership.rejoin`) and is a repair target from then on. It
+/// runs on its own thread with its own link to each server, sleeps between
 /// extents so application faults keep priority, and never touches region
 /// memory (it moves page data between servers only).
 final class RepairWorker: @unchecked Sendable {
-    private let members: [ServerPageStore]
+    private var members: [ServerPageStore]
+    private var memberIncarnations: [UInt64]
+    private let makeMember: (Int, [UInt8]) -> ServerPageStore
+    private var nextRejoinProbe = 0.0
     private let membership: ClusterMembership
     private let placement: Placement
     /// The open regions (a snapshot each round).
@@ -26,9 +32,11 @@ final class RepairWorker: @unchecked Sendable {
     let pagesRepaired = Atomic<UInt64>(0)
     let extentsRepaired = Atomic<UInt64>(0)
 
-    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
-         logger: Logger, regions: @escaping @Sendable () -> [StoreRegion]) {
+    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger,
+         makeMember: @escaping (Int, [UInt8]) -> ServerPageStore, regions: @escaping @Sendable () -> [StoreRegion]) {
         self.members = members
+        self.makeMember = makeMember
+        memberIncarnations = members.indices.map { membership.incarnation($0) }
         self.membership = membership
         self.placement = placement
         self.logger = logger
@@ -52,6 +60,7 @@ final class RepairWorker: @unchecked Sendable {
     private func run() {
         while running.load(ordering: .relaxed) {
             _ = condition.wait(until: { !running.load(ordering: .relaxed) }, timeoutMilliseconds: 100)
+            probeDownServers()
             repairRound()
         }
     }
@@ -63,6 +72,39 @@ final class RepairWorker: @unchecked Sendable {
         return (0..<copies.extentCount).reduce(0) { $0 + ((copies.holders($1) & live).nonzeroBitCount < placement.replicas ? 1 : 0) }
     }
 
+    /// This worker's store for `server`, on its current incarnation's session.
+    private func member(_ server: Int) -> ServerPageStore {
+        let current = membership.incarnation(server)
+        if current != memberIncarnations[server] {
+            members[server].link.close()
+            members[server] = makeMember(server, membership.sessionKey(server))
+            memberIncarnations[server] = current
+        }
+        return members[server]
+    }
+
+    /// Every 5 s, each server marked down is asked for its statistics on a new
+    /// session; one that answers forgets every old copy, then rejoins.
+    private func probeDownServers() {
+        guard monotonicSeconds() >= nextRejoinProbe else { return }
+        nextRejoinProbe = monotonicSeconds() + 5
+        let live = membership.live
+        for server in members.indices where live & (1 << UInt64(server)) == 0 {
+            var generator = SystemRandomNumberGenerator()
+            let key = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let fresh = makeMember(server, key)
+            guard fresh.probe() else {
+                fresh.link.close()
+                continue
+            }
+            for region in regions() { region.copies?.forget(server) }
+            membership.rejoin(server, key: key)
+            members[server].link.close()
+            members[server] = fresh
+            memberIncarnations[server] = membership.incarnation(server)
+        }
+    }
+
     private func repairRound() {
         for region in regions() {
             guard let copies = region.copies else { continue }
@@ -72,7 +114,7 @@ final class RepairWorker: @unchecked Sendable {
                 let holders = copies.holders(extent) & live
                 // None left: nothing to copy from (its pages raise SIGBUS when touched).
                 guard holders != 0, holders.nonzeroBitCount < placement.replicas else { continue }
-                let candidates = live & region.members & ~holders
+                let candidates = live & ~holders
                 guard candidates != 0 else { continue }   // no live server to put a copy on
                 let target = placement.replicaSet(region: region.id, extent: extent, among: candidates)[0]
                 if repair(region, copies, extent: extent, to: target) {
@@ -85,6 +127,20 @@ final class RepairWorker: @unchecked Sendable {
 
     /// Copies one extent to `target`; true when `target` became a holder.
     private func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
+        // A rejoined server has none of the regions yet.
+        if copies.regionServers & (1 << UInt64(target)) == 0 {
+            do {
+                _ = try member(target).createRegion(id: region.id, pageCount: copies.pageCount)
+                copies.addRegionServer(target)
+            } catch {
+                if case .refused(let refusal) = error, refusal.code == .regionExists {
+                    copies.addRegionServer(target)
+                } else {
+                    logger.warning("repair: region \(region.id) cannot be created on \(membership.servers[target]): \(error)")
+                    return false
+                }
+            }
+        }
         copies.startJoining(extent, target)
         for _ in 0..<5 {
             // Copy only while no write to the extent is under way...
@@ -122,10 +178,10 @@ final class RepairWorker: @unchecked Sendable {
             let source = holders[0]
             let landed: UnsafeRawPointer
             do {
-                landed = try members[source].read(region, pages: UnsafeBufferPointer(start: pageList, count: count), into: buffer)
+                landed = try member(source).read(region, pages: UnsafeBufferPointer(start: pageList, count: count), into: buffer)
             } catch {
                 if case .regionGone = error { return false }
-                membership.markDown(source, reason: "a repair read failed: \(error)")
+                membership.markDown(source, reason: "a repair read failed: \(error)", incarnation: memberIncarnations[source])
                 return false
             }
             // Zero pages read as zeros on the new server without being written.
@@ -139,12 +195,12 @@ final class RepairWorker: @unchecked Sendable {
             }
             if kept > 0 {
                 do {
-                    try members[target].write(region, pages: UnsafeBufferPointer(start: pageList, count: kept)) { i in
+                    try member(target).write(region, pages: UnsafeBufferPointer(start: pageList, count: kept)) { i in
                         UnsafeRawPointer(buffer + i * 4096)
                     }
                 } catch {
                     if case .regionGone = error { return false }
-                    membership.markDown(target, reason: "a repair write failed: \(error)")
+                    membership.markDown(target, reason: "a repair write failed: \(error)", incarnation: memberIncarnations[target])
                     return false
                 }
                 _ = pagesRepaired.add(UInt64(kept), ordering: .relaxed)

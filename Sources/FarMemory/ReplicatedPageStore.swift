@@ -8,14 +8,34 @@ import FarMemProtocol
 /// no copy could be written. A server that fails is marked down for good.
 /// One instance per pager thread, one `ServerPageStore` per server inside it.
 final class ReplicatedPageStore: PageStore {
-    private let members: [ServerPageStore]
+    private var members: [ServerPageStore]
+    /// The incarnation each member's link belongs to (see ClusterMembership).
+    private var memberIncarnations: [UInt64]
+    /// A new link to `server` on session `key`, for a rejoined incarnation.
+    private let makeMember: (Int, [UInt8]) -> ServerPageStore
     private let membership: ClusterMembership
     private let placement: Placement
 
-    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement) {
+    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
+         makeMember: @escaping (Int, [UInt8]) -> ServerPageStore) {
         self.members = members
         self.membership = membership
         self.placement = placement
+        self.makeMember = makeMember
+        memberIncarnations = members.indices.map { membership.incarnation($0) }
+    }
+
+    /// This thread's store for `server`, on its current incarnation's session
+    /// (the link of an earlier one is closed and replaced: allocates, once per rejoin).
+    @inline(__always)
+    private func member(_ server: Int) -> ServerPageStore {
+        let current = membership.incarnation(server)
+        if current != memberIncarnations[server] {
+            members[server].link.close()
+            members[server] = makeMember(server, membership.sessionKey(server))
+            memberIncarnations[server] = current
+        }
+        return members[server]
     }
 
     /// Calls `body` for each run of `pages` that lies in one extent: the
@@ -33,16 +53,20 @@ final class ReplicatedPageStore: PageStore {
         }
     }
 
-    /// The live servers holding a current copy of the extent, best first.
+    /// The live servers holding a current copy of the extent, best first. The
+    /// live set is loaded first: a server seen up after a rejoin is then seen
+    /// without its old copies (they are forgotten before it comes up).
     private func replicas(_ region: StoreRegion, _ extent: Int) -> ReplicaList {
+        let live = membership.live
         let holders = region.copies?.holders(extent) ?? region.members
-        return placement.replicaSet(region: region.id, extent: extent, among: holders & membership.live)
+        return placement.replicaSet(region: region.id, extent: extent, among: holders & live)
     }
 
     /// Where a write or discard of the extent goes: every live holder, and a
     /// server a repair is filling.
     private func writeTargets(_ region: StoreRegion, _ extent: Int) -> ReplicaList {
-        ReplicaList((region.copies?.writeTargets(extent) ?? region.members) & membership.live)
+        let live = membership.live
+        return ReplicaList((region.copies?.writeTargets(extent) ?? region.members) & live)
     }
 
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
@@ -63,7 +87,7 @@ final class ReplicatedPageStore: PageStore {
         var failure: StoreError?
         for i in 0..<copies.count {
             do {
-                return try members[copies[i]].read(region, pages: pages, into: buffer)
+                return try member(copies[i]).read(region, pages: pages, into: buffer)
             } catch {
                 failed(copies[i], error, region)
                 failure = error
@@ -87,7 +111,7 @@ final class ReplicatedPageStore: PageStore {
             var started: UInt8 = 0   // a bit per copy whose first half went out
             for i in 0..<copies.count where membership.isUp(copies[i]) {
                 do throws(StoreError) {
-                    let request = try members[copies[i]].startWrite(region, pages: run) { source(first + $0) }
+                    let request = try member(copies[i]).startWrite(region, pages: run) { source(first + $0) }
                     switch i {
                     case 0: pending.0 = request
                     case 1: pending.1 = request
@@ -109,7 +133,7 @@ final class ReplicatedPageStore: PageStore {
                 default: request = pending.3
                 }
                 do throws(StoreError) {
-                    if let request { try members[copies[i]].finishWrite(request, count: run.count) }
+                    if let request { try member(copies[i]).finishWrite(request, count: run.count) }
                     // Only a copy reads can reach counts: not a server a repair is
                     // still filling, nor one another thread fenced meanwhile.
                     let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
@@ -135,7 +159,7 @@ final class ReplicatedPageStore: PageStore {
             region.copies?.beginWrite(extent)
             let copies = writeTargets(region, extent)
             for i in 0..<copies.count where membership.isUp(copies[i]) {
-                do { try members[copies[i]].discard(region, first: page, count: end - page) } catch { failed(copies[i], error, region) }
+                do { try member(copies[i]).discard(region, first: page, count: end - page) } catch { failed(copies[i], error, region) }
             }
             region.copies?.endWrite(extent)
             page = end
@@ -150,7 +174,7 @@ final class ReplicatedPageStore: PageStore {
         var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.count), members: 0)
         for server in members.indices where membership.isUp(server) {
             do {
-                let made = try members[server].createRegion(id: id, pageCount: pageCount)
+                let made = try member(server).createRegion(id: id, pageCount: pageCount)
                 created.remotes[server] = made.remote(on: server)
                 created.members |= 1 << UInt64(server)
             } catch {
@@ -165,7 +189,7 @@ final class ReplicatedPageStore: PageStore {
         }
         guard created.members != 0 else { throw .unavailable("no memory server of the cluster answers") }
         let members = created.members
-        created.copies = ExtentCopies(pageCount: pageCount) { extent in
+        created.copies = ExtentCopies(pageCount: pageCount, regionServers: members) { extent in
             self.placement.replicaSet(region: id, extent: extent, among: members).mask
         }
         return created
@@ -173,17 +197,18 @@ final class ReplicatedPageStore: PageStore {
 
     func dropRegion(_ region: StoreRegion) {
         region.copies?.markClosed()
-        for server in members.indices where region.members & (1 << UInt64(server)) != 0 && membership.isUp(server) {
-            members[server].dropRegion(region)
+        let on = region.copies?.regionServers ?? region.members
+        for server in members.indices where on & (1 << UInt64(server)) != 0 && membership.isUp(server) {
+            member(server).dropRegion(region)
         }
     }
 
-    func probe() -> Bool { members.indices.contains { membership.isUp($0) && members[$0].probe() } }
+    func probe() -> Bool { members.indices.contains { membership.isUp($0) && member($0).probe() } }
 
     /// Each live server's STATS reply.
     func statisticsReplies() -> [(server: Int, reply: [UInt8])] {
         members.indices.compactMap { server in
-            guard membership.isUp(server), let reply = try? members[server].statistics() else { return nil }
+            guard membership.isUp(server), let reply = try? member(server).statistics() else { return nil }
             return (server, reply)
         }
     }
@@ -194,12 +219,13 @@ final class ReplicatedPageStore: PageStore {
     private func failed(_ server: Int, _ error: StoreError, _ region: StoreRegion) {
         // The region closed here while a request was on its way: not the server's fault.
         if case .regionGone = error, region.copies?.isClosed == true { return }
+        let reason: String
         switch error {
-        case .unavailable(let text): membership.markDown(server, reason: text)
-        case .regionGone(let refusal): membership.markDown(server, reason: "it lost the region: \(refusal)")
-        case .refused(let refusal): membership.markDown(server, reason: "it refused: \(refusal)")
-        case .lost(let text): membership.markDown(server, reason: text)
+        case .unavailable(let text), .lost(let text): reason = text
+        case .regionGone(let refusal): reason = "it lost the region: \(refusal)"
+        case .refused(let refusal): reason = "it refused: \(refusal)"
         }
+        membership.markDown(server, reason: reason, incarnation: memberIncarnations[server])
         members[server].link.close()
     }
 }

@@ -143,6 +143,35 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 
+    /// A server killed and restarted empty on its address rejoins (as a new,
+    /// empty incarnation) and, when another server dies, receives extents.
+    func testARestartedServerRejoinsEmptyAndReceivesExtents() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 16 << 20)
+        let pattern = PagePattern(seed: 98)
+        fill(region, pattern)
+        func waitUntil(_ what: String, _ done: () -> Bool) -> Bool {
+            let deadline = Date().addingTimeInterval(30)
+            while !done(), Date() < deadline { usleep(50_000) }
+            if !done() { XCTFail("not within 30 s: \(what): \(memory.statistics)") }
+            return done()
+        }
+        let port = servers[1].endpoint.port
+        servers[1].kill()
+        XCTAssertEqual(mismatches(region, pattern), [])
+        guard waitUntil("repaired after the first kill", { memory.statistics.underReplicatedExtents == 0 }) else { return }
+        servers[1] = try ServerProcess(capacity: "64MiB", port: port)
+        guard waitUntil("the restarted server rejoins", { memory.statistics.serversDown == 0 }) else { return }
+        servers[2].kill()
+        XCTAssertEqual(mismatches(region, pattern), [], "read from the surviving copies")
+        guard waitUntil("repaired onto the rejoined server", { memory.statistics.underReplicatedExtents == 0 }) else { return }
+        let rejoined = try memory.serverStatisticsByServer().first { $0.server == servers[1].endpoint }
+        XCTAssertGreaterThan(rejoined?.stats.sessionStoredPages ?? 0, 0, "the rejoined server holds copies now")
+        XCTAssertEqual(mismatches(region, pattern), [])
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
+
     func testAStoppedServerIsNeverReadAgainAfterItContinues() throws {
         let memory = try makeMemory()
         defer { memory.close() }

@@ -26,13 +26,15 @@ final class ServerProcess {
     let endpoint: TCPSocket.Endpoint
     private let directory: URL
 
-    init(capacity: String = "256MiB", token: String? = nil, host: String = "127.0.0.1", extra: [String] = []) throws {
+    /// `port` 0 picks a free one; a fixed one restarts a server where it was.
+    init(capacity: String = "256MiB", token: String? = nil, host: String = "127.0.0.1", port: UInt16 = 0,
+         extra: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("farmemd-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let portFile = directory.appendingPathComponent("port").path
         // --die-with-parent: a test process that crashes takes its servers with it
         // (a SIGSTOPped one included), so nothing holds the test run's output open.
-        var arguments = ["--listen", "\(host):0", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning",
+        var arguments = ["--listen", "\(host):\(port)", "--capacity", capacity, "--port-file", portFile, "--log-level", "warning",
                          "--die-with-parent"]
         if let token {
             let tokenPath = directory.appendingPathComponent("token").path
