@@ -14,8 +14,7 @@ import Synchronization
 /// extents so application faults keep priority, and never touches region
 /// memory (it moves page data between servers only).
 final class RepairWorker: @unchecked Sendable {
-    private var members: [ServerPageStore]
-    private var memberIncarnations: [UInt64]
+    private var members: MemberStores
     private let makeMember: (Int, [UInt8]) -> ServerPageStore
     private var nextRejoinProbe = 0.0
     private let membership: ClusterMembership
@@ -34,9 +33,8 @@ final class RepairWorker: @unchecked Sendable {
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger,
          makeMember: @escaping (Int, [UInt8]) -> ServerPageStore, regions: @escaping @Sendable () -> [StoreRegion]) {
-        self.members = members
+        self.members = MemberStores(members, membership: membership, make: makeMember)
         self.makeMember = makeMember
-        memberIncarnations = members.indices.map { membership.incarnation($0) }
         self.membership = membership
         self.placement = placement
         self.logger = logger
@@ -73,15 +71,7 @@ final class RepairWorker: @unchecked Sendable {
     }
 
     /// This worker's store for `server`, on its current incarnation's session.
-    private func member(_ server: Int) -> ServerPageStore {
-        let current = membership.incarnation(server)
-        if current != memberIncarnations[server] {
-            members[server].link.close()
-            members[server] = makeMember(server, membership.sessionKey(server))
-            memberIncarnations[server] = current
-        }
-        return members[server]
-    }
+    private func member(_ server: Int) -> ServerPageStore { members.store(server) }
 
     /// Every 5 s, each server marked down is asked for its statistics on a new
     /// session; one that answers forgets every old copy, then rejoins.
@@ -99,9 +89,7 @@ final class RepairWorker: @unchecked Sendable {
             }
             for region in regions() { region.copies?.forget(server) }
             membership.rejoin(server, key: key)
-            members[server].link.close()
-            members[server] = fresh
-            memberIncarnations[server] = membership.incarnation(server)
+            members.replace(server, with: fresh, incarnation: membership.incarnation(server))
         }
     }
 
@@ -181,7 +169,7 @@ final class RepairWorker: @unchecked Sendable {
                 landed = try member(source).read(region, pages: UnsafeBufferPointer(start: pageList, count: count), into: buffer)
             } catch {
                 if case .regionGone = error { return false }
-                membership.markDown(source, reason: "a repair read failed: \(error)", incarnation: memberIncarnations[source])
+                membership.markDown(source, reason: "a repair read failed: \(error)", incarnation: members.incarnations[source])
                 return false
             }
             // Zero pages read as zeros on the new server without being written.
@@ -200,7 +188,7 @@ final class RepairWorker: @unchecked Sendable {
                     }
                 } catch {
                     if case .regionGone = error { return false }
-                    membership.markDown(target, reason: "a repair write failed: \(error)", incarnation: memberIncarnations[target])
+                    membership.markDown(target, reason: "a repair write failed: \(error)", incarnation: members.incarnations[target])
                     return false
                 }
                 _ = pagesRepaired.add(UInt64(kept), ordering: .relaxed)

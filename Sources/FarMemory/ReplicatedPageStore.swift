@@ -8,35 +8,20 @@ import FarMemProtocol
 /// no copy could be written. A server that fails is marked down for good.
 /// One instance per pager thread, one `ServerPageStore` per server inside it.
 final class ReplicatedPageStore: PageStore {
-    private var members: [ServerPageStore]
-    /// The incarnation each member's link belongs to (see ClusterMembership).
-    private var memberIncarnations: [UInt64]
-    /// A new link to `server` on session `key`, for a rejoined incarnation.
-    private let makeMember: (Int, [UInt8]) -> ServerPageStore
+    private var members: MemberStores
     private let membership: ClusterMembership
     private let placement: Placement
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
          makeMember: @escaping (Int, [UInt8]) -> ServerPageStore) {
-        self.members = members
+        self.members = MemberStores(members, membership: membership, make: makeMember)
         self.membership = membership
         self.placement = placement
-        self.makeMember = makeMember
-        memberIncarnations = members.indices.map { membership.incarnation($0) }
     }
 
-    /// This thread's store for `server`, on its current incarnation's session
-    /// (the link of an earlier one is closed and replaced: allocates, once per rejoin).
+    /// This thread's store for `server`, on its current incarnation's session.
     @inline(__always)
-    private func member(_ server: Int) -> ServerPageStore {
-        let current = membership.incarnation(server)
-        if current != memberIncarnations[server] {
-            members[server].link.close()
-            members[server] = makeMember(server, membership.sessionKey(server))
-            memberIncarnations[server] = current
-        }
-        return members[server]
-    }
+    private func member(_ server: Int) -> ServerPageStore { members.store(server) }
 
     /// Calls `body` for each run of `pages` that lies in one extent: the
     /// index of its first page, and the run.
@@ -171,7 +156,7 @@ final class ReplicatedPageStore: PageStore {
     /// marked down and left out; one that refuses (full) fails the whole
     /// allocation, after the servers already done drop it again.
     func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {
-        var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.count), members: 0)
+        var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.indices.count), members: 0)
         for server in members.indices where membership.isUp(server) {
             do {
                 let made = try member(server).createRegion(id: id, pageCount: pageCount)
@@ -225,7 +210,7 @@ final class ReplicatedPageStore: PageStore {
         case .regionGone(let refusal): reason = "it lost the region: \(refusal)"
         case .refused(let refusal): reason = "it refused: \(refusal)"
         }
-        membership.markDown(server, reason: reason, incarnation: memberIncarnations[server])
-        members[server].link.close()
+        membership.markDown(server, reason: reason, incarnation: members.incarnations[server])
+        members.stores[server].link.close()
     }
 }

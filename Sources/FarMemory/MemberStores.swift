@@ -1,0 +1,36 @@
+/// One thread's store for each server of a cluster, each on its server's
+/// current incarnation: when a server rejoins (see `ClusterMembership`), the
+/// link of the earlier incarnation is closed and a new one made, on the new
+/// session (an allocation, once per rejoin). Owned by one thread.
+struct MemberStores {
+    private(set) var stores: [ServerPageStore]
+    /// The incarnation each store's link belongs to.
+    private(set) var incarnations: [UInt64]
+    private let membership: ClusterMembership
+    /// A new link to `server` on session `key`.
+    private let make: (Int, [UInt8]) -> ServerPageStore
+
+    init(_ stores: [ServerPageStore], membership: ClusterMembership, make: @escaping (Int, [UInt8]) -> ServerPageStore) {
+        self.stores = stores
+        self.membership = membership
+        self.make = make
+        incarnations = stores.indices.map { membership.incarnation($0) }
+    }
+
+    var indices: Range<Int> { stores.indices }
+
+    /// The store for `server` on its current incarnation.
+    @inline(__always)
+    mutating func store(_ server: Int) -> ServerPageStore {
+        let current = membership.incarnation(server)
+        if current != incarnations[server] { replace(server, with: make(server, membership.sessionKey(server)), incarnation: current) }
+        return stores[server]
+    }
+
+    /// Puts `store` in for `server` (closing the old link).
+    mutating func replace(_ server: Int, with store: ServerPageStore, incarnation: UInt64) {
+        stores[server].link.close()
+        stores[server] = store
+        incarnations[server] = incarnation
+    }
+}
