@@ -16,8 +16,13 @@ final class ClusterMembership: @unchecked Sendable {
     private let down = Atomic<UInt64>(0)
     /// Per server: bumped at each rejoin (stores swap their links when it changes).
     private let incarnations: UnsafeMutablePointer<UInt64>
-    /// Per server: the session key of its current incarnation.
+    /// Per server: the session key of its current incarnation. Its lock also
+    /// serializes markDown with rejoin (a late failure of an old incarnation
+    /// must not fence the new one between its check and its mark).
     private let keys: Mutex<[[UInt8]]>
+    /// Bumped at every rejoin: a request that saw another value may hold a
+    /// snapshot of copies from before it (see ReplicatedPageStore).
+    private let rejoins = Atomic<UInt64>(0)
     private let logger: Logger
 
     init(servers: [TCPSocket.Endpoint], sessionKey: [UInt8], logger: Logger) {
@@ -41,6 +46,10 @@ final class ClusterMembership: @unchecked Sendable {
 
     var downCount: Int { down.load(ordering: .relaxed).nonzeroBitCount }
 
+    /// Rejoins so far. Load it before `live`: if it has changed when a request
+    /// is about to use a server, its snapshot of copies may predate a rejoin.
+    var rejoinCount: UInt64 { rejoins.load(ordering: .sequentiallyConsistent) }
+
     @inline(__always) func incarnation(_ server: Int) -> UInt64 { fm_atomic_load_sc_u64(incarnations + server) }
 
     func sessionKey(_ server: Int) -> [UInt8] { keys.withLock { $0[server] } }
@@ -49,9 +58,12 @@ final class ClusterMembership: @unchecked Sendable {
     /// failure of an earlier incarnation's link says nothing of the new one);
     /// the first caller logs why.
     func markDown(_ server: Int, reason: String, incarnation: UInt64? = nil) {
-        if let incarnation, incarnation != self.incarnation(server) { return }
-        let (before, _) = down.bitwiseOr(UInt64(1) << UInt64(server), ordering: .sequentiallyConsistent)
-        guard before & (UInt64(1) << UInt64(server)) == 0 else { return }
+        let marked = keys.withLock { _ -> Bool in
+            if let incarnation, incarnation != self.incarnation(server) { return false }
+            let (before, _) = down.bitwiseOr(UInt64(1) << UInt64(server), ordering: .sequentiallyConsistent)
+            return before & (UInt64(1) << UInt64(server)) == 0
+        }
+        guard marked else { return }
         logger.error("memory server \(servers[server]) marked down (\(reason)): its pages are read from their other copies; it rejoins empty if it answers again")
     }
 
@@ -59,9 +71,12 @@ final class ClusterMembership: @unchecked Sendable {
     /// already removed it from every extent's copies; from now on it is up, as
     /// a new incarnation holding nothing.
     func rejoin(_ server: Int, key: [UInt8]) {
-        keys.withLock { $0[server] = key }
-        _ = fm_atomic_add_sc_u64(incarnations + server, 1)
-        _ = down.bitwiseAnd(~(UInt64(1) << UInt64(server)), ordering: .sequentiallyConsistent)
+        keys.withLock {
+            $0[server] = key
+            _ = rejoins.add(1, ordering: .sequentiallyConsistent)
+            _ = fm_atomic_add_sc_u64(incarnations + server, 1)
+            _ = down.bitwiseAnd(~(UInt64(1) << UInt64(server)), ordering: .sequentiallyConsistent)
+        }
         logger.notice("memory server \(servers[server]) answers again: it rejoins as an empty server")
     }
 }

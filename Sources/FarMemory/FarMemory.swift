@@ -157,8 +157,8 @@ public final class FarMemory: @unchecked Sendable {
         if servers.count > 1 {
             let members = connections.map { ServerPageStore(link: $0.repairLink, member: $0.member, retryWindowSeconds: 0) }
             let worker = RepairWorker(members: members, membership: membership, placement: placement, logger: logger,
-                                      makeMember: rejoinedMember(counters: PagerCounters(), timeout: configuration.requestTimeoutSeconds)) {
-                [unowned self] in self.openStoreRegions()
+                                      makeMember: rejoinedMember(counters: PagerCounters(), timeout: pageTimeout)) {
+                [weak self] in self?.openStoreRegions() ?? []
             }
             worker.start()
             repair = worker
@@ -305,7 +305,10 @@ public final class FarMemory: @unchecked Sendable {
         for id in open { close(regionID: id) }
         for shard in shards { shard.stop() }
         // Every link, the pager threads' too (they have stopped): each server ends our session.
-        control.withLock { box in for server in box.connections { server.close() } }
+        control.withLock { box in
+            box.store.closeConnections()
+            for server in box.connections { server.close() }
+        }
     }
 
     deinit { close() }

@@ -78,4 +78,7 @@ protocol PageStore: AnyObject {
 
     /// One cheap question, no retries: does the store answer now?
     func probe() -> Bool
+
+    /// Closes every connection (the owning thread has stopped).
+    func closeConnections()
 }

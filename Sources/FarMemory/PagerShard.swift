@@ -16,11 +16,16 @@ final class PagerShard: @unchecked Sendable {
     private let handler: FaultHandler
     private let evictor: Evictor
     private let handlerThread: PosixThread
+    /// Closed once both threads have stopped.
+    private let faultStore: PageStore
+    private let writeStore: PageStore
     private let evictorThread: PosixThread
 
     init(index: Int, budgetPages: Int, configuration: FarMemoryConfiguration, faultStore: PageStore, writeStore: PageStore,
          counters: PagerCounters, logger: Logger) throws(FarMemoryError) {
         self.counters = counters
+        self.faultStore = faultStore
+        self.writeStore = writeStore
         do {
             uffd = try Userfaultfd.open()
         } catch {
@@ -89,5 +94,7 @@ final class PagerShard: @unchecked Sendable {
         handlerThread.join()
         staging.unmap(uffd: uffd)
         uffd.close()
+        faultStore.closeConnections()
+        writeStore.closeConnections()
     }
 }

@@ -53,6 +53,7 @@ final class RepairWorker: @unchecked Sendable {
         condition.signal()
         thread?.join()
         thread = nil
+        for server in members.indices { members.stores[server].link.close() }
     }
 
     private func run() {
@@ -87,13 +88,23 @@ final class RepairWorker: @unchecked Sendable {
                 fresh.link.close()
                 continue
             }
-            for region in regions() { region.copies?.forget(server) }
+            // The old session (a stopped-then-continued server still has it) gives
+            // back its regions' reservations; a restarted server has none of it.
+            let old = makeMember(server, membership.sessionKey(server))
+            let open = regions()
+            for region in open { old.dropRegion(region) }
+            old.link.close()
+            for region in open { region.copies?.forget(server) }
             membership.rejoin(server, key: key)
             members.replace(server, with: fresh, incarnation: membership.incarnation(server))
         }
     }
 
+    /// Servers a region could not be created on this round (full, say).
+    private var unplaceable = Set<Int>()
+
     private func repairRound() {
+        unplaceable.removeAll()
         for region in regions() {
             guard let copies = region.copies else { continue }
             for extent in 0..<copies.extentCount {
@@ -117,29 +128,47 @@ final class RepairWorker: @unchecked Sendable {
     private func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
         // A rejoined server has none of the regions yet.
         if copies.regionServers & (1 << UInt64(target)) == 0 {
+            guard !unplaceable.contains(target) else { return false }
             do {
                 _ = try member(target).createRegion(id: region.id, pageCount: copies.pageCount)
-                copies.addRegionServer(target)
             } catch {
-                if case .refused(let refusal) = error, refusal.code == .regionExists {
-                    copies.addRegionServer(target)
-                } else {
+                if case .refused(let refusal) = error, refusal.code == .regionExists {} else {
+                    // Once a round per server: it may be full.
+                    unplaceable.insert(target)
                     logger.warning("repair: region \(region.id) cannot be created on \(membership.servers[target]): \(error)")
                     return false
                 }
             }
+            copies.addRegionServer(target)
+            // Closed meanwhile: its drop may have missed this server.
+            if copies.isClosed {
+                member(target).dropRegion(region)
+                return false
+            }
         }
         copies.startJoining(extent, target)
         for _ in 0..<5 {
-            // Copy only while no write to the extent is under way...
+            // Copy only while no write to the extent is under way (waiting 100 ms
+            // at most: a busy extent is tried again next round)...
             var writes = copies.writes(extent)
             var waited = 0
-            while writes.started != writes.finished, waited < 1000, running.load(ordering: .relaxed) {
+            while writes.started != writes.finished, waited < 100, running.load(ordering: .relaxed) {
                 sleepSeconds(0.001)
                 writes = copies.writes(extent)
                 waited += 1
             }
             guard writes.started == writes.finished else { continue }
+            // The target's extent emptied first (an earlier attempt may have left
+            // pages there), so the copy makes it exactly the source's.
+            do {
+                try member(target).discard(region, first: extent * Placement.extentPages,
+                                           count: min(Placement.extentPages, copies.pageCount - extent * Placement.extentPages))
+            } catch {
+                if case .regionGone = error {} else {
+                    membership.markDown(target, reason: "a repair discard failed: \(error)", incarnation: members.incarnations[target])
+                }
+                break
+            }
             guard copyExtent(region, copies, extent: extent, to: target) else { break }
             // ...and keep the copy only if none started meanwhile.
             if copies.writes(extent).started == writes.started, membership.isUp(target) {
@@ -159,6 +188,7 @@ final class RepairWorker: @unchecked Sendable {
         let end = min(first + Placement.extentPages, copies.pageCount)
         var page = first
         while page < end {
+            guard membership.isUp(target), running.load(ordering: .relaxed) else { return false }
             let count = min(256, end - page)
             for i in 0..<count { pageList[i] = UInt64(page + i) }
             let holders = placement.replicaSet(region: region.id, extent: extent, among: copies.holders(extent) & membership.live)

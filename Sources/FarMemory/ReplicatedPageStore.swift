@@ -68,18 +68,37 @@ final class ReplicatedPageStore: PageStore {
 
     private func readRun(_ region: StoreRegion, extent: Int, pages: UnsafeBufferPointer<UInt64>,
                          into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
-        let copies = replicas(region, extent)
         var failure: StoreError?
-        for i in 0..<copies.count {
-            do {
-                return try member(copies[i]).read(region, pages: pages, into: buffer)
-            } catch {
-                failed(copies[i], error, region)
-                failure = error
+        var snapshots = 0
+        snapshot: while true {
+            // The rejoin count first, then the copies: if it has moved when a
+            // copy's store is taken, the copies may predate a rejoin (a server
+            // that rejoined empty), so look again.
+            let epoch = membership.rejoinCount
+            let copies = replicas(region, extent)
+            for i in 0..<copies.count {
+                let (store, incarnation) = storeAndIncarnation(copies[i])
+                if membership.rejoinCount != epoch, snapshots < 8 {
+                    snapshots += 1
+                    continue snapshot
+                }
+                do {
+                    return try store.read(region, pages: pages, into: buffer)
+                } catch {
+                    failed(copies[i], error, region, incarnation: incarnation)
+                    failure = error
+                }
             }
+            throw .unavailable("no live server holds extent \(extent) of region \(region.id)"
+                + (failure.map { " (last error: \($0))" } ?? ": every copy was on servers marked down"))
         }
-        throw .unavailable("no live server holds extent \(extent) of region \(region.id)"
-            + (failure.map { " (last error: \($0))" } ?? ": every copy was on servers marked down"))
+    }
+
+    /// This thread's store for `server`, and the incarnation its link belongs to.
+    @inline(__always)
+    private func storeAndIncarnation(_ server: Int) -> (ServerPageStore, UInt64) {
+        let store = members.store(server)
+        return (store, members.incarnations[server])
     }
 
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
@@ -87,44 +106,37 @@ final class ReplicatedPageStore: PageStore {
         try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
             region.copies?.beginWrite(extent)
             defer { region.copies?.endWrite(extent) }
+            let epoch = membership.rejoinCount
             let copies = writeTargets(region, extent)
             var written = 0
             var failure: StoreError?
             // All copies on their way first, then every reply: the copies are
-            // written in parallel, in about the time of one.
-            var pending: (UInt32?, UInt32?, UInt32?, UInt32?) = (nil, nil, nil, nil)
-            var started: UInt8 = 0   // a bit per copy whose first half went out
+            // written in parallel, in about the time of one. Each copy's store is
+            // taken once, so its reply is read on the link its request went out on.
+            var pending: [(store: ServerPageStore, incarnation: UInt64, request: UInt32?)?] = [nil, nil, nil, nil]
             for i in 0..<copies.count where membership.isUp(copies[i]) {
+                let (store, incarnation) = storeAndIncarnation(copies[i])
+                // A rejoin since the targets were taken: this server is empty now; the
+                // repair (which waits for this write) fills it.
+                guard membership.rejoinCount == epoch else { continue }
                 do throws(StoreError) {
-                    let request = try member(copies[i]).startWrite(region, pages: run) { source(first + $0) }
-                    switch i {
-                    case 0: pending.0 = request
-                    case 1: pending.1 = request
-                    case 2: pending.2 = request
-                    default: pending.3 = request
-                    }
-                    started |= 1 << UInt8(i)
+                    let request = try store.startWrite(region, pages: run) { source(first + $0) }
+                    pending[i] = (store, incarnation, request)
                 } catch {
-                    failed(copies[i], error, region)
+                    failed(copies[i], error, region, incarnation: incarnation)
                     failure = error
                 }
             }
-            for i in 0..<copies.count where started & (1 << UInt8(i)) != 0 {
-                let request: UInt32?
-                switch i {
-                case 0: request = pending.0
-                case 1: request = pending.1
-                case 2: request = pending.2
-                default: request = pending.3
-                }
+            for i in 0..<copies.count {
+                guard let (store, incarnation, request) = pending[i] else { continue }
                 do throws(StoreError) {
-                    if let request { try member(copies[i]).finishWrite(request, count: run.count) }
+                    if let request { try store.finishWrite(request, count: run.count) }
                     // Only a copy reads can reach counts: not a server a repair is
                     // still filling, nor one another thread fenced meanwhile.
                     let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
-                    if holds, membership.isUp(copies[i]) { written += 1 }
+                    if holds, membership.isUp(copies[i]), membership.incarnation(copies[i]) == incarnation { written += 1 }
                 } catch {
-                    failed(copies[i], error, region)
+                    failed(copies[i], error, region, incarnation: incarnation)
                     failure = error
                 }
             }
@@ -142,9 +154,14 @@ final class ReplicatedPageStore: PageStore {
             let extent = Placement.extent(of: page)
             let end = min(first + count, (extent + 1) * Placement.extentPages)
             region.copies?.beginWrite(extent)
+            let epoch = membership.rejoinCount
             let copies = writeTargets(region, extent)
             for i in 0..<copies.count where membership.isUp(copies[i]) {
-                do { try member(copies[i]).discard(region, first: page, count: end - page) } catch { failed(copies[i], error, region) }
+                let (store, incarnation) = storeAndIncarnation(copies[i])
+                guard membership.rejoinCount == epoch else { continue }   // empty since it rejoined
+                do { try store.discard(region, first: page, count: end - page) } catch {
+                    failed(copies[i], error, region, incarnation: incarnation)
+                }
             }
             region.copies?.endWrite(extent)
             page = end
@@ -188,6 +205,8 @@ final class ReplicatedPageStore: PageStore {
         }
     }
 
+    func closeConnections() { for server in members.indices { members.stores[server].link.close() } }
+
     func probe() -> Bool { members.indices.contains { membership.isUp($0) && member($0).probe() } }
 
     /// Each live server's STATS reply.
@@ -201,7 +220,7 @@ final class ReplicatedPageStore: PageStore {
     /// A server failed a request: down for good (a refusal too: a server that
     /// refuses a write has not got the page), and this store's connection to
     /// it is closed (the other pager threads close theirs when they next try it).
-    private func failed(_ server: Int, _ error: StoreError, _ region: StoreRegion) {
+    private func failed(_ server: Int, _ error: StoreError, _ region: StoreRegion, incarnation: UInt64) {
         // The region closed here while a request was on its way: not the server's fault.
         if case .regionGone = error, region.copies?.isClosed == true { return }
         let reason: String
@@ -210,7 +229,7 @@ final class ReplicatedPageStore: PageStore {
         case .regionGone(let refusal): reason = "it lost the region: \(refusal)"
         case .refused(let refusal): reason = "it refused: \(refusal)"
         }
-        membership.markDown(server, reason: reason, incarnation: members.incarnations[server])
-        members.stores[server].link.close()
+        membership.markDown(server, reason: reason, incarnation: incarnation)
+        if members.incarnations[server] == incarnation { members.stores[server].link.close() }
     }
 }

@@ -102,4 +102,6 @@ final class ServerPageStore: PageStore {
     func statistics() throws(StoreError) -> [UInt8] { try exchangeOnce(.stats, []) }
 
     func probe() -> Bool { (try? statistics()) != nil }
+
+    func closeConnections() { link.close() }
 }

@@ -22,6 +22,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Use these servers instead of embedded ones (HOST:PORT[,HOST:PORT...]; two or more keep two copies of every page).") var server: String?
     @Option(help: "Embedded servers to start (two or more: a cluster with two copies of every page).") var servers = 1
     @Option(help: "Copies of every page with several servers (default 2).") var replicas: Int?
+    @Flag(help: "With --servers 2 or more: stop one embedded server as the read phase starts, then show the failover and the repair.")
+    var killServer = false
     @Option(help: "Random page reads in the last phase.") var randomReads = 20000
     @Option(help: "Page transport: tcp, rdma or auto.") var transport = "auto"
     @Option(help: "Address the embedded server listens on (an RDMA device's address for RDMA).") var listenHost = "127.0.0.1"
@@ -67,6 +69,7 @@ struct DemoCommand: ParsableCommand {
             endpoints = embedded.map { TCPSocket.Endpoint(host: listenHost, port: $0.port) }
         }
         defer { embedded.forEach { $0.stop() } }
+        if killServer, embedded.count < 2 { throw ValidationError("--kill-server needs --servers 2 or more (embedded servers)") }
         let endpoint = endpoints[0]
 
         let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: endpoints, replicas: replicas, budgetBytes: budgetBytes,
@@ -92,9 +95,13 @@ struct DemoCommand: ParsableCommand {
         let afterWrite = memory.statistics
         memory.resetLatencyHistogram()
         // Phase 2: every page read back and verified (most come from the server).
+        // With --kill-server, one server goes away as it starts, faults in flight.
+        let victim = killServer ? embedded[1] : nil
+        let killer = victim.map { server in PosixThread.spawn(name: "demo-kill") { server.stop() } }
         let read = runPhase(threads: threads, pages: pages) { page in
             pattern.verify(page: page, at: UnsafeRawPointer(bitPattern: base + UInt(page) * 4096)!)
         }
+        killer?.join()
         let readService = memory.statistics
         // Phase 3: random pages, verified (a mix of resident and remote).
         var generator = SplitMix(seed: 7)
@@ -102,7 +109,19 @@ struct DemoCommand: ParsableCommand {
         let random = runPhase(threads: threads, pages: randomPages.count) { i in
             pattern.verify(page: randomPages[i], at: UnsafeRawPointer(bitPattern: base + UInt(randomPages[i]) * 4096)!)
         }
-        let stats = memory.statistics
+        var stats = memory.statistics
+        var clusterLine: String?
+        if let victim {
+            // The repair restores the second copies; give it at most 30 s.
+            let started = monotonicSeconds()
+            while memory.statistics.underReplicatedExtents > 0, monotonicSeconds() - started < 30 { sleepSeconds(0.05) }
+            stats = memory.statistics
+            clusterLine = ("cluster: server \(TCPSocket.Endpoint(host: listenHost, port: victim.port)) stopped as the read phase started; "
+                  + "longest read-phase touch \(microseconds(read.latency.percentile(100))) (failover time-out "
+                  + "\(memory.configuration.failoverTimeoutSeconds) s); servers down \(stats.serversDown); "
+                  + "repaired \(stats.extentsRepaired) extents (\(stats.pagesRepaired) pages) by \(String(format1: monotonicSeconds() - started)) s "
+                  + "after the random phase; under-replicated extents now \(stats.underReplicatedExtents)")
+        }
 
         // Baseline: the same sequential first-touch pass against a plain C
         // userfaultfd handler serving local memory (no network), same machine, same run.
@@ -139,6 +158,7 @@ struct DemoCommand: ParsableCommand {
             let ratio = Double(random.latency.percentile(50)) / Double(max(1, baseline.percentile(50)))
             print("       random-read touch p50 is \(String(format1: ratio))x the plain uffd round trip (network fetch included)")
         }
+        if let clusterLine { print(clusterLine) }
         if let serverStats = try? memory.serverStatistics() {
             print("server: \(serverStats.storedPages) pages stored, \(serverStats.pagesWritten) written, \(serverStats.pagesRead) read")
         }
