@@ -1,6 +1,6 @@
 /// FIFO of resident pages in the order they were installed: the eviction
 /// victims, oldest first. A ring of packed (region slot, page) entries in
-/// preallocated memory; a page is in it at most once (PageState.queued), so a
+/// preallocated memory; a page is in it at most once (PageState.isQueued), so a
 /// capacity of the shard's pages of all live regions always suffices.
 struct EvictionQueue {
     private var storage: UnsafeMutablePointer<UInt64>

@@ -3,9 +3,9 @@ import FarMemSystem
 import Logging
 import Synchronization
 
-/// The eviction worker: writes staged dirty pages to the server, empties
-/// their staging slots, and sends discards. It owns its own server link so a
-/// write-back never delays a fault's fetch. It never touches a region's
+/// The eviction worker: writes staged dirty pages to the page store, empties
+/// their staging slots, and sends discards. It owns its own page store (and
+/// links), so a write-back never delays a fault's fetch. It never touches a region's
 /// memory; it reads only staging slots, which the handler filled by
 /// UFFDIO_MOVE and nobody else maps, so they are always populated.
 final class Evictor: @unchecked Sendable {

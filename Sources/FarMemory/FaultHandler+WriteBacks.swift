@@ -19,7 +19,7 @@ extension FaultHandler {
         for entry in batch.entries {
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
             guard entry.failed else {
-                // Its slot comes back through `releasedSlots` once the evictor has emptied it.
+                // Its slot comes back (a slotsReleased report) once the evictor has emptied it.
                 guard entry.dirty, let region else { continue }
                 outageBackoffSeconds = 1
                 if let held = kept, held.region == entry.regionSlot,
