@@ -28,6 +28,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
     @Option(help: "Address of this host's RDMA device, to also run FarMem over RDMA.") var rdmaAddress: String?
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
+    @Flag(help: "Skip the cluster rows (three farmemd processes, two copies and one).") var noCluster = false
     @Option(help: "Also draw a PNG (throughput per budget, latency percentiles) to this file.") var plot: String?
     @Option(help: "The workload the plot shows (default: zipfian if run, else the first).") var plotWorkload: String?
 
@@ -53,7 +54,7 @@ struct BenchCommand: ParsableCommand {
         let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, zipfSkew: zipfSkew,
                              deadline: runDeadline, rdmaAddress: rdmaAddress)
         defer { bench.stopServer() }   // also when start-up fails half-way
-        try bench.startServer(capacityBytes: max(regionBytes, sortBytes) * 2 + (64 << 20))
+        try bench.startServer(capacityBytes: max(regionBytes, sortBytes) * 2 + (64 << 20), cluster: !noCluster)
         var swap: KernelSwapSandbox?
         if !noSwap {
             do { swap = try KernelSwapSandbox(swapBytes: max(regionBytes, sortBytes) * 2) } catch {
@@ -103,8 +104,10 @@ final class BenchRun {
     let deadline: Double
     let rdmaAddress: String?
     private(set) var rows: [BenchRow] = []
-    private var server: Process?
-    private var endpoint: TCPSocket.Endpoint?
+    /// The first is the single server; all three are the cluster.
+    private var servers: [Process] = []
+    private var endpoints: [TCPSocket.Endpoint] = []
+    private var endpoint: TCPSocket.Endpoint? { endpoints.first }
     private var rdmaServer: MemoryServer?
     private var progress = 0
 
@@ -116,28 +119,10 @@ final class BenchRun {
         self.rdmaAddress = rdmaAddress
     }
 
-    /// A real farmemd process next to this binary (TCP), and an embedded RDMA server if asked.
-    func startServer(capacityBytes: Int) throws {
-        let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let binary = directory.appendingPathComponent("farmemd").path
-        let portFile = NSTemporaryDirectory() + "farmem-bench-\(getpid()).port"
-        unlink(portFile)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--listen", "127.0.0.1:0", "--capacity", "\(capacityBytes)", "--port-file", portFile,
-                             "--transport", "tcp", "--log-level", "warning"]
-        do { try process.run() } catch { throw ValidationError("cannot start \(binary): \(error)") }
-        server = process
-        for _ in 0..<500 where process.isRunning {
-            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n"),
-               let port = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
-                break
-            }
-            usleep(20_000)
-        }
-        unlink(portFile)
-        guard endpoint != nil else { throw ValidationError("farmemd did not start") }
+    /// A real farmemd process next to this binary (TCP), two more for the
+    /// cluster rows, and an embedded RDMA server if asked.
+    func startServer(capacityBytes: Int, cluster: Bool) throws {
+        for _ in 0..<(cluster ? 3 : 1) { try spawnServer(capacityBytes: capacityBytes) }
         if let rdmaAddress {
             let embedded = try MemoryServer(configuration: ServerConfiguration(
                 listen: TCPSocket.Endpoint(host: rdmaAddress, port: 0), capacityBytes: capacityBytes, transport: .rdma))
@@ -146,9 +131,34 @@ final class BenchRun {
         }
     }
 
+    private func spawnServer(capacityBytes: Int) throws {
+        let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let binary = directory.appendingPathComponent("farmemd").path
+        let portFile = NSTemporaryDirectory() + "farmem-bench-\(getpid())-\(servers.count).port"
+        unlink(portFile)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--listen", "127.0.0.1:0", "--capacity", "\(capacityBytes)", "--port-file", portFile,
+                             "--transport", "tcp", "--log-level", "warning", "--die-with-parent"]
+        do { try process.run() } catch { throw ValidationError("cannot start \(binary): \(error)") }
+        servers.append(process)
+        var started: TCPSocket.Endpoint?
+        for _ in 0..<500 where process.isRunning {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), text.hasSuffix("\n"),
+               let port = UInt16(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                started = TCPSocket.Endpoint(host: "127.0.0.1", port: port)
+                break
+            }
+            usleep(20_000)
+        }
+        unlink(portFile)
+        guard let started else { throw ValidationError("farmemd did not start") }
+        endpoints.append(started)
+    }
+
     func stopServer() {
-        server?.terminate()
-        server?.waitUntilExit()
+        for server in servers where server.isRunning { server.terminate() }
+        for server in servers { server.waitUntilExit() }
         rdmaServer?.stop()
     }
 
@@ -224,6 +234,14 @@ final class BenchRun {
                       endpoint: endpoint!, transport: .tcp, prefetch: 64)
             runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprefetch",
                       endpoint: endpoint!, transport: .tcp, prefetch: 0)
+            if endpoints.count == 3 {
+                // Three servers, two copies of every page (and one, for the ratio).
+                for replicas in [2, 1] {
+                    runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages,
+                              backend: "farmem-cluster-3x\(replicas)", servers: endpoints, replicas: replicas,
+                              transport: .tcp, prefetch: 64)
+                }
+            }
             if let rdmaServer, let rdmaAddress {
                 runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-rdma",
                           endpoint: TCPSocket.Endpoint(host: rdmaAddress, port: rdmaServer.port), transport: .rdma, prefetch: 64)
@@ -237,10 +255,12 @@ final class BenchRun {
     }
 
     private func runFarMem(_ workload: BenchWorkload, sequence: [Int], percent: Int, budgetPages: Int, backend: String,
-                           endpoint: TCPSocket.Endpoint, transport: FarMemoryConfiguration.Transport, prefetch: Int) {
+                           endpoint: TCPSocket.Endpoint? = nil, servers: [TCPSocket.Endpoint] = [], replicas: Int? = nil,
+                           transport: FarMemoryConfiguration.Transport, prefetch: Int) {
         do {
             let memory = try FarMemory(configuration: FarMemoryConfiguration(
-                server: endpoint, budgetBytes: budgetPages * 4096, transport: transport, prefetchPages: prefetch))
+                servers: endpoint.map { [$0] } ?? servers, replicas: replicas, budgetBytes: budgetPages * 4096,
+                transport: transport, prefetchPages: prefetch))
             defer { memory.close() }
             let region = try memory.allocate(bytes: workload.pages * 4096)
             workload.prepare(region.baseAddress!)

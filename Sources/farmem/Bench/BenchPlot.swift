@@ -10,11 +10,12 @@ struct BenchPlot {
 
     /// Every backend in legend order: the references (drawn as lines), then the budgeted ones (bars).
     static let references = ["local", "uffd-floor"]
-    static let budgeted = ["kernel-swap", "farmem-tcp", "farmem-tcp-noprefetch", "farmem-rdma"]
+    static let budgeted = ["kernel-swap", "farmem-tcp", "farmem-tcp-noprefetch", "farmem-cluster-3x2", "farmem-cluster-3x1", "farmem-rdma"]
     static let colors: [String: PNGCanvas.Color] = [
         "local": .init(r: 40, g: 40, b: 40), "uffd-floor": .init(r: 150, g: 150, b: 150),
         "kernel-swap": .init(r: 214, g: 96, b: 77), "farmem-tcp": .init(r: 52, g: 120, b: 200),
         "farmem-tcp-noprefetch": .init(r: 130, g: 180, b: 230), "farmem-rdma": .init(r: 60, g: 170, b: 90),
+        "farmem-cluster-3x2": .init(r: 150, g: 90, b: 190), "farmem-cluster-3x1": .init(r: 200, g: 160, b: 230),
     ]
 
     func render() -> PNGCanvas {
