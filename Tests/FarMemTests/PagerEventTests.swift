@@ -85,6 +85,28 @@ final class PagerEventTests: XCTestCase {
         return written
     }
 
+    /// Parks a kernel reader on the page at `address` (its write-back held in
+    /// flight), runs `event` (the application unmaps or moves the range),
+    /// resumes the server, and returns what the reader's write(2) returned; nil
+    /// (a failure recorded, the memory closed to free the thread) if it stayed blocked.
+    private func parkedReaderResult(_ memory: FarMemory, at address: UnsafeMutableRawPointer, after what: String,
+                                    event: () -> Void) -> Int? {
+        let parked = memory.statistics.parkedFaults
+        let reader = KernelReader(from: address)
+        guard waitFor("the reader's fault to park", { memory.statistics.parkedFaults > parked }) else {
+            server.resume()
+            memory.close()
+            reader.join()
+            return nil
+        }
+        event()
+        let released = waitFor("the parked reader to be released after \(what)") { reader.finished }
+        server.resume()
+        if !released { memory.close() }   // closing the userfaultfd frees the stuck thread (and unmaps the region)
+        reader.join()
+        return released ? reader.result.load(ordering: .acquiring) : nil
+    }
+
     /// Issue 8, part 2: a thread parked on a page whose write-back is in
     /// flight is woken when the application unmaps the range; the kernel does
     /// not wake it (shared/reference/experiments/unmap-wake.c).
@@ -94,20 +116,10 @@ final class PagerEventTests: XCTestCase {
         let region = try memory.allocate(bytes: 1 << 20)
         let pattern = PagePattern(seed: 81)
         let written = holdPageZeroInFlight(memory, region, pattern)
-        let parked = memory.statistics.parkedFaults
         let base = region.baseAddress!   // nil once page 0 is unmapped
-        let reader = KernelReader(from: base)
-        guard waitFor("the reader's fault to park", { memory.statistics.parkedFaults > parked }) else { return }
-        XCTAssertEqual(munmap(base, 16 * 4096), 0)
-        let released = waitFor("the parked reader to be released after munmap") { reader.finished }
-        server.resume()
-        guard released else {
-            memory.close()   // closing the userfaultfd frees the stuck thread (and unmaps the region)
-            reader.join()
-            return
-        }
-        reader.join()
-        XCTAssertEqual(reader.result.load(ordering: .acquiring), -Int(EFAULT), "the range is gone: EFAULT, as without FarMem")
+        let result = parkedReaderResult(memory, at: base, after: "munmap") { XCTAssertEqual(munmap(base, 16 * 4096), 0) }
+        guard let result else { return }
+        XCTAssertEqual(result, -Int(EFAULT), "the range is gone: EFAULT, as without FarMem")
         let rest = (16..<written).filter { !pattern.verify(page: $0, at: base + $0 * 4096).ok }
         XCTAssertEqual(rest, [], "the pages left mapped keep their data")
     }
@@ -120,23 +132,15 @@ final class PagerEventTests: XCTestCase {
         let region = try memory.allocate(bytes: 1 << 20)
         let pattern = PagePattern(seed: 82)
         let written = holdPageZeroInFlight(memory, region, pattern)
-        let parked = memory.statistics.parkedFaults
         let old = region.baseAddress!
-        let reader = KernelReader(from: old)
-        guard waitFor("the reader's fault to park", { memory.statistics.parkedFaults > parked }) else { return }
         let target = mmap(nil, region.length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
-        let moved = fm_mremap(UInt64(UInt(bitPattern: old)), UInt64(region.length), UInt64(region.length),
-                              3 /* MREMAP_MAYMOVE | MREMAP_FIXED */, UInt64(UInt(bitPattern: target)))
-        XCTAssertEqual(moved, Int64(Int(bitPattern: target)))
-        let released = waitFor("the parked reader to be released after mremap") { reader.finished }
-        server.resume()
-        guard released else {
-            memory.close()   // closing the userfaultfd frees the stuck thread (and unmaps the region)
-            reader.join()
-            return
+        let result = parkedReaderResult(memory, at: old, after: "mremap") {
+            let moved = fm_mremap(UInt64(UInt(bitPattern: old)), UInt64(region.length), UInt64(region.length),
+                                  3 /* MREMAP_MAYMOVE | MREMAP_FIXED */, UInt64(UInt(bitPattern: target)))
+            XCTAssertEqual(moved, Int64(Int(bitPattern: target)))
         }
-        reader.join()
-        XCTAssertEqual(reader.result.load(ordering: .acquiring), -Int(EFAULT), "nothing is mapped at the old address")
+        guard let result else { return }
+        XCTAssertEqual(result, -Int(EFAULT), "nothing is mapped at the old address")
         let bad = (0..<written).filter { !pattern.verify(page: $0, at: target + $0 * 4096).ok }
         XCTAssertEqual(bad, [], "every page, the one in flight included, is at the new address")
         XCTAssertEqual(memory.statistics.poisoned, 0)
