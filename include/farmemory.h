@@ -46,7 +46,8 @@ typedef struct {
 farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token, char *error, size_t error_len);
 
 /* A region of at least `bytes` (whole pages), page aligned, reading as zeros.
- * The server reserves it in full now: a full server fails here. */
+ * The servers reserve room for it now (a cluster: each its share of the
+ * copies): a full server or cluster fails here, not at a later fault. */
 void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *error, size_t error_len);
 
 /* Unmaps the region and frees its pages on the server. */

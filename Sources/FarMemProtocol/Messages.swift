@@ -7,7 +7,7 @@ public struct Hello: Equatable, Sendable {
     public var sessionKey: [UInt8]       // 16 bytes, random per client
     public var token: [UInt8]            // empty if the server has none
 
-    public init(minVersion: UInt16 = 1, maxVersion: UInt16 = 1, pageSize: UInt32 = UInt32(ProtocolLimits.pageSize),
+    public init(minVersion: UInt16 = ProtocolVersion.oldest, maxVersion: UInt16 = ProtocolVersion.newest, pageSize: UInt32 = UInt32(ProtocolLimits.pageSize),
                 sessionKey: [UInt8], token: [UInt8] = []) {
         self.minVersion = minVersion
         self.maxVersion = maxVersion
@@ -74,21 +74,61 @@ public struct HelloReply: Equatable, Sendable {
     }
 }
 
-/// CREATE_REGION reserves `pageCount` pages of capacity for a region named by
-/// the client; DROP_REGION releases it and every page in it.
+/// CREATE_REGION makes a region of `pageCount` pages named by the client and
+/// reserves capacity for it: all of it, or (version 2) `reservedPages` of it;
+/// DROP_REGION releases it and every page in it.
 public struct RegionSpec: Equatable, Sendable {
     public var regionID: UInt64
     public var pageCount: UInt64
-    public init(regionID: UInt64, pageCount: UInt64) { self.regionID = regionID; self.pageCount = pageCount }
+    /// Version 2 only; nil reserves the whole region (the version-1 meaning).
+    public var reservedPages: UInt64?
+    public init(regionID: UInt64, pageCount: UInt64, reservedPages: UInt64? = nil) {
+        self.regionID = regionID; self.pageCount = pageCount; self.reservedPages = reservedPages
+    }
 
     public func encode() -> [UInt8] {
-        var w = ByteWriter(); w.u64(regionID); w.u64(pageCount); return w.bytes
+        var w = ByteWriter(); w.u64(regionID); w.u64(pageCount)
+        if let reservedPages { w.u64(reservedPages) }
+        return w.bytes
     }
-    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> RegionSpec {
+    /// `version` is the connection's: the 24-byte form is version 2's.
+    public static func decode(_ payload: UnsafeRawBufferPointer, version: UInt16 = ProtocolVersion.newest) throws(ProtocolError) -> RegionSpec {
         var r = ByteReader(payload, context: "CREATE_REGION")
-        let spec = RegionSpec(regionID: try r.u64(), pageCount: try r.u64())
+        var spec = RegionSpec(regionID: try r.u64(), pageCount: try r.u64())
+        if version >= 2, r.remaining > 0 {
+            let reserved = try r.u64()
+            guard reserved <= spec.pageCount else {
+                throw ProtocolError(.malformedFrame, "CREATE_REGION: reserved_pages \(reserved) exceeds page_count \(spec.pageCount)")
+            }
+            spec.reservedPages = reserved
+        }
         try r.expectEnd()
         return spec
+    }
+}
+
+/// RESERVE (version 2) sets a region's reservation to `reservedPages`; the
+/// reply carries the reservation the region has now (never below the pages it
+/// holds).
+public struct Reservation: Equatable, Sendable {
+    public var regionID: UInt64
+    public var reservedPages: UInt64
+    public init(regionID: UInt64, reservedPages: UInt64) { self.regionID = regionID; self.reservedPages = reservedPages }
+
+    public func encode() -> [UInt8] { var w = ByteWriter(); w.u64(regionID); w.u64(reservedPages); return w.bytes }
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> Reservation {
+        var r = ByteReader(payload, context: "RESERVE")
+        let reservation = Reservation(regionID: try r.u64(), reservedPages: try r.u64())
+        try r.expectEnd()
+        return reservation
+    }
+
+    public static func encodeReply(reservedPages: UInt64) -> [UInt8] { var w = ByteWriter(); w.u64(reservedPages); return w.bytes }
+    public static func decodeReply(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> UInt64 {
+        var r = ByteReader(payload, context: "RESERVE reply")
+        let pages = try r.u64()
+        try r.expectEnd()
+        return pages
     }
 }
 

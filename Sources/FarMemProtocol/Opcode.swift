@@ -11,6 +11,19 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case rdmaAttach = 0x08
     /// Optional (RDMA servers): register a region for one-sided access by this session.
     case rdmaExpose = 0x09
+    /// Version 2: set a region's reservation (grow or shrink).
+    case reserve = 0x0A
 
     public var response: UInt8 { rawValue | 0x80 }
+
+    /// The protocol version that introduced the request.
+    public var sinceVersion: UInt16 { self == .reserve ? 2 : 1 }
+}
+
+/// The protocol versions this code speaks (HELLO negotiates one; the frame
+/// header's version byte is the frame format, 1 in both).
+public enum ProtocolVersion {
+    public static let oldest: UInt16 = 1
+    /// 2 added partial reservations: CREATE_REGION's `reserved_pages` and RESERVE.
+    public static let newest: UInt16 = 2
 }

@@ -1,8 +1,10 @@
 import Synchronization
 
 /// The server's capacity, promised region by region. CREATE_REGION reserves a
-/// region's full size up front, so a write can never fail for lack of space
-/// later, and an RDMA client can be handed the whole region at once.
+/// region's full size up front, or (protocol 2) the part of it the client will
+/// put here, which RESERVE grows or shrinks; a write within a region's
+/// reservation can never fail for lack of space. An RDMA-exposed region is
+/// reserved whole (its memory is pinned).
 final class CapacityLedger: Sendable {
     let capacityPages: Int
     private let reserved = Mutex(0)

@@ -79,8 +79,10 @@ final class RDMAService: @unchecked Sendable {
         guard let domain = withBook({ $0.domains[ObjectIdentifier(session)] }) else {
             throw ProtocolError(.rdmaUnavailable, "no RDMA connection of this session yet: connect with the RDMA_ATTACH ticket first")
         }
-        // Registering pins (and faults in) the whole region, which can take a
-        // while: done outside the session's lock, then published under it.
+        // Registering pins (and faults in) the whole region, so the whole of it
+        // is reserved first. It can take a while: done outside the session's
+        // lock, then published under it.
+        try session.reserveWhole(id)
         let (region, existing) = try session.withRegion(id) { region throws(ProtocolError) in (region, region.registration) }
         if let existing {
             return RDMAExposeReply(address: UInt64(region.base), rkey: fm_rdma_rkey(existing), length: UInt64(region.length))

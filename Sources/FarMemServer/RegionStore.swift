@@ -8,6 +8,10 @@ import FarMemSystem
 /// Not thread-safe: its session's lock guards it.
 final class RegionStore {
     let pageCount: Int
+    /// Capacity promised to this region (CREATE_REGION, RESERVE): at most
+    /// `pageCount`, never below `writtenCount`. A write that would hold more
+    /// pages than this is refused.
+    var reservedPages: Int
     let base: UInt
     /// Pages that were written and not discarded (for statistics).
     private var written: [UInt64]
@@ -19,8 +23,9 @@ final class RegionStore {
     var pinned: Bool { registration != nil }
     private static let pageSize = ProtocolLimits.pageSize
 
-    init(pageCount: Int) throws(Errno) {
+    init(pageCount: Int, reservedPages: Int) throws(Errno) {
         self.pageCount = pageCount
+        self.reservedPages = reservedPages
         base = try MemoryMapping.anonymous(length: pageCount * Self.pageSize, noReserve: true)
         written = Array(repeating: 0, count: (pageCount + 63) / 64)
     }
@@ -35,6 +40,8 @@ final class RegionStore {
     @inline(__always) func pointer(_ page: Int) -> UnsafeMutableRawPointer {
         UnsafeMutableRawPointer(bitPattern: base + UInt(page * Self.pageSize))!
     }
+
+    func isWritten(_ page: Int) -> Bool { written[page >> 6] & (UInt64(1) << UInt64(page & 63)) != 0 }
 
     /// Records that `page` holds data; returns true the first time.
     @discardableResult

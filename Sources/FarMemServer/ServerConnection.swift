@@ -12,6 +12,8 @@ final class ServerConnection: @unchecked Sendable {
     private let context: ServerContext
     private let logger: Logger
     private var session: Session?
+    /// The protocol version HELLO settled on.
+    private var version = ProtocolVersion.oldest
     private let payload: UnsafeMutableRawPointer
     private let reply: UnsafeMutableRawPointer
     private let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
@@ -127,12 +129,18 @@ final class ServerConnection: @unchecked Sendable {
         guard let session else {
             throw ProtocolError(.helloRequired, "\(opcode) before HELLO: the first request must be HELLO")
         }
+        guard opcode.sinceVersion <= version else {
+            throw ProtocolError(.unknownOpcode, "\(opcode) needs protocol version \(opcode.sinceVersion); this connection speaks \(version)")
+        }
         switch opcode {
         case .hello:
             return 0
         case .createRegion:
-            try session.createRegion(try RegionSpec.decode(body))
+            try session.createRegion(try RegionSpec.decode(body, version: version))
             return 0
+        case .reserve:
+            let reserved = try session.reserve(try Reservation.decode(body))
+            return copyToReply(Reservation.encodeReply(reservedPages: UInt64(reserved)))
         case .dropRegion:
             try session.removeRegion(try RegionRef.decode(body).regionID)
             return 0
@@ -169,8 +177,10 @@ final class ServerConnection: @unchecked Sendable {
     private func hello(_ body: UnsafeRawBufferPointer) throws(ProtocolError) -> Int {
         guard session == nil else { throw ProtocolError(.protocolState, "HELLO was already accepted on this connection") }
         let hello = try Hello.decode(body)
-        guard hello.minVersion <= 1, hello.maxVersion >= 1 else {
-            throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.minVersion)...\(hello.maxVersion); server speaks 1")
+        let version = min(hello.maxVersion, ProtocolVersion.newest)
+        guard hello.minVersion <= version, version >= ProtocolVersion.oldest else {
+            throw ProtocolError(.unsupportedVersion, "client speaks versions \(hello.minVersion)...\(hello.maxVersion); "
+                                + "server speaks \(ProtocolVersion.oldest)...\(ProtocolVersion.newest)")
         }
         guard hello.pageSize == UInt32(ProtocolLimits.pageSize) else {
             throw ProtocolError(.pageSizeMismatch, "client page size \(hello.pageSize); server uses \(ProtocolLimits.pageSize)")
@@ -182,8 +192,9 @@ final class ServerConnection: @unchecked Sendable {
             throw ProtocolError(.malformedFrame, "HELLO: the session key must be 16 random bytes, not zeros")
         }
         session = context.sessions.attach(key: SessionKey(hello.sessionKey))
+        self.version = version
         let ledger = context.ledger
-        return copyToReply(HelloReply(version: 1, pageSize: UInt32(ProtocolLimits.pageSize),
+        return copyToReply(HelloReply(version: version, pageSize: UInt32(ProtocolLimits.pageSize),
                                       maxBatchPages: UInt32(ProtocolLimits.maxBatchPages),
                                       maxPayload: UInt32(ProtocolLimits.maxPayload),
                                       capacityPages: UInt64(ledger.capacityPages),

@@ -47,21 +47,57 @@ final class Session: @unchecked Sendable {
             throw ProtocolError(.tooLarge, "region of \(spec.pageCount) pages: allowed 1...\(Int32.max)")
         }
         let pages = Int(spec.pageCount)
+        let reserved = Int(spec.reservedPages ?? spec.pageCount)
         try locked { state throws(ProtocolError) in
             guard state.regions[spec.regionID] == nil else {
                 throw ProtocolError(.regionExists, "region \(spec.regionID) already exists in this session")
             }
-            guard ledger.reserve(pages) else {
+            guard ledger.reserve(reserved) else {
                 throw ProtocolError(.outOfCapacity,
-                    "server out of capacity: region needs \(pages) pages, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
+                    "server out of capacity: region needs \(reserved) pages, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
             }
             do {
-                state.regions[spec.regionID] = try RegionStore(pageCount: pages)
+                state.regions[spec.regionID] = try RegionStore(pageCount: pages, reservedPages: reserved)
             } catch {
-                ledger.release(pages)
+                ledger.release(reserved)
                 throw ProtocolError(.outOfCapacity, "server cannot map \(pages) pages: \(error)")
             }
         }
+    }
+
+    /// Sets a region's reservation (RESERVE): a growth the server cannot
+    /// promise is refused and changes nothing; a shrink below the pages the
+    /// region holds stops at that count (an RDMA-exposed region stays whole).
+    /// Returns the reservation now.
+    func reserve(_ request: Reservation) throws(ProtocolError) -> Int {
+        try withRegion(request.regionID) { region throws(ProtocolError) -> Int in
+            guard request.reservedPages <= UInt64(region.pageCount) else {
+                throw ProtocolError(.pageOutOfRange,
+                    "RESERVE of \(request.reservedPages) pages: region \(request.regionID) has \(region.pageCount)")
+            }
+            // An RDMA-registered region is pinned whole (and its RDMA writes are not counted).
+            let floor = region.pinned ? region.pageCount : region.writtenCount
+            return try setReservation(region, max(Int(request.reservedPages), floor))
+        }
+    }
+
+    /// Reserves the whole region (RDMA registration pins all of it).
+    func reserveWhole(_ id: UInt64) throws(ProtocolError) {
+        try withRegion(id) { region throws(ProtocolError) in _ = try setReservation(region, region.pageCount) }
+    }
+
+    private func setReservation(_ region: RegionStore, _ pages: Int) throws(ProtocolError) -> Int {
+        let growth = pages - region.reservedPages
+        if growth > 0 {
+            guard ledger.reserve(growth) else {
+                throw ProtocolError(.outOfCapacity,
+                    "server out of capacity: \(growth) more pages asked, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
+            }
+        } else if growth < 0 {
+            ledger.release(-growth)
+        }
+        region.reservedPages = pages
+        return pages
     }
 
     /// Removes a region. Its store is freed (RDMA registration released, memory
@@ -73,7 +109,7 @@ final class Session: @unchecked Sendable {
             }
             return region
         }
-        ledger.release(region.pageCount)
+        ledger.release(region.reservedPages)
         ledger.addStored(-region.writtenCount)
     }
 
@@ -91,12 +127,21 @@ final class Session: @unchecked Sendable {
         }
     }
 
-    /// Stores pages. All page numbers are checked before any page is written,
-    /// so a bad batch changes nothing.
+    /// Stores pages. All page numbers, and the reservation, are checked before
+    /// any page is written, so a refused batch changes nothing.
     func writePages(region id: UInt64, pages: [UInt64], from data: UnsafeRawPointer) throws(ProtocolError) {
         try withRegion(id) { region throws(ProtocolError) in
             if let bad = pages.first(where: { $0 >= UInt64(region.pageCount) }) {
                 throw ProtocolError(.pageOutOfRange, "page \(bad) is outside region \(id) of \(region.pageCount) pages")
+            }
+            // Only a partly reserved region can run out (a page listed twice is new once).
+            if region.writtenCount + pages.count > region.reservedPages {
+                var new = 0
+                for (i, page) in pages.enumerated() where !region.isWritten(Int(page)) && !pages[..<i].contains(page) { new += 1 }
+                guard region.writtenCount + new <= region.reservedPages else {
+                    throw ProtocolError(.outOfCapacity,
+                        "region \(id) would hold \(region.writtenCount + new) pages; \(region.reservedPages) are reserved (RESERVE more first)")
+                }
             }
             var fresh = 0
             for (i, page) in pages.enumerated() {
@@ -121,7 +166,7 @@ final class Session: @unchecked Sendable {
     func fill(_ stats: inout ServerStats) {
         locked { state in
             stats.sessionRegions = UInt64(state.regions.count)
-            stats.sessionReservedPages = UInt64(state.regions.values.reduce(0) { $0 + $1.pageCount })
+            stats.sessionReservedPages = UInt64(state.regions.values.reduce(0) { $0 + $1.reservedPages })
             stats.sessionStoredPages = UInt64(state.regions.values.reduce(0) { $0 + $1.writtenCount })
         }
     }

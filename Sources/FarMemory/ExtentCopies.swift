@@ -1,8 +1,10 @@
 import CFarMemSys
+import Synchronization
 
 /// Where a cluster region's copies are, extent by extent, and the writes
 /// under way to each extent. Shared by every pager thread and the repair
-/// worker, so it is atomics only (no lock on the fault path).
+/// worker, so it is atomics only (no lock on the fault path; the
+/// reservations, which only region set-up and repairs use, have one).
 ///
 /// - `holders`: the servers whose copy of the extent is complete and current.
 ///   Reads go only there (and only to servers still up).
@@ -12,17 +14,30 @@ import CFarMemSys
 ///   A repair copies only while none is under way and keeps its copy only if
 ///   none started meanwhile (else it copies again): a copy it read before a
 ///   write landed can never overwrite that write on the new server.
+/// - `moves`: bumped when a holder is removed (a rebalance moved the copy),
+///   before that server's copy is discarded. A read checks it did not move
+///   while the read was under way, else it may have read a discarded copy.
 final class ExtentCopies: @unchecked Sendable {
     let pageCount: Int
     let extentCount: Int
-    private let words: UnsafeMutablePointer<UInt64>   // 4 per extent
+    private let words: UnsafeMutablePointer<UInt64>   // `stride` per extent
+    private static let stride = 5
+    private static let (holdersWord, joiningWord, startedWord, finishedWord, movesWord) = (0, 1, 2, 3, 4)
+    @inline(__always) private func word(_ extent: Int, _ which: Int) -> UnsafeMutablePointer<UInt64> {
+        words + extent * Self.stride + which
+    }
 
-    init(pageCount: Int, regionServers: Placement.ServerSet, initialHolders: (Int) -> Placement.ServerSet) {
+    /// Pages of capacity each server reserved for the region (by server index).
+    private let reservations: Mutex<[Int]>
+
+    init(pageCount: Int, regionServers: Placement.ServerSet, reservations: [Int] = [],
+         initialHolders: (Int) -> Placement.ServerSet) {
         self.pageCount = pageCount
+        self.reservations = Mutex(reservations + [Int](repeating: 0, count: max(0, 64 - reservations.count)))
         extentCount = (pageCount + Placement.extentPages - 1) / Placement.extentPages
-        words = .allocate(capacity: extentCount * 4)
-        words.initialize(repeating: 0, count: extentCount * 4)
-        for extent in 0..<extentCount { words[extent * 4] = initialHolders(extent) }
+        words = .allocate(capacity: extentCount * Self.stride)
+        words.initialize(repeating: 0, count: extentCount * Self.stride)
+        for extent in 0..<extentCount { word(extent, Self.holdersWord).pointee = initialHolders(extent) }
         regionWords.initialize(to: 0)
         (regionWords + 1).initialize(to: regionServers)
     }
@@ -44,34 +59,60 @@ final class ExtentCopies: @unchecked Sendable {
     var regionServers: Placement.ServerSet { fm_atomic_load_sc_u64(regionWords + 1) }
     func addRegionServer(_ server: Int) { _ = fm_atomic_or_sc_u64(regionWords + 1, 1 << UInt64(server)) }
 
+    func reservation(_ server: Int) -> Int { reservations.withLock { $0[server] } }
+    func setReservation(_ server: Int, _ pages: Int) { reservations.withLock { $0[server] = pages } }
+
+    /// Pages in the extents `server` holds or is being filled with, plus
+    /// `extent`: the reservation it needs to take that extent too.
+    func pagesPlaced(on server: Int, adding extent: Int? = nil) -> Int {
+        let bit = UInt64(1) << UInt64(server)
+        var total = 0
+        for other in 0..<extentCount where other == extent || writeTargets(other) & bit != 0 { total += pages(in: other) }
+        return total
+    }
+
+    func pages(in extent: Int) -> Int { min(Placement.extentPages, pageCount - extent * Placement.extentPages) }
+
     /// A server rejoins empty: it holds no copy, no region, nothing joining.
     func forget(_ server: Int) {
+        setReservation(server, 0)
         let keep = ~(UInt64(1) << UInt64(server))
         _ = fm_atomic_and_sc_u64(regionWords + 1, keep)
         for extent in 0..<extentCount {
-            _ = fm_atomic_and_sc_u64(words + extent * 4, keep)
-            _ = fm_atomic_and_sc_u64(words + extent * 4 + 1, keep)
+            _ = fm_atomic_and_sc_u64(word(extent, Self.holdersWord), keep)
+            _ = fm_atomic_and_sc_u64(word(extent, Self.joiningWord), keep)
         }
     }
 
-    @inline(__always) func holders(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(words + extent * 4) }
-    @inline(__always) func joining(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(words + extent * 4 + 1) }
+    @inline(__always) func holders(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(word(extent, Self.holdersWord)) }
+    @inline(__always) func joining(_ extent: Int) -> Placement.ServerSet { fm_atomic_load_sc_u64(word(extent, Self.joiningWord)) }
     /// Where a write to the extent must go.
     @inline(__always) func writeTargets(_ extent: Int) -> Placement.ServerSet { holders(extent) | joining(extent) }
 
-    @inline(__always) func beginWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(words + extent * 4 + 2, 1) }
-    @inline(__always) func endWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(words + extent * 4 + 3, 1) }
+    @inline(__always) func beginWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(word(extent, Self.startedWord), 1) }
+    @inline(__always) func endWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(word(extent, Self.finishedWord), 1) }
 
     /// (started, finished): equal when no write is under way.
     func writes(_ extent: Int) -> (started: UInt64, finished: UInt64) {
-        (fm_atomic_load_sc_u64(words + extent * 4 + 2), fm_atomic_load_sc_u64(words + extent * 4 + 3))
+        (fm_atomic_load_sc_u64(word(extent, Self.startedWord)), fm_atomic_load_sc_u64(word(extent, Self.finishedWord)))
     }
 
-    func startJoining(_ extent: Int, _ server: Int) { _ = fm_atomic_or_sc_u64(words + extent * 4 + 1, 1 << UInt64(server)) }
-    func stopJoining(_ extent: Int, _ server: Int) { _ = fm_atomic_and_sc_u64(words + extent * 4 + 1, ~(1 << UInt64(server))) }
+    /// How many times a copy of the extent was moved away (see `moves` above).
+    @inline(__always) func moves(_ extent: Int) -> UInt64 { fm_atomic_load_sc_u64(word(extent, Self.movesWord)) }
+
+    func startJoining(_ extent: Int, _ server: Int) { _ = fm_atomic_or_sc_u64(word(extent, Self.joiningWord), 1 << UInt64(server)) }
+    func stopJoining(_ extent: Int, _ server: Int) { _ = fm_atomic_and_sc_u64(word(extent, Self.joiningWord), ~(1 << UInt64(server))) }
     /// The repair is done: `server` holds a current copy.
     func addHolder(_ extent: Int, _ server: Int) {
-        _ = fm_atomic_or_sc_u64(words + extent * 4, 1 << UInt64(server))
+        _ = fm_atomic_or_sc_u64(word(extent, Self.holdersWord), 1 << UInt64(server))
         stopJoining(extent, server)
+    }
+
+    /// A rebalance moved the copy away from `server`: no read or write goes
+    /// there from now on, and a read under way notices (`moves`). Only then
+    /// may the server's copy be discarded.
+    func removeHolder(_ extent: Int, _ server: Int) {
+        _ = fm_atomic_and_sc_u64(word(extent, Self.holdersWord), ~(1 << UInt64(server)))
+        _ = fm_atomic_add_sc_u64(word(extent, Self.movesWord), 1)
     }
 }

@@ -170,8 +170,9 @@ public final class FarMemory: @unchecked Sendable {
     }
 
     /// Allocates a far region of at least `bytes` (rounded up to whole pages),
-    /// page aligned, reading as zeros. The server reserves its full size now,
-    /// so a full server fails here, never later at a fault.
+    /// page aligned, reading as zeros. The servers reserve room for it now
+    /// (one server: all of it; a cluster: each its share of the copies), so a
+    /// full server or cluster fails here, never later at a fault.
     public func allocate(bytes: Int) throws(FarMemoryError) -> FarRegion {
         // Serialized with close(): a region is either seen and closed by it, or
         // refused because close() came first; never half-registered with stopped shards.
@@ -245,11 +246,13 @@ public final class FarMemory: @unchecked Sendable {
         var statistics = PagerStatistics(shards.map(\.counters), faultService: histogram)
         statistics.servers = UInt64(configuration.servers.count)
         statistics.serversDown = UInt64(membership.downCount)
+        statistics.serverRejoins = membership.rejoinCount
         statistics.replicas = UInt64(configuration.replicas)
         if let repair {
             statistics.underReplicatedExtents = UInt64(openStoreRegions().reduce(0) { $0 + repair.underReplicatedExtents(in: $1) })
             statistics.pagesRepaired = repair.pagesRepaired.load(ordering: .relaxed)
             statistics.extentsRepaired = repair.extentsRepaired.load(ordering: .relaxed)
+            statistics.extentsMoved = repair.extentsMoved.load(ordering: .relaxed)
         }
         return statistics
     }

@@ -91,6 +91,10 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// What the repair copied to other servers since the start.
     public var pagesRepaired: UInt64 = 0
     public var extentsRepaired: UInt64 = 0
+    /// Times a server marked down answered again and rejoined empty.
+    public var serverRejoins: UInt64 = 0
+    /// Extents moved back to where the hash puts them (a server rejoined).
+    public var extentsMoved: UInt64 = 0
     /// Time the fault handler spent per fault, message read to page installed.
     public var serviceP50Nanoseconds: UInt64
     public var serviceP99Nanoseconds: UInt64
@@ -124,7 +128,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), \
-        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

@@ -42,6 +42,21 @@ struct Placement: Sendable {
         return list
     }
 
+    /// The pages of a region of `pageCount` pages that each server of
+    /// `servers` holds copies of when every extent is placed among them:
+    /// what each reserves at creation. They add up to `replicas` copies of
+    /// every page (fewer servers than that: one copy on each).
+    func shares(region: UInt64, pageCount: Int, among servers: ServerSet) -> [Int] {
+        var shares = [Int](repeating: 0, count: serverKeys.count)
+        var first = 0
+        while first < pageCount {
+            let pages = min(Self.extentPages, pageCount - first)
+            for server in replicaSet(region: region, extent: Self.extent(of: first), among: servers) { shares[server] += pages }
+            first += pages
+        }
+        return shares
+    }
+
     /// A well-mixed 64-bit weight for (region, extent, server) (splitmix64 finalizer).
     @inline(__always)
     static func weight(region: UInt64, extent: Int, server: UInt64) -> UInt64 {

@@ -9,7 +9,9 @@ import Synchronization
 /// first if need be); then the new server becomes a holder. The protocol with
 /// concurrent writes is `ExtentCopies`'. Every 5 s it asks the servers marked
 /// down whether they answer again, on a new session: one that does rejoins
-/// empty (`ClusterMembership.rejoin`) and is a repair target from then on. It
+/// empty (`ClusterMembership.rejoin`) and is a repair target from then on;
+/// once nothing is under-replicated, the extents the hash puts on it again
+/// are moved back to it (`rebalanceRound`). It
 /// runs on its own thread with its own link to each server, sleeps between
 /// extents so application faults keep priority, and never touches region
 /// memory (it moves page data between servers only).
@@ -30,6 +32,8 @@ final class RepairWorker: @unchecked Sendable {
 
     let pagesRepaired = Atomic<UInt64>(0)
     let extentsRepaired = Atomic<UInt64>(0)
+    /// Extents moved to the server the hash picks again (a rejoined one).
+    let extentsMoved = Atomic<UInt64>(0)
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger,
          makeMember: @escaping (Int, [UInt8]) -> ServerPageStore, regions: @escaping @Sendable () -> [StoreRegion]) {
@@ -60,7 +64,7 @@ final class RepairWorker: @unchecked Sendable {
         while running.load(ordering: .relaxed) {
             _ = condition.wait(until: { !running.load(ordering: .relaxed) }, timeoutMilliseconds: 100)
             probeDownServers()
-            repairRound()
+            if repairRound() { rebalanceRound() }
         }
     }
 
@@ -100,20 +104,25 @@ final class RepairWorker: @unchecked Sendable {
         }
     }
 
-    /// Servers a region could not be created on this round (full, say).
-    private var unplaceable = Set<Int>()
+    /// Servers that could not take a region or more of it this round (full, say).
+    private var unplaceable: Placement.ServerSet = 0
 
-    private func repairRound() {
-        unplaceable.removeAll()
+    /// True when every extent has its copies (nothing was left to repair).
+    private func repairRound() -> Bool {
+        unplaceable = 0
+        var complete = true
         for region in regions() {
             guard let copies = region.copies else { continue }
             for extent in 0..<copies.extentCount {
-                guard running.load(ordering: .relaxed) else { return }
+                guard running.load(ordering: .relaxed) else { return false }
                 let live = membership.live
                 let holders = copies.holders(extent) & live
+                // (An extent with no copy left is lost for good: it does not hold back a rebalance.)
+                if holders != 0, holders.nonzeroBitCount < min(placement.replicas, live.nonzeroBitCount) { complete = false }
                 // None left: nothing to copy from (its pages raise SIGBUS when touched).
                 guard holders != 0, holders.nonzeroBitCount < placement.replicas else { continue }
-                let candidates = live & ~holders
+                // A server a repair is filling already has a copy coming.
+                let candidates = live & ~holders & ~copies.joining(extent) & ~unplaceable
                 guard candidates != 0 else { continue }   // no live server to put a copy on
                 let target = placement.replicaSet(region: region.id, extent: extent, among: candidates)[0]
                 if repair(region, copies, extent: extent, to: target) {
@@ -122,19 +131,78 @@ final class RepairWorker: @unchecked Sendable {
                 sleepSeconds(0.002)   // application faults first
             }
         }
+        return complete
+    }
+
+    /// Once nothing is under-replicated: an extent whose copies are not
+    /// where the hash puts them among the live servers (a server rejoined,
+    /// and its share comes back to it) is copied to the server the hash
+    /// picks, as a repair does, and then dropped from the one it no longer
+    /// picks. Paced like repairs; the move counter keeps reads honest.
+    private func rebalanceRound() {
+        for region in regions() {
+            guard let copies = region.copies else { continue }
+            for extent in 0..<copies.extentCount {
+                guard running.load(ordering: .relaxed) else { return }
+                let live = membership.live
+                let holders = copies.holders(extent) & live
+                guard holders.nonzeroBitCount >= placement.replicas else { continue }   // lost, or a repair's job
+                let wanted = placement.replicaSet(region: region.id, extent: extent, among: live & ~unplaceable)
+                guard wanted.count == placement.replicas else { continue }
+                let missing = wanted.mask & ~holders, surplus = holders & ~wanted.mask
+                guard missing != 0, surplus != 0 else { continue }
+                let target = placement.replicaSet(region: region.id, extent: extent, among: missing)[0]
+                guard repair(region, copies, extent: extent, to: target) else { continue }
+                dropCopy(region, copies, extent: extent, from: ReplicaList(surplus)[0])
+                _ = extentsMoved.add(1, ordering: .relaxed)
+                sleepSeconds(0.002)
+            }
+        }
+    }
+
+    /// Stops using `server`'s copy of the extent, then discards it there and
+    /// gives back the reservation it no longer needs.
+    private func dropCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, from server: Int) {
+        copies.removeHolder(extent, server)
+        guard discardCopy(region, copies, extent: extent, on: server) else { return }
+        let needed = copies.pagesPlaced(on: server)
+        guard needed < copies.reservation(server) else { return }
+        do {
+            copies.setReservation(server, try member(server).reserve(region, pages: needed, pageCount: copies.pageCount))
+        } catch {
+            if case .regionGone = error { return }
+            membership.markDown(server, reason: "a reservation after a rebalance failed: \(error)", incarnation: members.incarnations[server])
+        }
+    }
+
+    /// Discards `server`'s pages of an extent it is no longer a write target
+    /// of. Writes that took the targets before may still be on their way
+    /// there: they land first (100 ms at most), so the discard leaves nothing.
+    @discardableResult
+    private func discardCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, on server: Int) -> Bool {
+        let started = copies.writes(extent).started
+        for _ in 0..<100 where copies.writes(extent).finished < started { sleepSeconds(0.001) }
+        do {
+            try member(server).discard(region, first: extent * Placement.extentPages, count: copies.pages(in: extent))
+            return true
+        } catch {
+            if case .regionGone = error { return false }
+            membership.markDown(server, reason: "a discard of a copy it no longer holds failed: \(error)", incarnation: members.incarnations[server])
+            return false
+        }
     }
 
     /// Copies one extent to `target`; true when `target` became a holder.
     private func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
         // A rejoined server has none of the regions yet.
         if copies.regionServers & (1 << UInt64(target)) == 0 {
-            guard !unplaceable.contains(target) else { return false }
             do {
-                _ = try member(target).createRegion(id: region.id, pageCount: copies.pageCount)
+                // Nothing reserved yet: `reserve` below grows it extent by extent.
+                _ = try member(target).createRegion(id: region.id, pageCount: copies.pageCount, reserving: 0)
             } catch {
                 if case .refused(let refusal) = error, refusal.code == .regionExists {} else {
                     // Once a round per server: it may be full.
-                    unplaceable.insert(target)
+                    unplaceable |= 1 << UInt64(target)
                     logger.warning("repair: region \(region.id) cannot be created on \(membership.servers[target]): \(error)")
                     return false
                 }
@@ -146,6 +214,7 @@ final class RepairWorker: @unchecked Sendable {
                 return false
             }
         }
+        guard reserve(region, copies, extent: extent, on: target) else { return false }
         copies.startJoining(extent, target)
         for _ in 0..<5 {
             // Copy only while no write to the extent is under way (waiting 100 ms
@@ -177,7 +246,33 @@ final class RepairWorker: @unchecked Sendable {
             }
         }
         copies.stopJoining(extent, target)
+        // Writes made while it was joining are there: empty it again, so it
+        // holds no page its reservation does not count.
+        if membership.isUp(target) { discardCopy(region, copies, extent: extent, on: target) }
         return false
+    }
+
+    /// Grows the region's reservation on `target` to cover the extent too
+    /// (a server reserves only what it holds). False when it cannot: it is
+    /// full (left alone for the rest of the round) or failed.
+    private func reserve(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, on target: Int) -> Bool {
+        let needed = copies.pagesPlaced(on: target, adding: extent)
+        guard needed > copies.reservation(target) else { return true }
+        do {
+            copies.setReservation(target, try member(target).reserve(region, pages: needed, pageCount: copies.pageCount))
+            return true
+        } catch {
+            switch error {
+            case .refused(let refusal) where refusal.code == .outOfCapacity:
+                unplaceable |= 1 << UInt64(target)
+                logger.warning("repair: \(membership.servers[target]) cannot hold more of region \(region.id): \(refusal)")
+            case .regionGone:
+                break   // closed meanwhile
+            default:
+                membership.markDown(target, reason: "a repair reservation failed: \(error)", incarnation: members.incarnations[target])
+            }
+            return false
+        }
     }
 
     /// Reads the extent from a live holder, 256 pages at a time, and writes

@@ -69,12 +69,13 @@ final class ReplicatedPageStore: PageStore {
     private func readRun(_ region: StoreRegion, extent: Int, pages: UnsafeBufferPointer<UInt64>,
                          into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
         var failure: StoreError?
-        var snapshots = 0
+        var snapshots = 0, movedSnapshots = 0
         snapshot: while true {
             // The rejoin count first, then the copies: if it has moved when a
             // copy's store is taken, the copies may predate a rejoin (a server
             // that rejoined empty), so look again.
             let epoch = membership.rejoinCount
+            let moves = region.copies?.moves(extent) ?? 0
             let copies = replicas(region, extent)
             for i in 0..<copies.count {
                 let (store, incarnation) = storeAndIncarnation(copies[i])
@@ -82,12 +83,23 @@ final class ReplicatedPageStore: PageStore {
                     snapshots += 1
                     continue snapshot
                 }
+                let landed: UnsafeRawPointer
                 do {
-                    return try store.read(region, pages: pages, into: buffer)
+                    landed = try store.read(region, pages: pages, into: buffer)
                 } catch {
                     failed(copies[i], error, region, incarnation: incarnation)
                     failure = error
+                    continue
                 }
+                // A rebalance moved a copy meanwhile: this one may have been
+                // discarded before the read reached it. Read again from where
+                // the copies are now (an extent moves once per rebalance).
+                if let copies = region.copies, copies.moves(extent) != moves {
+                    guard movedSnapshots < 64 else { throw .unavailable("extent \(extent) of region \(region.id) kept moving") }
+                    movedSnapshots += 1
+                    continue snapshot
+                }
+                return landed
             }
             throw .unavailable("no live server holds extent \(extent) of region \(region.id)"
                 + (failure.map { " (last error: \($0))" } ?? ": every copy was on servers marked down"))
@@ -168,33 +180,42 @@ final class ReplicatedPageStore: PageStore {
         }
     }
 
-    /// Creates the region on every live server (each reserves its full size
-    /// for now), merging their RDMA remotes. A server that cannot be reached is
-    /// marked down and left out; one that refuses (full) fails the whole
-    /// allocation, after the servers already done drop it again.
+    /// Creates the region on every live server, each reserving only its
+    /// share of the copies (`Placement.shares`), and merges their RDMA
+    /// remotes. A server that cannot be reached is marked down and the
+    /// creation starts over without it (the shares change); one that refuses
+    /// (full) fails the whole allocation, after the servers already done drop
+    /// it again.
     func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {
-        var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.indices.count), members: 0)
-        for server in members.indices where membership.isUp(server) {
-            do {
-                let made = try member(server).createRegion(id: id, pageCount: pageCount)
-                created.remotes[server] = made.remote(on: server)
-                created.members |= 1 << UInt64(server)
-            } catch {
-                if case .unavailable(let text) = error {
-                    membership.markDown(server, reason: text)
-                    continue
+        creating: while true {
+            let live = membership.live
+            guard live != 0 else { throw .unavailable("no memory server of the cluster answers") }
+            let shares = placement.shares(region: id, pageCount: pageCount, among: live)
+            var created = StoreRegion(id: id, remotes: [RemoteRegion?](repeating: nil, count: members.indices.count), members: 0)
+            for server in members.indices where live & (1 << UInt64(server)) != 0 {
+                do {
+                    let made = try member(server).createRegion(id: id, pageCount: pageCount, reserving: shares[server])
+                    created.remotes[server] = made.remote(on: server)
+                    created.members |= 1 << UInt64(server)
+                } catch {
+                    dropRegion(created)
+                    if case .unavailable(let text) = error {
+                        membership.markDown(server, reason: text)
+                        continue creating
+                    }
+                    let copies = placement.replicas == 1 ? "one copy" : "\(placement.replicas) copies"
+                    throw .refused(ProtocolError(error.refusal?.code ?? .internalError,
+                        "the cluster cannot hold a region of \(formatByteSize(pageCount * 4096)) with \(copies) of each page: "
+                        + "memory server \(membership.servers[server]) (its share: \(shares[server]) pages): "
+                        + "\(error.refusal?.message ?? "\(error)")"))
                 }
-                dropRegion(created)
-                throw .refused(ProtocolError(error.refusal?.code ?? .internalError,
-                                             "memory server \(membership.servers[server]): \(error.refusal?.message ?? "\(error)")"))
             }
+            let members = created.members
+            created.copies = ExtentCopies(pageCount: pageCount, regionServers: members, reservations: shares) { extent in
+                self.placement.replicaSet(region: id, extent: extent, among: members).mask
+            }
+            return created
         }
-        guard created.members != 0 else { throw .unavailable("no memory server of the cluster answers") }
-        let members = created.members
-        created.copies = ExtentCopies(pageCount: pageCount, regionServers: members) { extent in
-            self.placement.replicaSet(region: id, extent: extent, among: members).mask
-        }
-        return created
     }
 
     func dropRegion(_ region: StoreRegion) {

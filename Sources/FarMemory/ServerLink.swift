@@ -19,6 +19,8 @@ final class ServerLink {
     /// Where this link counts bytes (its shard's counters).
     let counters: PagerCounters
     private(set) var helloReply: HelloReply?
+    /// The protocol version HELLO settled on (1 until connected).
+    var protocolVersion: UInt16 { helloReply?.version ?? ProtocolVersion.oldest }
     /// The RDMA data path, when attached. Any RDMA failure drops it (logged) and
     /// the link carries on over TCP.
     private(set) var rdma: RDMAChannel?

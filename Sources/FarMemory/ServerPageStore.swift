@@ -80,7 +80,17 @@ final class ServerPageStore: PageStore {
     }
 
     func createRegion(id: UInt64, pageCount: Int) throws(StoreError) -> StoreRegion {
-        try exchangeOnce(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pageCount)).encode())
+        try createRegion(id: id, pageCount: pageCount, reserving: pageCount)
+    }
+
+    /// Makes the region with `reserving` of its pages reserved (a cluster
+    /// member holds only its share of the copies). A version-1 server, or a
+    /// region exposed for RDMA (registration pins all of it), reserves all.
+    func createRegion(id: UInt64, pageCount: Int, reserving: Int) throws(StoreError) -> StoreRegion {
+        do { try link.connect() } catch { throw Self.storeError(error) }
+        let partial = reserving < pageCount && link.protocolVersion >= 2 && !exposesForRDMA
+        try exchangeOnce(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pageCount),
+                                                   reservedPages: partial ? UInt64(reserving) : nil).encode())
         guard exposesForRDMA else { return StoreRegion(id: id) }
         do {
             let reply = try link.exchange(.rdmaExpose, RegionRef(regionID: id).encode())
@@ -91,6 +101,22 @@ final class ServerPageStore: PageStore {
         } catch {
             onExposeFailure(id, "\(error)")
             return StoreRegion(id: id)
+        }
+    }
+
+    /// Sets the region's reservation on this server (a repair about to put
+    /// more copies there); returns the reservation it has now. A version-1
+    /// server reserved the whole region already.
+    func reserve(_ region: StoreRegion, pages: Int, pageCount: Int) throws(StoreError) -> Int {
+        do { try link.connect() } catch { throw Self.storeError(error) }
+        guard link.protocolVersion >= 2 else { return pageCount }
+        let reply = try exchangeOnce(.reserve, Reservation(regionID: region.id, reservedPages: UInt64(pages)).encode())
+        do throws(ProtocolError) {
+            return Int(try reply.withUnsafeBufferPointer { buffer throws(ProtocolError) in
+                try Reservation.decodeReply(UnsafeRawBufferPointer(buffer))
+            })
+        } catch {
+            throw .refused(error)
         }
     }
 

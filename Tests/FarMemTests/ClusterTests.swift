@@ -157,7 +157,9 @@ final class ClusterTests: XCTestCase {
     }
 
     /// A server killed and restarted empty on its address rejoins (as a new,
-    /// empty incarnation) and, when another server dies, receives extents.
+    /// empty incarnation), gets its share of the extents back (rebalancing:
+    /// every server then reserves exactly what the hash puts on it), and,
+    /// when another server dies, receives the extents that lost a copy.
     func testARestartedServerRejoinsEmptyAndReceivesExtents() throws {
         let memory = try makeMemory()
         defer { memory.close() }
@@ -176,12 +178,82 @@ final class ClusterTests: XCTestCase {
         guard waitUntil("repaired after the first kill", { memory.statistics.underReplicatedExtents == 0 }) else { return }
         servers[1] = try ServerProcess(capacity: "64MiB", port: port)
         guard waitUntil("the restarted server rejoins", { memory.statistics.serversDown == 0 }) else { return }
+        let placement = Placement(servers: servers.map { "\($0.endpoint)" }, replicas: 2)
+        let shares = placement.shares(region: 1, pageCount: region.pageCount, among: placement.allServers)
+        var reserved: [Int] = []
+        guard waitUntil("its share moved back", {
+            reserved = (try? memory.serverStatisticsByServer().map { Int($0.stats.sessionReservedPages) }) ?? []
+            return reserved == shares
+        }) else { return XCTFail("reserved \(reserved), the hash puts \(shares)") }
+        XCTAssertGreaterThan(memory.statistics.extentsMoved, 0)
+        XCTAssertEqual(memory.statistics.serverRejoins, 1)
+        let stored = try memory.serverStatisticsByServer().map { Int($0.stats.sessionStoredPages) }
+        for i in 0..<3 { XCTAssertLessThanOrEqual(stored[i], shares[i], "moved copies were discarded: \(stored) within \(shares)") }
+        XCTAssertEqual(mismatches(region, pattern), [], "read after the moves")
         servers[2].kill()
         XCTAssertEqual(mismatches(region, pattern), [], "read from the surviving copies")
         guard waitUntil("repaired onto the rejoined server", { memory.statistics.underReplicatedExtents == 0 }) else { return }
         let rejoined = try memory.serverStatisticsByServer().first { $0.server == servers[1].endpoint }
         XCTAssertGreaterThan(rejoined?.stats.sessionStoredPages ?? 0, 0, "the rejoined server holds copies now")
         XCTAssertEqual(mismatches(region, pattern), [])
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
+
+    /// Extents move back to a rejoined server while three threads keep
+    /// reading and rewriting every page (each its own pages, checking what it
+    /// wrote the round before): a read that raced a move never returns the
+    /// moved-away copy after its discard, and no write is lost.
+    func testMovingExtentsBackUnderLoadLosesNothing() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 16 << 20)
+        fill(region, PagePattern(seed: 0))
+        let port = servers[0].endpoint.port
+        servers[0].kill()
+        XCTAssertEqual(mismatches(region, PagePattern(seed: 0)), [], "read from the other copies (and the kill noticed)")
+        let deadline = Date().addingTimeInterval(30)
+        while memory.statistics.underReplicatedExtents != 0 || memory.statistics.serversDown == 0, Date() < deadline { usleep(50_000) }
+        servers[0] = try ServerProcess(capacity: "64MiB", port: port)
+        let base = UInt(bitPattern: region.baseAddress!), pages = region.pageCount
+        let stop = Atomic<Bool>(false)
+        let bad = Mutex<[String]>([])
+        let rounds = Atomic<Int>(0)
+        let workers = (0..<3).map { t in
+            PosixThread.spawn(name: "rewrite-\(t)") {
+                let io = KernelIO()
+                var round = 0
+                while !stop.load(ordering: .relaxed), round < 1000 {
+                    let before = PagePattern(seed: UInt64(round)), after = PagePattern(seed: UInt64(round + 1))
+                    for page in stride(from: t, to: pages, by: 3) {
+                        if !io.read(base + UInt(page) * 4096) || !before.verify(page: page, at: io.buffer).ok {
+                            bad.withLock { $0.append("page \(page) round \(round)") }
+                        }
+                        _ = after.write(page: page, at: io.buffer)
+                        _ = io.write(base + UInt(page) * 4096)
+                    }
+                    round += 1
+                    if t == 0 { rounds.store(round, ordering: .relaxed) }
+                }
+            }
+        }
+        // Until every server reserves exactly what the hash puts on it: the
+        // rejoined one has its share back (the moves ran under load).
+        let placement = Placement(servers: servers.map { "\($0.endpoint)" }, replicas: 2)
+        let shares = placement.shares(region: 1, pageCount: pages, among: placement.allServers)
+        while (try? memory.serverStatisticsByServer().map { Int($0.stats.sessionReservedPages) }) != shares,
+              Date() < deadline.addingTimeInterval(30) {
+            usleep(100_000)
+        }
+        let moved = memory.statistics.extentsMoved
+        print("moves done after \(String(format: "%.1f", 30 - deadline.timeIntervalSinceNow)) s, \(rounds.load(ordering: .relaxed)) rounds: \(memory.statistics)")
+        usleep(300_000)
+        stop.store(true, ordering: .relaxed)
+        workers.forEach { $0.join() }
+        XCTAssertGreaterThan(moved, 0, "extents moved back: \(memory.statistics)")
+        XCTAssertEqual(try memory.serverStatisticsByServer().map { Int($0.stats.sessionReservedPages) }, shares)
+        XCTAssertEqual(memory.statistics.serverRejoins, 1, "no write was refused by the rejoined server (it would be marked down and rejoin again)")
+        XCTAssertGreaterThan(rounds.load(ordering: .relaxed), 1, "the rewriting ran across the moves")
+        XCTAssertEqual(bad.withLock { $0 }, [], "every page read back what was written")
         XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 
@@ -205,14 +277,48 @@ final class ClusterTests: XCTestCase {
     func testAFullClusterIsAClearErrorAtAllocation() throws {
         let memory = try makeMemory()
         defer { memory.close() }
-        // The first two servers take it, the third (32 MiB) cannot.
-        XCTAssertThrowsError(try memory.allocate(bytes: 48 << 20)) { error in
+        // Two copies of 96 MiB do not fit in 64 + 64 + 32 MiB, however they are placed.
+        XCTAssertThrowsError(try memory.allocate(bytes: 96 << 20)) { error in
             XCTAssertTrue("\(error)".contains("out of capacity"), "\(error)")
+            XCTAssertTrue("\(error)".contains("cannot hold a region of 96.0 MiB with 2 copies"), "\(error)")
         }
         // Nothing is left reserved by the refused allocation.
         let region = try memory.allocate(bytes: 16 << 20)
         region.close()
         XCTAssertTrue(try memory.serverStatisticsByServer().allSatisfy { $0.stats.sessionReservedPages == 0 })
+    }
+
+    /// Each server reserves only its share of the copies (the pages of the
+    /// extents the hash puts on it), so a region larger than any one server
+    /// fits a cluster that can hold both copies; the servers refuse a write
+    /// past a reservation, so filling it proves the shares are right.
+    func testEachServerReservesOnlyItsShareAndARegionLargerThanAnyServerFits() throws {
+        let big = try (0..<3).map { _ in try ServerProcess(capacity: "56MiB") }
+        defer { big.forEach { $0.stop() } }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: big.map(\.endpoint), budgetBytes: 4 << 20,
+                                                                         failoverTimeoutSeconds: 2))
+        defer { memory.close() }
+        let pages = 16384   // 64 MiB: two copies need 128 of the 168 MiB
+        let placement = Placement(servers: big.map { "\($0.endpoint)" }, replicas: 2)
+        let shares = placement.shares(region: 1, pageCount: pages, among: placement.allServers)
+        XCTAssertEqual(shares.reduce(0, +), 2 * pages)
+        guard shares.allSatisfy({ $0 <= 56 * 256 }) else {
+            // The hash gave one server more than 56 MiB (rare): that must be refused.
+            XCTAssertThrowsError(try memory.allocate(bytes: pages * 4096))
+            return
+        }
+        let region = try memory.allocate(bytes: pages * 4096)
+        let reserved = try memory.serverStatisticsByServer().map { Int($0.stats.sessionReservedPages) }
+        XCTAssertEqual(reserved, shares, "each server reserved its share, not the region")
+        let pattern = PagePattern(seed: 31)
+        fill(region, pattern)
+        XCTAssertEqual(mismatches(region, pattern), [])
+        XCTAssertEqual(memory.statistics.serversDown, 0, "no write was refused: \(memory.statistics)")
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+        let stored = try memory.serverStatisticsByServer().map { Int($0.stats.sessionStoredPages) }
+        for i in 0..<3 { XCTAssertLessThanOrEqual(stored[i], shares[i], "\(stored) within \(shares)") }
+        XCTAssertGreaterThan(stored.reduce(0, +), 2 * (pages - 1024), "both copies of the evicted pages: \(stored)")
+        region.close()
     }
 
     /// Two of three servers die: a page whose two copies were on them raises

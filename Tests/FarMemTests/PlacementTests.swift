@@ -48,4 +48,22 @@ final class PlacementTests: XCTestCase {
         XCTAssertEqual(Placement.extent(of: 511), 0)
         XCTAssertEqual(Placement.extent(of: 512), 1)
     }
+
+    /// What each server reserves for a region: the pages of the extents it
+    /// is a replica of, the last extent counted by its real size.
+    func testSharesAddUpToTheCopiesOfEveryPage() {
+        let placement = Placement(servers: five, replicas: 2)
+        let pages = 100 * 512 + 17
+        let among = placement.allServers & ~(1 << 4)
+        let shares = placement.shares(region: 9, pageCount: pages, among: among)
+        XCTAssertEqual(shares.reduce(0, +), 2 * pages)
+        XCTAssertEqual(shares[4], 0, "not a candidate")
+        var expected = [Int](repeating: 0, count: 5)
+        for extent in 0...100 {
+            for server in placement.replicaSet(region: 9, extent: extent, among: among) { expected[server] += extent == 100 ? 17 : 512 }
+        }
+        XCTAssertEqual(shares, expected)
+        XCTAssertEqual(Placement(servers: five, replicas: 3).shares(region: 9, pageCount: 10, among: 0b11), [10, 10, 0, 0, 0],
+                       "fewer servers than copies: one copy on each")
+    }
 }

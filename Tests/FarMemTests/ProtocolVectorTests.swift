@@ -37,7 +37,7 @@ final class ProtocolVectorTests: XCTestCase {
         let (replyHeader, replyPayload) = try split(replyBytes)
         XCTAssertTrue(replyHeader.isResponse)
         let reply = try replyPayload.withUnsafeBytes { try HelloReply.decode($0) }
-        XCTAssertEqual(reply, HelloReply(version: 1, pageSize: 4096, maxBatchPages: 256,
+        XCTAssertEqual(reply, HelloReply(version: 2, pageSize: 4096, maxBatchPages: 256,
                                          maxPayload: UInt32(ProtocolLimits.maxPayload), capacityPages: 262144, unreservedPages: 262000))
         XCTAssertEqual(encodeFrame(0x81, id: 1, reply.encode()), replyBytes)
     }
@@ -49,6 +49,25 @@ final class ProtocolVectorTests: XCTestCase {
         XCTAssertEqual(spec, RegionSpec(regionID: 7, pageCount: 65536))
         XCTAssertEqual(encodeFrame(0x02, id: 2, spec.encode()), create)
         XCTAssertEqual(encodeFrame(0x82, id: 2, []), try vector("create_region_reply"))
+        // A version-1 connection takes only the 16-byte form.
+        XCTAssertThrowsError(try split(try vector("create_region_request_v2")).1.withUnsafeBytes { try RegionSpec.decode($0, version: 1) })
+
+        let createV2 = try vector("create_region_request_v2")
+        let partial = try split(createV2).1.withUnsafeBytes { try RegionSpec.decode($0) }
+        XCTAssertEqual(partial, RegionSpec(regionID: 8, pageCount: 65536, reservedPages: 21504))
+        XCTAssertEqual(encodeFrame(0x02, id: 16, partial.encode()), createV2)
+        let tooMuch = RegionSpec(regionID: 8, pageCount: 10, reservedPages: 11).encode()
+        XCTAssertThrowsError(try tooMuch.withUnsafeBytes { try RegionSpec.decode($0) }) { error in
+            XCTAssertEqual((error as? ProtocolError)?.code, .malformedFrame)
+        }
+
+        let reserve = try vector("reserve_request")
+        let reservation = try split(reserve).1.withUnsafeBytes { try Reservation.decode($0) }
+        XCTAssertEqual(reservation, Reservation(regionID: 8, reservedPages: 22016))
+        XCTAssertEqual(encodeFrame(0x0A, id: 17, reservation.encode()), reserve)
+        let reserveReply = try vector("reserve_reply")
+        XCTAssertEqual(try split(reserveReply).1.withUnsafeBytes { try Reservation.decodeReply($0) }, 22016)
+        XCTAssertEqual(encodeFrame(0x8A, id: 17, Reservation.encodeReply(reservedPages: 22016)), reserveReply)
 
         let drop = try vector("drop_region_request")
         let (_, dropPayload) = try split(drop)
@@ -114,7 +133,7 @@ final class ProtocolVectorTests: XCTestCase {
         let url = BuiltProducts.repository.appendingPathComponent("protocol/vectors/vectors.json")
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any]
         let entries = manifest?["vectors"] as? [[String: Any]] ?? []
-        XCTAssertEqual(entries.count, 20)
+        XCTAssertEqual(entries.count, 23)
         for entry in entries {
             let file = try XCTUnwrap(entry["file"] as? String)
             let data = try Data(contentsOf: BuiltProducts.repository.appendingPathComponent("protocol/vectors/\(file)"))

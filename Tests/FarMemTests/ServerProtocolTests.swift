@@ -96,6 +96,57 @@ final class ServerProtocolTests: XCTestCase {
         XCTAssertEqual(try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [1000]).encode()).error, .pageOutOfRange)
     }
 
+    /// Version 2: a region reserves only part of its pages; a write that
+    /// would hold more is refused whole, RESERVE grows (or, down to what is
+    /// held, shrinks) it, and the server's figures follow.
+    func testAPartlyReservedRegionHoldsOnlyWhatItReserved() throws {
+        let client = try RawClient(server.endpoint)   // 4 MiB: 1024 pages
+        let hello = try client.hello()
+        XCTAssertEqual(try hello.body.withUnsafeBytes { try HelloReply.decode($0) }.version, 2)
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4096, reservedPages: 2).encode()).error,
+                     "a region larger than the server, 2 pages of it reserved")
+        XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [4000, 7]) { _ in 5 }).error)
+        XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [7]) { _ in 6 }).error, "a rewrite needs nothing more")
+        let over = try client.call(.writePages, RawClient.writePayload(region: 1, pages: [8, 4000]) { _ in 9 })
+        XCTAssertEqual(over.error, .outOfCapacity)
+        XCTAssertTrue(over.message.contains("reserved"), over.message)
+        XCTAssertEqual(try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [4000]).encode()).body.first, 5,
+                       "the refused batch changed nothing")
+
+        func reserve(_ pages: UInt64) throws -> RawClient.Reply { try client.call(.reserve, Reservation(regionID: 1, reservedPages: pages).encode()) }
+        func reserved(_ reply: RawClient.Reply) throws -> UInt64 { try reply.body.withUnsafeBytes { try Reservation.decodeReply($0) } }
+        XCTAssertEqual(try reserved(try reserve(3)), 3)
+        XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [8, 8]) { _ in 9 }).error, "a page listed twice is one page")
+        XCTAssertEqual(try reserved(try reserve(1)), 3, "never below the 3 pages held")
+        XCTAssertEqual(try reserve(2000).error, .outOfCapacity, "more than the server has")
+        XCTAssertEqual(try reserve(5000).error, .pageOutOfRange, "more than the region has")
+        var stats = try client.statsEventually { _ in true }
+        XCTAssertEqual(stats.sessionReservedPages, 3)
+        XCTAssertEqual(stats.reservedPages, 3)
+        XCTAssertNil(try client.call(.discard, DiscardRange(regionID: 1, firstPage: 0, pageCount: 4096).encode()).error)
+        XCTAssertEqual(try reserved(try reserve(0)), 0, "all discarded: the reservation can go")
+        XCTAssertNil(try client.call(.dropRegion, RegionRef(regionID: 1).encode()).error)
+        stats = try client.statsEventually { _ in true }
+        XCTAssertEqual(stats.reservedPages, 0)
+    }
+
+    /// A version-1 client keeps version-1 meaning: whole reservations, no RESERVE.
+    func testAVersionOneClientGetsVersionOne() throws {
+        let client = try RawClient(server.endpoint)
+        let hello = try client.hello(maxVersion: 1)
+        XCTAssertEqual(try hello.body.withUnsafeBytes { try HelloReply.decode($0) }.version, 1)
+        XCTAssertEqual(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 10, reservedPages: 2).encode()).error,
+                       .malformedFrame, "the 24-byte form is version 2's")
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 10).encode()).error)
+        let reserve = try client.call(.reserve, Reservation(regionID: 1, reservedPages: 2).encode())
+        XCTAssertEqual(reserve.error, .unknownOpcode)
+        XCTAssertTrue(reserve.message.contains("version 2"), reserve.message)
+        XCTAssertEqual(try client.statsEventually { _ in true }.sessionReservedPages, 10)
+        let tooNew = try RawClient(server.endpoint)
+        XCTAssertEqual(try tooNew.call(.hello, Hello(minVersion: 3, maxVersion: 4, sessionKey: RawClient.randomKey()).encode()).error,
+                       .unsupportedVersion)
+    }
+
     func testRequestsBeforeHelloAndUnknownOpcodesAreRefusedButServed() throws {
         let client = try RawClient(server.endpoint)
         XCTAssertEqual(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1).encode()).error, .helloRequired)

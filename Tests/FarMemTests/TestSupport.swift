@@ -147,8 +147,8 @@ final class RawClient {
         return try receive()
     }
 
-    func hello(key: [UInt8] = RawClient.randomKey(), token: String = "") throws -> Reply {
-        try call(.hello, Hello(sessionKey: key, token: Array(token.utf8)).encode())
+    func hello(key: [UInt8] = RawClient.randomKey(), token: String = "", maxVersion: UInt16 = ProtocolVersion.newest) throws -> Reply {
+        try call(.hello, Hello(maxVersion: maxVersion, sessionKey: key, token: Array(token.utf8)).encode())
     }
 
     /// True when the server has closed this connection (EOF within the time-out).

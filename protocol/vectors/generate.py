@@ -8,7 +8,8 @@ import json
 import struct
 
 MAGIC = b"FM"
-VERSION = 1
+VERSION = 1           # the frame format (header version byte)
+PROTOCOL_VERSION = 2  # what HELLO negotiates
 
 
 def frame(opcode, request_id, payload, status=0, version=VERSION, magic=MAGIC, length=None):
@@ -34,12 +35,17 @@ def add(name, data, description, valid=True, error=None):
 
 
 add("hello_request",
-    frame(0x01, 1, struct.pack("<HHI", 1, 1, 4096) + KEY + struct.pack("<H", 6) + b"secret"),
-    "HELLO, versions 1..1, page size 4096, session key 01..10, token 'secret'")
+    frame(0x01, 1, struct.pack("<HHI", 1, 2, 4096) + KEY + struct.pack("<H", 6) + b"secret"),
+    "HELLO, versions 1..2, page size 4096, session key 01..10, token 'secret'")
 add("hello_reply",
-    frame(0x81, 1, struct.pack("<HHIIIQQ", 1, 0, 4096, 256, 16 + 256 * 8 + 256 * 4096, 262144, 262000)),
-    "HELLO reply: version 1, 256-page batches, 1 GiB capacity, 262000 pages unreserved")
-add("create_region_request", frame(0x02, 2, struct.pack("<QQ", 7, 65536)), "CREATE_REGION 7 of 65536 pages")
+    frame(0x81, 1, struct.pack("<HHIIIQQ", 2, 0, 4096, 256, 16 + 256 * 8 + 256 * 4096, 262144, 262000)),
+    "HELLO reply: version 2, 256-page batches, 1 GiB capacity, 262000 pages unreserved")
+add("create_region_request", frame(0x02, 2, struct.pack("<QQ", 7, 65536)),
+    "CREATE_REGION 7 of 65536 pages, all reserved (the version-1 form)")
+add("create_region_request_v2", frame(0x02, 16, struct.pack("<QQQ", 8, 65536, 21504)),
+    "CREATE_REGION 8 of 65536 pages, 21504 of them reserved (version 2)")
+add("reserve_request", frame(0x0A, 17, struct.pack("<QQ", 8, 22016)), "RESERVE region 8: 22016 pages (version 2)")
+add("reserve_reply", frame(0x8A, 17, struct.pack("<Q", 22016)), "RESERVE reply: region 8 has 22016 pages reserved")
 add("create_region_reply", frame(0x82, 2, b""), "CREATE_REGION succeeded")
 add("drop_region_request", frame(0x03, 3, struct.pack("<Q", 7)), "DROP_REGION 7")
 add("read_pages_request", frame(0x04, 4, page_list(7, [0, 5, 1000])), "READ_PAGES region 7, pages 0, 5, 1000")
@@ -71,5 +77,5 @@ add("truncated_page_list", frame(0x04, 13, struct.pack("<QII", 7, 3, 0) + struct
     valid=False, error="MALFORMED_FRAME")
 
 with open("vectors.json", "w") as f:
-    json.dump({"protocol_version": VERSION, "vectors": vectors}, f, indent=2)
+    json.dump({"protocol_version": PROTOCOL_VERSION, "frame_version": VERSION, "vectors": vectors}, f, indent=2)
     f.write("\n")
