@@ -93,12 +93,7 @@ final class RDMAService: @unchecked Sendable {
         }
         let published: UnsafeMutableRawPointer
         do {
-            published = try session.withRegion(id) { current throws(ProtocolError) -> UnsafeMutableRawPointer in
-                guard current === region else { throw ProtocolError(.noSuchRegion, "region \(id) was dropped meanwhile") }
-                if let other = current.registration { return other }   // registered twice at once: keep the first
-                current.registration = mr
-                return mr
-            }
+            published = try session.publishRegistration(mr, of: region, id: id)
         } catch {
             _ = fm_rdma_deregister(mr)   // else it pins the pages and keeps the domain busy
             throw error

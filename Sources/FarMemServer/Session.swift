@@ -86,6 +86,20 @@ final class Session: @unchecked Sendable {
         try withRegion(id) { region throws(ProtocolError) in _ = try setReservation(region, region.pageCount) }
     }
 
+    /// Publishes an RDMA registration of `region` (if it is still region `id`)
+    /// and returns the one in use: an earlier one if two raced. The region is
+    /// pinned whole from now on, so it is reserved whole here, under the same
+    /// lock (a RESERVE may have lowered it since `reserveWhole`).
+    func publishRegistration(_ registration: UnsafeMutableRawPointer, of region: RegionStore, id: UInt64) throws(ProtocolError) -> UnsafeMutableRawPointer {
+        try withRegion(id) { current throws(ProtocolError) -> UnsafeMutableRawPointer in
+            guard current === region else { throw ProtocolError(.noSuchRegion, "region \(id) was dropped meanwhile") }
+            if let other = current.registration { return other }
+            _ = try setReservation(current, current.pageCount)
+            current.registration = registration
+            return registration
+        }
+    }
+
     private func setReservation(_ region: RegionStore, _ pages: Int) throws(ProtocolError) -> Int {
         let growth = pages - region.reservedPages
         if growth > 0 {

@@ -29,6 +29,8 @@ final class ExtentCopies: @unchecked Sendable {
 
     /// Pages of capacity each server reserved for the region (by server index).
     private let reservations: Mutex<[Int]>
+    /// The region's memory on each server (incarnation) for one-sided RDMA.
+    let remotes = RemoteDirectory(servers: 64)
 
     init(pageCount: Int, regionServers: Placement.ServerSet, reservations: [Int] = [],
          initialHolders: (Int) -> Placement.ServerSet) {
@@ -92,10 +94,16 @@ final class ExtentCopies: @unchecked Sendable {
     @inline(__always) func beginWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(word(extent, Self.startedWord), 1) }
     @inline(__always) func endWrite(_ extent: Int) { _ = fm_atomic_add_sc_u64(word(extent, Self.finishedWord), 1) }
 
-    /// (started, finished): equal when no write is under way.
+    /// (started, finished): equal when no write was under way. Finished is
+    /// loaded first: equal counts then mean none was under way at that load
+    /// (loaded the other way round, a write that started and finished in
+    /// between could hide one still under way).
     func writes(_ extent: Int) -> (started: UInt64, finished: UInt64) {
-        (fm_atomic_load_sc_u64(word(extent, Self.startedWord)), fm_atomic_load_sc_u64(word(extent, Self.finishedWord)))
+        let finished = fm_atomic_load_sc_u64(word(extent, Self.finishedWord))
+        return (fm_atomic_load_sc_u64(word(extent, Self.startedWord)), finished)
     }
+
+    func writesUnderWay(_ extent: Int) -> Bool { let w = writes(extent); return w.started != w.finished }
 
     /// How many times a copy of the extent was moved away (see `moves` above).
     @inline(__always) func moves(_ extent: Int) -> UInt64 { fm_atomic_load_sc_u64(word(extent, Self.movesWord)) }

@@ -120,12 +120,28 @@ public final class FarMemory: @unchecked Sendable {
         let placement = Placement(servers: servers.map(\.description), replicas: configuration.replicas)
         let attemptWindow = servers.count == 1 ? configuration.retryWindowSeconds : 0
         let pageTimeout = servers.count > 1 ? configuration.failoverTimeoutSeconds : configuration.requestTimeoutSeconds
-        /// A fresh TCP store for a rejoined server's new session (see ClusterMembership).
-        func rejoinedMember(counters: PagerCounters, timeout: Double) -> (Int, [UInt8]) -> ServerPageStore {
-            { server, key in
-                ServerPageStore(link: ServerLink(endpoint: servers[server], configuration: configuration, sessionKey: key,
-                                                 counters: counters, timeoutSeconds: timeout),
-                                member: server, retryWindowSeconds: attemptWindow)
+        /// A store for a rejoined server's new session (see ClusterMembership):
+        /// over RDMA when the cluster uses it (its own queue pair), exposing the
+        /// regions it creates there if `exposes`.
+        let overRDMA = rdmaReasons.isEmpty
+        func rejoinedMember(counters: PagerCounters, timeout: Double, exposes: Bool) -> MemberStores.Make {
+            { server, key, incarnation in
+                let link = ServerLink(endpoint: servers[server], configuration: configuration, sessionKey: key,
+                                      counters: counters, timeoutSeconds: timeout)
+                var attached = false
+                if overRDMA {
+                    link.onRDMAFailure = { [logger] reason in logger.error("\(reason) (\(servers[server])); this connection falls back to TCP") }
+                    if let why = ServerLink.attachRDMA([link], ticketFrom: link, configuration: configuration, transferTimeoutSeconds: pageTimeout) {
+                        logger.error("memory server \(servers[server]) rejoined, and this connection to it uses TCP: \(why)")
+                    } else {
+                        attached = true
+                    }
+                }
+                return ServerPageStore(link: link, member: server, incarnation: incarnation, retryWindowSeconds: attemptWindow,
+                                       exposesForRDMA: exposes && attached,
+                                       onExposeFailure: { [logger] id, why in
+                                           logger.error("region \(id) is not exposed for RDMA on \(servers[server]) (\(why)); its pages move over TCP")
+                                       })
             }
         }
         func store(_ link: (ServerConnections) -> ServerLink, counters: PagerCounters, timeout: Double, exposes: Bool = false) -> PageStore {
@@ -136,7 +152,7 @@ public final class FarMemory: @unchecked Sendable {
             }
             return members.count == 1 ? members[0]
                 : ReplicatedPageStore(members: members, membership: membership, placement: placement,
-                                      makeMember: rejoinedMember(counters: counters, timeout: timeout))
+                                      makeMember: rejoinedMember(counters: counters, timeout: timeout, exposes: exposes))
         }
         control = Mutex(ControlStoreBox(store: store(\.control, counters: PagerCounters(), timeout: configuration.requestTimeoutSeconds,
                                                      exposes: true), connections: connections))
@@ -157,7 +173,13 @@ public final class FarMemory: @unchecked Sendable {
         if servers.count > 1 {
             let members = connections.map { ServerPageStore(link: $0.repairLink, member: $0.member, retryWindowSeconds: 0) }
             let worker = RepairWorker(members: members, membership: membership, placement: placement, logger: logger,
-                                      makeMember: rejoinedMember(counters: PagerCounters(), timeout: pageTimeout)) {
+                                      drainSeconds: pageTimeout + 0.5,
+                                      makeMember: rejoinedMember(counters: PagerCounters(), timeout: pageTimeout, exposes: true),
+                                      makeProbe: { server, key in
+                                          ServerPageStore(link: ServerLink(endpoint: servers[server], configuration: configuration, sessionKey: key,
+                                                                           counters: PagerCounters(), timeoutSeconds: pageTimeout),
+                                                          member: server, retryWindowSeconds: 0)
+                                      }) {
                 [weak self] in self?.openStoreRegions() ?? []
             }
             worker.start()
@@ -249,7 +271,9 @@ public final class FarMemory: @unchecked Sendable {
         statistics.serverRejoins = membership.rejoinCount
         statistics.replicas = UInt64(configuration.replicas)
         if let repair {
-            statistics.underReplicatedExtents = UInt64(openStoreRegions().reduce(0) { $0 + repair.underReplicatedExtents(in: $1) })
+            let regions = openStoreRegions()
+            statistics.underReplicatedExtents = UInt64(regions.reduce(0) { $0 + repair.underReplicatedExtents(in: $1) })
+            statistics.misplacedExtents = UInt64(regions.reduce(0) { $0 + repair.misplacedExtents(in: $1) })
             statistics.pagesRepaired = repair.pagesRepaired.load(ordering: .relaxed)
             statistics.extentsRepaired = repair.extentsRepaired.load(ordering: .relaxed)
             statistics.extentsMoved = repair.extentsMoved.load(ordering: .relaxed)

@@ -1,16 +1,19 @@
 /// One thread's store for each server of a cluster, each on its server's
 /// current incarnation: when a server rejoins (see `ClusterMembership`), the
 /// link of the earlier incarnation is closed and a new one made, on the new
-/// session (an allocation, once per rejoin). Owned by one thread.
+/// session (an allocation and, over RDMA, a queue pair to set up, once per
+/// rejoin). Owned by one thread.
 struct MemberStores {
     private(set) var stores: [ServerPageStore]
     /// The incarnation each store's link belongs to.
     private(set) var incarnations: [UInt64]
     private let membership: ClusterMembership
-    /// A new link to `server` on session `key`.
-    private let make: (Int, [UInt8]) -> ServerPageStore
+    /// A new store for `server` on session `key`, its incarnation `incarnation`
+    /// (over RDMA when the cluster uses it).
+    typealias Make = (_ server: Int, _ key: [UInt8], _ incarnation: UInt64) -> ServerPageStore
+    private let make: Make
 
-    init(_ stores: [ServerPageStore], membership: ClusterMembership, make: @escaping (Int, [UInt8]) -> ServerPageStore) {
+    init(_ stores: [ServerPageStore], membership: ClusterMembership, make: @escaping Make) {
         self.stores = stores
         self.membership = membership
         self.make = make
@@ -23,7 +26,9 @@ struct MemberStores {
     @inline(__always)
     mutating func store(_ server: Int) -> ServerPageStore {
         let current = membership.incarnation(server)
-        if current != incarnations[server] { replace(server, with: make(server, membership.sessionKey(server)), incarnation: current) }
+        if current != incarnations[server] {
+            replace(server, with: make(server, membership.sessionKey(server), current), incarnation: current)
+        }
         return stores[server]
     }
 

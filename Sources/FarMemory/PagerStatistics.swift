@@ -7,7 +7,7 @@ final class PagerCounters: @unchecked Sendable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
-        case moveRefusals, discardWindowFaults, heldFaultsPeak
+        case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -73,6 +73,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// Most faults held back at once (budget full, or an event pending), per
     /// handler thread: how many threads waited together.
     public var heldFaultsPeak: UInt64
+    /// Cluster reads done again because a rebalance moved a copy of their
+    /// extent while they were under way (the copy read may have been discarded).
+    public var rereadsAfterMove: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -93,6 +96,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var extentsRepaired: UInt64 = 0
     /// Times a server marked down answered again and rejoined empty.
     public var serverRejoins: UInt64 = 0
+    /// Extents whose copies are all there but not where the hash puts them
+    /// (a server rejoined and the rebalance has not moved them back yet).
+    public var misplacedExtents: UInt64 = 0
     /// Extents moved back to where the hash puts them (a server rejoined).
     public var extentsMoved: UInt64 = 0
     /// Time the fault handler spent per fault, message read to page installed.
@@ -113,6 +119,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         unevictablePages = sum(.unevictablePages)
         moveRefusals = sum(.moveRefusals); discardWindowFaults = sum(.discardWindowFaults)
         heldFaultsPeak = shards.map { $0.get(.heldFaultsPeak) }.max() ?? 0
+        rereadsAfterMove = sum(.rereadsAfterMove)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
@@ -127,8 +134,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
-        servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), \
-        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
+        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """
     }
 }

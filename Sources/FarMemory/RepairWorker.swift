@@ -17,7 +17,8 @@ import Synchronization
 /// memory (it moves page data between servers only).
 final class RepairWorker: @unchecked Sendable {
     private var members: MemberStores
-    private let makeMember: (Int, [UInt8]) -> ServerPageStore
+    /// A plain TCP store on a given session (probes, and dropping an old session's regions).
+    private let makeProbe: (Int, [UInt8]) -> ServerPageStore
     private var nextRejoinProbe = 0.0
     private let membership: ClusterMembership
     private let placement: Placement
@@ -35,10 +36,15 @@ final class RepairWorker: @unchecked Sendable {
     /// Extents moved to the server the hash picks again (a rejoined one).
     let extentsMoved = Atomic<UInt64>(0)
 
-    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger,
-         makeMember: @escaping (Int, [UInt8]) -> ServerPageStore, regions: @escaping @Sendable () -> [StoreRegion]) {
+    /// How long a discard of a moved copy waits for writes under way.
+    private let drainSeconds: Double
+
+    init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger, drainSeconds: Double,
+         makeMember: @escaping MemberStores.Make, makeProbe: @escaping (Int, [UInt8]) -> ServerPageStore,
+         regions: @escaping @Sendable () -> [StoreRegion]) {
         self.members = MemberStores(members, membership: membership, make: makeMember)
-        self.makeMember = makeMember
+        self.makeProbe = makeProbe
+        self.drainSeconds = drainSeconds
         self.membership = membership
         self.placement = placement
         self.logger = logger
@@ -75,6 +81,19 @@ final class RepairWorker: @unchecked Sendable {
         return (0..<copies.extentCount).reduce(0) { $0 + ((copies.holders($1) & live).nonzeroBitCount < placement.replicas ? 1 : 0) }
     }
 
+    /// Extents of `region` with their copies but not where the hash puts them
+    /// among the live servers: a rebalance is due (or a server is full).
+    func misplacedExtents(in region: StoreRegion) -> Int {
+        guard let copies = region.copies else { return 0 }
+        let live = membership.live
+        let wanted = min(placement.replicas, live.nonzeroBitCount)
+        return (0..<copies.extentCount).reduce(0) { count, extent in
+            let holders = copies.holders(extent) & live
+            guard holders.nonzeroBitCount >= wanted, wanted > 0 else { return count }
+            return count + (placement.replicaSet(region: region.id, extent: extent, among: live).mask & ~holders != 0 ? 1 : 0)
+        }
+    }
+
     /// This worker's store for `server`, on its current incarnation's session.
     private func member(_ server: Int) -> ServerPageStore { members.store(server) }
 
@@ -87,20 +106,18 @@ final class RepairWorker: @unchecked Sendable {
         for server in members.indices where live & (1 << UInt64(server)) == 0 {
             var generator = SystemRandomNumberGenerator()
             let key = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
-            let fresh = makeMember(server, key)
-            guard fresh.probe() else {
-                fresh.link.close()
-                continue
-            }
+            let fresh = makeProbe(server, key)
+            defer { fresh.link.close() }
+            guard fresh.probe() else { continue }
             // The old session (a stopped-then-continued server still has it) gives
             // back its regions' reservations; a restarted server has none of it.
-            let old = makeMember(server, membership.sessionKey(server))
+            let old = makeProbe(server, membership.sessionKey(server))
             let open = regions()
             for region in open { old.dropRegion(region) }
             old.link.close()
             for region in open { region.copies?.forget(server) }
+            // Every thread's store for it follows (`MemberStores`), this one's included.
             membership.rejoin(server, key: key)
-            members.replace(server, with: fresh, incarnation: membership.incarnation(server))
         }
     }
 
@@ -138,8 +155,11 @@ final class RepairWorker: @unchecked Sendable {
     /// where the hash puts them among the live servers (a server rejoined,
     /// and its share comes back to it) is copied to the server the hash
     /// picks, as a repair does, and then dropped from the one it no longer
-    /// picks. Paced like repairs; the move counter keeps reads honest.
+    /// picks. Paced like repairs; the move counter keeps reads honest. Not
+    /// with four copies: a move needs a fifth write target for a while, and
+    /// a replica list holds four.
     private func rebalanceRound() {
+        guard placement.replicas < 4 else { return }
         for region in regions() {
             guard let copies = region.copies else { continue }
             for extent in 0..<copies.extentCount {
@@ -147,13 +167,20 @@ final class RepairWorker: @unchecked Sendable {
                 let live = membership.live
                 let holders = copies.holders(extent) & live
                 guard holders.nonzeroBitCount >= placement.replicas else { continue }   // lost, or a repair's job
-                let wanted = placement.replicaSet(region: region.id, extent: extent, among: live & ~unplaceable)
+                // Among all live servers, a full one included: leaving it out would
+                // move its extents away and back round after round.
+                let wanted = placement.replicaSet(region: region.id, extent: extent, among: live)
                 guard wanted.count == placement.replicas else { continue }
                 let missing = wanted.mask & ~holders, surplus = holders & ~wanted.mask
                 guard missing != 0, surplus != 0 else { continue }
                 let target = placement.replicaSet(region: region.id, extent: extent, among: missing)[0]
+                guard unplaceable & (1 << UInt64(target)) == 0 else { continue }   // full this round
                 guard repair(region, copies, extent: extent, to: target) else { continue }
-                dropCopy(region, copies, extent: extent, from: ReplicaList(surplus)[0])
+                let source = ReplicaList(surplus)[0]
+                // Only while the copies stay complete without it (the new one may have failed already).
+                let others = copies.holders(extent) & membership.live & ~(1 << UInt64(source))
+                guard others & (1 << UInt64(target)) != 0, others.nonzeroBitCount >= placement.replicas else { continue }
+                dropCopy(region, copies, extent: extent, from: source)
                 _ = extentsMoved.add(1, ordering: .relaxed)
                 sleepSeconds(0.002)
             }
@@ -165,23 +192,33 @@ final class RepairWorker: @unchecked Sendable {
     private func dropCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, from server: Int) {
         copies.removeHolder(extent, server)
         guard discardCopy(region, copies, extent: extent, on: server) else { return }
+        releaseUnneeded(region, copies, on: server)
+    }
+
+    /// Lowers `server`'s reservation for the region to the extents placed on
+    /// it (after a move away, or a repair that did not complete).
+    private func releaseUnneeded(_ region: StoreRegion, _ copies: ExtentCopies, on server: Int) {
         let needed = copies.pagesPlaced(on: server)
         guard needed < copies.reservation(server) else { return }
         do {
             copies.setReservation(server, try member(server).reserve(region, pages: needed, pageCount: copies.pageCount))
         } catch {
             if case .regionGone = error { return }
-            membership.markDown(server, reason: "a reservation after a rebalance failed: \(error)", incarnation: members.incarnations[server])
+            membership.markDown(server, reason: "a reservation change failed: \(error)", incarnation: members.incarnations[server])
         }
     }
 
     /// Discards `server`'s pages of an extent it is no longer a write target
     /// of. Writes that took the targets before may still be on their way
-    /// there: they land first (100 ms at most), so the discard leaves nothing.
+    /// there: the discard waits until no write to the extent is under way (up
+    /// to the failover time-out and a bit, after which such a write has given
+    /// up on the server). One that lands later anyway is refused or ignored
+    /// (ReplicatedPageStore.write) and at worst leaves a stale page there that
+    /// nothing reads; a later copy to the server empties the extent first.
     @discardableResult
     private func discardCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, on server: Int) -> Bool {
-        let started = copies.writes(extent).started
-        for _ in 0..<100 where copies.writes(extent).finished < started { sleepSeconds(0.001) }
+        let deadline = monotonicSeconds() + drainSeconds
+        while copies.writesUnderWay(extent), monotonicSeconds() < deadline, running.load(ordering: .relaxed) { sleepSeconds(0.001) }
         do {
             try member(server).discard(region, first: extent * Placement.extentPages, count: copies.pages(in: extent))
             return true
@@ -198,7 +235,12 @@ final class RepairWorker: @unchecked Sendable {
         if copies.regionServers & (1 << UInt64(target)) == 0 {
             do {
                 // Nothing reserved yet: `reserve` below grows it extent by extent.
-                _ = try member(target).createRegion(id: region.id, pageCount: copies.pageCount, reserving: 0)
+                let made = try member(target).createRegion(id: region.id, pageCount: copies.pageCount, reserving: 0)
+                // Over RDMA, exposed in the new session: every pager thread's store
+                // of this incarnation reads and writes it one-sided from now on.
+                if let remote = made.remote(on: target) {
+                    copies.remotes.publish(remote, server: target, incarnation: members.incarnations[target])
+                }
             } catch {
                 if case .refused(let refusal) = error, refusal.code == .regionExists {} else {
                     // Once a round per server: it may be full.
@@ -247,8 +289,10 @@ final class RepairWorker: @unchecked Sendable {
         }
         copies.stopJoining(extent, target)
         // Writes made while it was joining are there: empty it again, so it
-        // holds no page its reservation does not count.
-        if membership.isUp(target) { discardCopy(region, copies, extent: extent, on: target) }
+        // holds no page its reservation does not count, and give that back.
+        if membership.isUp(target), discardCopy(region, copies, extent: extent, on: target) {
+            releaseUnneeded(region, copies, on: target)
+        }
         return false
     }
 

@@ -13,7 +13,7 @@ final class ReplicatedPageStore: PageStore {
     private let placement: Placement
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
-         makeMember: @escaping (Int, [UInt8]) -> ServerPageStore) {
+         makeMember: @escaping MemberStores.Make) {
         self.members = MemberStores(members, membership: membership, make: makeMember)
         self.membership = membership
         self.placement = placement
@@ -97,6 +97,7 @@ final class ReplicatedPageStore: PageStore {
                 if let copies = region.copies, copies.moves(extent) != moves {
                     guard movedSnapshots < 64 else { throw .unavailable("extent \(extent) of region \(region.id) kept moving") }
                     movedSnapshots += 1
+                    store.link.counters.add(.rereadsAfterMove)
                     continue snapshot
                 }
                 return landed
@@ -148,6 +149,9 @@ final class ReplicatedPageStore: PageStore {
                     let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
                     if holds, membership.isUp(copies[i]), membership.incarnation(copies[i]) == incarnation { written += 1 }
                 } catch {
+                    // A rebalance moved the copy away meanwhile (and may have given
+                    // back its room): the server's answer no longer matters.
+                    if error.refusal != nil, let moved = region.copies, moved.writeTargets(extent) & (1 << UInt64(copies[i])) == 0 { continue }
                     failed(copies[i], error, region, incarnation: incarnation)
                     failure = error
                 }
@@ -211,9 +215,15 @@ final class ReplicatedPageStore: PageStore {
                 }
             }
             let members = created.members
-            created.copies = ExtentCopies(pageCount: pageCount, regionServers: members, reservations: shares) { extent in
+            let copies = ExtentCopies(pageCount: pageCount, regionServers: members, reservations: shares) { extent in
                 self.placement.replicaSet(region: id, extent: extent, among: members).mask
             }
+            for server in self.members.indices {
+                if let remote = created.remote(on: server) {
+                    copies.remotes.publish(remote, server: server, incarnation: self.members.incarnations[server])
+                }
+            }
+            created.copies = copies
             return created
         }
     }

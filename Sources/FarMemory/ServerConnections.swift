@@ -56,30 +56,10 @@ final class ServerConnections {
     /// success, or why RDMA is not used with this server.
     func attachRDMA(configuration: FarMemoryConfiguration) -> String? {
         guard configuration.transport != .tcp else { return "TCP was asked for" }
-        guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
-        let attach: RDMAAttachReply
-        do {
-            let reply = try control.exchange(.rdmaAttach, [])
-            attach = try reply.withUnsafeBytes { try RDMAAttachReply.decode($0) }
-        } catch {
-            return "the server does not serve RDMA (\(error))"
-        }
-        let links = faultLinks + writeLinks
-        do {
-            for link in links {
-                link.attach(try RDMAChannel(host: endpoint.host, port: attach.port, ticket: attach.ticket,
-                                            capacityPages: ProtocolLimits.maxBatchPages,
-                                            timeoutSeconds: configuration.requestTimeoutSeconds,
-                                            transferTimeoutSeconds: pageTimeout))
-            }
-        } catch {
-            // All links or none: the channels already made would hold queue pairs
-            // and pinned buffers on both sides for nothing.
-            for link in links { link.detachRDMA() }
-            return error.description
-        }
-        usesRDMA = true
-        return nil
+        let reason = ServerLink.attachRDMA(faultLinks + writeLinks, ticketFrom: control, configuration: configuration,
+                                           transferTimeoutSeconds: pageTimeout)
+        usesRDMA = reason == nil
+        return reason
     }
 
     func close() { for link in allLinks { link.close() } }

@@ -49,6 +49,35 @@ final class ServerLink {
     func attach(_ channel: RDMAChannel) { rdma = channel }
     func detachRDMA() { rdma = nil }
 
+    /// Moves the pages of `links` (all to one server, one session) over RDMA:
+    /// a ticket from `control` (RDMA_ATTACH), then a queue pair per link.
+    /// Returns nil on success, or why not (then no link is attached: the
+    /// channels already made would hold queue pairs and pinned buffers on
+    /// both sides for nothing).
+    static func attachRDMA(_ links: [ServerLink], ticketFrom control: ServerLink, configuration: FarMemoryConfiguration,
+                           transferTimeoutSeconds: Double) -> String? {
+        guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
+        let attach: RDMAAttachReply
+        do {
+            let reply = try control.exchange(.rdmaAttach, [])
+            attach = try reply.withUnsafeBytes { try RDMAAttachReply.decode($0) }
+        } catch {
+            return "the server does not serve RDMA (\(error))"
+        }
+        do {
+            for link in links {
+                link.attach(try RDMAChannel(host: control.endpoint.host, port: attach.port, ticket: attach.ticket,
+                                            capacityPages: ProtocolLimits.maxBatchPages,
+                                            timeoutSeconds: configuration.requestTimeoutSeconds,
+                                            transferTimeoutSeconds: transferTimeoutSeconds))
+            }
+        } catch {
+            for link in links { link.detachRDMA() }
+            return error.description
+        }
+        return nil
+    }
+
     /// Runs `body` until it succeeds (nil), the server refuses (that error, at
     /// once), or network errors outlast `windowSeconds` (the last of them).
     /// Between tries: back-off from 20 ms to 500 ms; the link reconnects on its
@@ -106,7 +135,12 @@ final class ServerLink {
         let hello = Hello(sessionKey: sessionKey, token: configuration.token).encode()
         do {
             let reply = try exchange(.hello, hello)
-            helloReply = try reply.withUnsafeBytes { raw in try HelloReply.decode(raw) }
+            let accepted = try reply.withUnsafeBytes { raw in try HelloReply.decode(raw) }
+            guard (ProtocolVersion.oldest...ProtocolVersion.newest).contains(accepted.version) else {
+                throw ProtocolError(.unsupportedVersion, "the server chose protocol version \(accepted.version); this client speaks "
+                                    + "\(ProtocolVersion.oldest)...\(ProtocolVersion.newest)")
+            }
+            helloReply = accepted
         } catch let error as LinkError {
             close()
             throw error

@@ -12,10 +12,16 @@ final class ServerPageStore: PageStore {
     private let exposesForRDMA: Bool
     private let onExposeFailure: (UInt64, String) -> Void
 
-    init(link: ServerLink, member: Int = 0, retryWindowSeconds: Double, exposesForRDMA: Bool = false,
+    /// The incarnation of the server this store's session belongs to (a
+    /// cluster's; see `ClusterMembership`): RDMA goes only to the region's
+    /// memory registered in that session.
+    let incarnation: UInt64
+
+    init(link: ServerLink, member: Int = 0, incarnation: UInt64 = 0, retryWindowSeconds: Double, exposesForRDMA: Bool = false,
          onExposeFailure: @escaping (UInt64, String) -> Void = { _, _ in }) {
         self.link = link
         self.member = member
+        self.incarnation = incarnation
         self.retryWindowSeconds = retryWindowSeconds
         self.exposesForRDMA = exposesForRDMA
         self.onExposeFailure = onExposeFailure
@@ -28,11 +34,19 @@ final class ServerPageStore: PageStore {
         throw Self.storeError(failure)
     }
 
+    /// Where the region's memory is on this server for one-sided RDMA: in a
+    /// cluster, as published for this store's incarnation; nil: over TCP.
+    @inline(__always)
+    private func remote(_ region: StoreRegion) -> RemoteRegion? {
+        if let copies = region.copies { return copies.remotes.remote(server: member, incarnation: incarnation) }
+        return region.remote(on: member)
+    }
+
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
               into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
         var landed = UnsafeRawPointer(buffer)
         try withRetries { () throws(ServerLink.LinkError) in
-            landed = try link.readPages(region: region.id, remote: region.remote(on: member), pages: pages, into: buffer)
+            landed = try link.readPages(region: region.id, remote: remote(region), pages: pages, into: buffer)
         }
         return landed
     }
@@ -40,7 +54,7 @@ final class ServerPageStore: PageStore {
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
                source: (Int) -> UnsafeRawPointer) throws(StoreError) {
         try withRetries { () throws(ServerLink.LinkError) in
-            try link.writePages(region: region.id, remote: region.remote(on: member), pages: pages, source: source)
+            try link.writePages(region: region.id, remote: remote(region), pages: pages, source: source)
         }
     }
 
@@ -50,7 +64,7 @@ final class ServerPageStore: PageStore {
     func startWrite(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
                     source: (Int) -> UnsafeRawPointer) throws(StoreError) -> UInt32? {
         do {
-            return try link.startWritePages(region: region.id, remote: region.remote(on: member), pages: pages, source: source)
+            return try link.startWritePages(region: region.id, remote: remote(region), pages: pages, source: source)
         } catch {
             throw Self.storeError(error)
         }

@@ -160,4 +160,55 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(stats.poisoned, 0, stats.description)
         XCTAssertEqual(stats.serversDown, 1, stats.description)
     }
+
+    /// A server killed and restarted on its address rejoins over RDMA: the
+    /// region the repair creates there is exposed in its new session and its
+    /// pages move one-sided (its TCP page counters stay at zero), shown by
+    /// rewriting everything and then killing a second server, so that some
+    /// extents' only copy left is on the rejoined one.
+    func testARejoinedServerIsServedOverRDMA() throws {
+        var servers = try (0..<3).map { _ in try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"]) }
+        defer { servers.forEach { $0.stop() } }
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            servers: servers.map(\.endpoint), budgetBytes: 1 << 20, requestTimeoutSeconds: 10,
+            failoverTimeoutSeconds: 5, transport: .rdma))
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 16 << 20)
+        let pattern = PagePattern(seed: 21)
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        func waitUntil(_ what: String, _ done: () -> Bool) -> Bool {
+            let deadline = Date().addingTimeInterval(60)
+            while !done(), Date() < deadline { usleep(100_000) }
+            if !done() { XCTFail("not within 60 s: \(what): \(memory.statistics)") }
+            return done()
+        }
+        let port = servers[0].endpoint.port
+        servers[0].kill()
+        XCTAssertEqual(verifyAll(region, pattern), 0, "from the other copies")
+        guard waitUntil("repaired", { memory.statistics.serversDown == 1 && memory.statistics.underReplicatedExtents == 0 }) else { return }
+        servers[0] = try ServerProcess(capacity: "64MiB", host: address, port: port, extra: ["--transport", "rdma"])
+        guard waitUntil("rejoined and moved back", {
+            let s = memory.statistics
+            return s.serverRejoins == 1 && s.serversDown == 0 && s.underReplicatedExtents == 0 && s.misplacedExtents == 0
+        }) else { return }
+        XCTAssertGreaterThan(memory.statistics.extentsMoved, 0)
+        let before = try XCTUnwrap(try memory.serverStatisticsByServer().first { $0.server == servers[0].endpoint }).stats
+        let rewrite = PagePattern(seed: 22)
+        for page in 0..<region.pageCount { _ = rewrite.write(page: page, at: region.baseAddress! + page * 4096) }
+        // A server that shares an extent with the rejoined one: once it is gone,
+        // that extent is read from the rejoined server only.
+        let placement = Placement(servers: servers.map { "\($0.endpoint)" }, replicas: 2)
+        let shared = try XCTUnwrap((0..<(region.pageCount / Placement.extentPages)).lazy
+            .map { placement.replicaSet(region: 1, extent: $0, among: placement.allServers) }
+            .first { $0.contains(0) })
+        let other = shared[0] == 0 ? shared[1] : shared[0]
+        let rdmaIn = memory.statistics.rdmaPagesIn
+        servers[other].kill()
+        XCTAssertEqual(verifyAll(region, rewrite), 0, "every page, some of them only on the rejoined server")
+        let after = try XCTUnwrap(try memory.serverStatisticsByServer().first { $0.server == servers[0].endpoint }).stats
+        XCTAssertEqual(after.pagesRead, before.pagesRead, "no page read from the rejoined server over TCP")
+        XCTAssertEqual(after.pagesWritten, before.pagesWritten, "no page written to it over TCP")
+        XCTAssertGreaterThan(memory.statistics.rdmaPagesIn, rdmaIn)
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
 }

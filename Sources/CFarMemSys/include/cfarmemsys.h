@@ -99,6 +99,7 @@ static inline void fm_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store
 /// Sequentially consistent ones, for state several threads agree on (a
 /// cluster's copies of an extent, and the writes under way to it).
 static inline uint64_t fm_atomic_load_sc_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void fm_atomic_store_sc_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t fm_atomic_add_sc_u64(uint64_t *p, uint64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t fm_atomic_or_sc_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t fm_atomic_and_sc_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
