@@ -11,21 +11,21 @@ import Synchronization
 /// down whether they answer again, on a new session: one that does rejoins
 /// empty (`ClusterMembership.rejoin`) and is a repair target from then on;
 /// once nothing is under-replicated, the extents the hash puts on it again
-/// are moved back to it (`rebalanceRound`). It
-/// runs on its own thread with its own link to each server, sleeps between
-/// extents so application faults keep priority, and never touches region
-/// memory (it moves page data between servers only).
+/// are moved back to it (RepairWorker+Rebalance). It runs on its own thread
+/// with its own link to each server, sleeps between extents so application
+/// faults keep priority, and never touches region memory (it moves page data
+/// between servers only).
 final class RepairWorker: @unchecked Sendable {
-    private var members: MemberStores
+    var members: MemberStores
     /// A plain TCP store on a given session (probes, and dropping an old session's regions).
     private let makeProbe: (Int, [UInt8]) -> ServerPageStore
     private var nextRejoinProbe = 0.0
-    private let membership: ClusterMembership
-    private let placement: Placement
+    let membership: ClusterMembership
+    let placement: Placement
     /// The open regions (a snapshot each round).
-    private let regions: @Sendable () -> [StoreRegion]
-    private let logger: Logger
-    private let running = Atomic<Bool>(true)
+    let regions: @Sendable () -> [StoreRegion]
+    let logger: Logger
+    let running = Atomic<Bool>(true)
     private let condition = Condition()
     private let pageList = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
     private let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256 * 4096, alignment: 4096)
@@ -37,7 +37,7 @@ final class RepairWorker: @unchecked Sendable {
     let extentsMoved = Atomic<UInt64>(0)
 
     /// How long a discard of a moved copy waits for writes under way.
-    private let drainSeconds: Double
+    let drainSeconds: Double
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement, logger: Logger, drainSeconds: Double,
          makeMember: @escaping MemberStores.Make, makeProbe: @escaping (Int, [UInt8]) -> ServerPageStore,
@@ -81,21 +81,8 @@ final class RepairWorker: @unchecked Sendable {
         return (0..<copies.extentCount).reduce(0) { $0 + ((copies.holders($1) & live).nonzeroBitCount < placement.replicas ? 1 : 0) }
     }
 
-    /// Extents of `region` with their copies but not where the hash puts them
-    /// among the live servers: a rebalance is due (or a server is full).
-    func misplacedExtents(in region: StoreRegion) -> Int {
-        guard let copies = region.copies else { return 0 }
-        let live = membership.live
-        let wanted = min(placement.replicas, live.nonzeroBitCount)
-        return (0..<copies.extentCount).reduce(0) { count, extent in
-            let holders = copies.holders(extent) & live
-            guard holders.nonzeroBitCount >= wanted, wanted > 0 else { return count }
-            return count + (placement.replicaSet(region: region.id, extent: extent, among: live).mask & ~holders != 0 ? 1 : 0)
-        }
-    }
-
     /// This worker's store for `server`, on its current incarnation's session.
-    private func member(_ server: Int) -> ServerPageStore { members.store(server) }
+    func member(_ server: Int) -> ServerPageStore { members.store(server) }
 
     /// Every 5 s, each server marked down is asked for its statistics on a new
     /// session; one that answers forgets every old copy, then rejoins.
@@ -122,7 +109,7 @@ final class RepairWorker: @unchecked Sendable {
     }
 
     /// Servers that could not take a region or more of it this round (full, say).
-    private var unplaceable: Placement.ServerSet = 0
+    var unplaceable: Placement.ServerSet = 0
 
     /// True when every extent has its copies (nothing was left to repair).
     private func repairRound() -> Bool {
@@ -151,86 +138,8 @@ final class RepairWorker: @unchecked Sendable {
         return complete
     }
 
-    /// Once nothing is under-replicated: an extent whose copies are not
-    /// where the hash puts them among the live servers (a server rejoined,
-    /// and its share comes back to it) is copied to the server the hash
-    /// picks, as a repair does, and then dropped from the one it no longer
-    /// picks. Paced like repairs; the move counter keeps reads honest. Not
-    /// with four copies: a move needs a fifth write target for a while, and
-    /// a replica list holds four.
-    private func rebalanceRound() {
-        guard placement.replicas < 4 else { return }
-        for region in regions() {
-            guard let copies = region.copies else { continue }
-            for extent in 0..<copies.extentCount {
-                guard running.load(ordering: .relaxed) else { return }
-                let live = membership.live
-                let holders = copies.holders(extent) & live
-                guard holders.nonzeroBitCount >= placement.replicas else { continue }   // lost, or a repair's job
-                // Among all live servers, a full one included: leaving it out would
-                // move its extents away and back round after round.
-                let wanted = placement.replicaSet(region: region.id, extent: extent, among: live)
-                guard wanted.count == placement.replicas else { continue }
-                let missing = wanted.mask & ~holders, surplus = holders & ~wanted.mask
-                guard missing != 0, surplus != 0 else { continue }
-                let target = placement.replicaSet(region: region.id, extent: extent, among: missing)[0]
-                guard unplaceable & (1 << UInt64(target)) == 0 else { continue }   // full this round
-                guard repair(region, copies, extent: extent, to: target) else { continue }
-                let source = ReplicaList(surplus)[0]
-                // Only while the copies stay complete without it (the new one may have failed already).
-                let others = copies.holders(extent) & membership.live & ~(1 << UInt64(source))
-                guard others & (1 << UInt64(target)) != 0, others.nonzeroBitCount >= placement.replicas else { continue }
-                dropCopy(region, copies, extent: extent, from: source)
-                _ = extentsMoved.add(1, ordering: .relaxed)
-                sleepSeconds(0.002)
-            }
-        }
-    }
-
-    /// Stops using `server`'s copy of the extent, then discards it there and
-    /// gives back the reservation it no longer needs.
-    private func dropCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, from server: Int) {
-        copies.removeHolder(extent, server)
-        guard discardCopy(region, copies, extent: extent, on: server) else { return }
-        releaseUnneeded(region, copies, on: server)
-    }
-
-    /// Lowers `server`'s reservation for the region to the extents placed on
-    /// it (after a move away, or a repair that did not complete).
-    private func releaseUnneeded(_ region: StoreRegion, _ copies: ExtentCopies, on server: Int) {
-        let needed = copies.pagesPlaced(on: server)
-        guard needed < copies.reservation(server) else { return }
-        do {
-            copies.setReservation(server, try member(server).reserve(region, pages: needed, pageCount: copies.pageCount))
-        } catch {
-            if case .regionGone = error { return }
-            membership.markDown(server, reason: "a reservation change failed: \(error)", incarnation: members.incarnations[server])
-        }
-    }
-
-    /// Discards `server`'s pages of an extent it is no longer a write target
-    /// of. Writes that took the targets before may still be on their way
-    /// there: the discard waits until no write to the extent is under way (up
-    /// to the failover time-out and a bit, after which such a write has given
-    /// up on the server). One that lands later anyway is refused or ignored
-    /// (ReplicatedPageStore.write) and at worst leaves a stale page there that
-    /// nothing reads; a later copy to the server empties the extent first.
-    @discardableResult
-    private func discardCopy(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, on server: Int) -> Bool {
-        let deadline = monotonicSeconds() + drainSeconds
-        while copies.writesUnderWay(extent), monotonicSeconds() < deadline, running.load(ordering: .relaxed) { sleepSeconds(0.001) }
-        do {
-            try member(server).discard(region, first: extent * Placement.extentPages, count: copies.pages(in: extent))
-            return true
-        } catch {
-            if case .regionGone = error { return false }
-            membership.markDown(server, reason: "a discard of a copy it no longer holds failed: \(error)", incarnation: members.incarnations[server])
-            return false
-        }
-    }
-
     /// Copies one extent to `target`; true when `target` became a holder.
-    private func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
+    func repair(_ region: StoreRegion, _ copies: ExtentCopies, extent: Int, to target: Int) -> Bool {
         // A rejoined server has none of the regions yet.
         if copies.regionServers & (1 << UInt64(target)) == 0 {
             do {
