@@ -52,7 +52,7 @@ let package = Package(
         .target(name: "CFarMemTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "FarMemTests", dependencies: [
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemSystem", "FarMemWorkloads", "CFarMemSys",
-            "CFarMemTestSupport",
+            "CFarMemTestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
     ],
     swiftLanguageModes: [.v6]

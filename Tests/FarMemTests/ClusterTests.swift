@@ -6,6 +6,7 @@ import FarMemSystem
 import FarMemWorkloads
 @testable import FarMemory
 import Foundation
+import Logging
 import Synchronization
 import XCTest
 
@@ -257,6 +258,79 @@ final class ClusterTests: XCTestCase {
         XCTAssertGreaterThan(rounds.load(ordering: .relaxed), 1, "the rewriting ran across the moves")
         XCTAssertEqual(bad.withLock { $0 }, [], "every page read back what was written")
         XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
+
+    /// The move protocol at the store level, made to happen for sure: a read
+    /// is held at the copy it chose (that server stopped) while the copy is
+    /// moved away and a discard of it is sent; whichever the server then
+    /// serves first, the read must not return the discarded copy: it sees
+    /// the move and reads again from where the copies are now.
+    func testAReadThatRacesAMoveReadsAgainAndNeverReturnsTheDiscardedCopy() throws {
+        let endpoints = servers.map(\.endpoint)
+        let configuration = FarMemoryConfiguration(servers: endpoints, budgetBytes: 2 << 20, failoverTimeoutSeconds: 5)
+        let key = RawClient.randomKey()
+        let membership = ClusterMembership(servers: endpoints, sessionKey: key, logger: Logger(label: "test"))
+        let placement = Placement(servers: endpoints.map(\.description), replicas: 2)
+        let counters = PagerCounters()
+        let make: MemberStores.Make = { server, key, incarnation in
+            ServerPageStore(link: ServerLink(endpoint: endpoints[server], configuration: configuration, sessionKey: key,
+                                             counters: counters, timeoutSeconds: 5),
+                            member: server, incarnation: incarnation, retryWindowSeconds: 0)
+        }
+        func store() -> ReplicatedPageStore {
+            ReplicatedPageStore(members: (0..<3).map { make($0, key, 0) }, membership: membership, placement: placement, makeMember: make)
+        }
+        let control = store()
+        let region = try control.createRegion(id: 1, pageCount: 512)   // one extent
+        let pattern = PagePattern(seed: 77)
+        let data = UnsafeMutableRawPointer.allocate(byteCount: 4096 * 512, alignment: 4096)
+        defer { data.deallocate() }
+        for page in 0..<512 { _ = pattern.write(page: page, at: data + page * 4096) }
+        let pages = (0..<512).map(UInt64.init)
+        try pages.withUnsafeBufferPointer { list in
+            for first in stride(from: 0, to: 512, by: 256) {
+                try control.write(region, pages: UnsafeBufferPointer(rebasing: list[first..<first + 256])) { UnsafeRawPointer(data + (first + $0) * 4096) }
+            }
+        }
+        let copies = try XCTUnwrap(region.copies)
+        let readFrom = placement.replicaSet(region: 1, extent: 0, among: copies.holders(0))[0]
+
+        servers[readFrom].pause()
+        // Used by one thread at a time: the reader's, then this one after the join.
+        final class Reader: @unchecked Sendable {
+            let store: ReplicatedPageStore
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+            init(_ store: ReplicatedPageStore) { self.store = store }
+            deinit { buffer.deallocate() }
+        }
+        let reader = Reader(store())
+        let readResult = Mutex<String?>(nil)
+        let readThread = PosixThread.spawn(name: "racing-read") {
+            var page: UInt64 = 5
+            do {
+                let landed = try withUnsafePointer(to: &page) {
+                    try reader.store.read(region, pages: UnsafeBufferPointer(start: $0, count: 1), into: reader.buffer)
+                }
+                readResult.withLock { $0 = pattern.verify(page: 5, at: landed).ok ? "ok" : "wrong data" }
+            } catch {
+                readResult.withLock { $0 = "failed: \(error)" }
+            }
+        }
+        usleep(200_000)   // the read is on its way to the stopped server
+        copies.removeHolder(0, readFrom)   // the move: reads go elsewhere from now on...
+        final class Discarder: @unchecked Sendable {
+            let store: ServerPageStore
+            init(_ store: ServerPageStore) { self.store = store }
+        }
+        let discarder = Discarder(make(readFrom, key, 0))
+        let discardThread = PosixThread.spawn(name: "discard") { try? discarder.store.discard(region, first: 0, count: 512) }   // ...and it is emptied
+        usleep(200_000)
+        servers[readFrom].resume()
+        readThread.join()
+        discardThread.join()
+        XCTAssertEqual(readResult.withLock { $0 }, "ok")
+        XCTAssertEqual(counters.get(.rereadsAfterMove), 1, "the read saw the move and read again")
+        XCTAssertEqual(membership.downCount, 0)
     }
 
     func testAStoppedServerIsNeverReadAgainAfterItContinues() throws {
