@@ -123,7 +123,8 @@ public final class MemoryServer: Sendable {
                 return live.next
             }
             let connection = ServerConnection(socket: socket, context: context, peer: "connection \(key)")
-            _ = PosixThread.spawn(name: "farmemd-conn") { [self, context] in
+            // Detached: nobody joins it (stop() waits for the connection count instead).
+            PosixThread.spawnDetached(name: "farmemd-conn") { [self, context] in
                 connection.run()
                 // Out of the table before the fd is closed, so stop() never shuts down a reused fd.
                 liveSockets.withLock { _ = $0.sockets.removeValue(forKey: key) }

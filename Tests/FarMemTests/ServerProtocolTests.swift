@@ -147,6 +147,35 @@ final class ServerProtocolTests: XCTestCase {
                        .unsupportedVersion)
     }
 
+    /// Clients that connect, store a page and go (issue 13: each used to
+    /// leave about 8.4 KiB behind for good, the stack of a connection thread
+    /// nobody joined). The server's resident memory must come back.
+    func testConnectionsThatComeAndGoLeaveNoMemoryBehind() throws {
+        func residentKiB() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/status", encoding: .utf8)
+            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+            return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+        }
+        func visit(_ count: Int) throws {
+            for _ in 0..<count {
+                let client = try RawClient(server.endpoint)
+                XCTAssertNil(try client.hello().error)
+                XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 16).encode()).error)
+                XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [3]) { _ in 7 }).error)
+            }
+        }
+        try visit(300)   // warm-up: allocator arenas, thread stacks reused
+        let connections = { [server] in (try? RawClient(server!.endpoint).statsEventually { $0.connections <= 1 && $0.sessions == 0 }) ?? ServerStats() }
+        _ = connections()
+        let before = try residentKiB()
+        try visit(3000)
+        let after = connections()
+        XCTAssertLessThanOrEqual(after.connections, 1, "every client gone")
+        XCTAssertEqual(after.reservedPages, 0, "every session freed")
+        let grown = try residentKiB() - before
+        XCTAssertLessThan(grown, 3000, "3,000 connections grew the server by \(grown) KiB (about 1 KiB each allowed)")
+    }
+
     func testRequestsBeforeHelloAndUnknownOpcodesAreRefusedButServed() throws {
         let client = try RawClient(server.endpoint)
         XCTAssertEqual(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1).encode()).error, .helloRequired)
