@@ -54,6 +54,12 @@ final class ClusterMembership: @unchecked Sendable {
 
     func sessionKey(_ server: Int) -> [UInt8] { keys.withLock { $0[server] } }
 
+    /// The current incarnation of `server` and its session key, read together
+    /// (a rejoin changes both under the same lock).
+    func session(_ server: Int) -> (incarnation: UInt64, key: [UInt8]) {
+        keys.withLock { (incarnation(server), $0[server]) }
+    }
+
     /// Marks `server` down (if `incarnation` is still its current one: a late
     /// failure of an earlier incarnation's link says nothing of the new one);
     /// the first caller logs why.

@@ -128,17 +128,19 @@ public final class FarMemory: @unchecked Sendable {
             { server, key, incarnation in
                 let link = ServerLink(endpoint: servers[server], configuration: configuration, sessionKey: key,
                                       counters: counters, timeoutSeconds: timeout)
-                var attached = false
                 if overRDMA {
                     link.onRDMAFailure = { [logger] reason in logger.error("\(reason) (\(servers[server])); this connection falls back to TCP") }
-                    if let why = ServerLink.attachRDMA([link], ticketFrom: link, configuration: configuration, transferTimeoutSeconds: pageTimeout) {
+                    // Set up on the thread that first needs it (a fault, a write-back):
+                    // the page time-out bounds each step, not the request time-out.
+                    if let why = ServerLink.attachRDMA([link], ticketFrom: link, configuration: configuration,
+                                                       connectTimeoutSeconds: pageTimeout, transferTimeoutSeconds: pageTimeout) {
                         logger.error("memory server \(servers[server]) rejoined, and this connection to it uses TCP: \(why)")
-                    } else {
-                        attached = true
                     }
                 }
+                // Exposing needs an RDMA connection of the session, this one's or
+                // any pager thread's: tried whenever the cluster uses RDMA.
                 return ServerPageStore(link: link, member: server, incarnation: incarnation, retryWindowSeconds: attemptWindow,
-                                       exposesForRDMA: exposes && attached,
+                                       exposesForRDMA: exposes && overRDMA,
                                        onExposeFailure: { [logger] id, why in
                                            logger.error("region \(id) is not exposed for RDMA on \(servers[server]) (\(why)); its pages move over TCP")
                                        })

@@ -27,13 +27,17 @@ struct MemberStores {
     mutating func store(_ server: Int) -> ServerPageStore {
         let current = membership.incarnation(server)
         if current != incarnations[server] {
-            replace(server, with: make(server, membership.sessionKey(server), current), incarnation: current)
+            let (incarnation, key) = membership.session(server)
+            replace(server, with: make(server, key, incarnation), incarnation: incarnation)
         }
         return stores[server]
     }
 
-    /// Puts `store` in for `server` (closing the old link).
+    /// Puts `store` in for `server`, closing the old link and dropping its
+    /// queue pair and pinned buffer (else they would keep the old session alive
+    /// on a server that continued).
     mutating func replace(_ server: Int, with store: ServerPageStore, incarnation: UInt64) {
+        stores[server].link.detachRDMA()
         stores[server].link.close()
         stores[server] = store
         incarnations[server] = incarnation

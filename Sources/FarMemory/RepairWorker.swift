@@ -151,7 +151,12 @@ final class RepairWorker: @unchecked Sendable {
                     copies.remotes.publish(remote, server: target, incarnation: members.incarnations[target])
                 }
             } catch {
-                if case .refused(let refusal) = error, refusal.code == .regionExists {} else {
+                if case .refused(let refusal) = error, refusal.code == .regionExists {
+                    // Made by an attempt whose reply was lost: expose it now.
+                    if let remote = member(target).expose(id: region.id) {
+                        copies.remotes.publish(remote, server: target, incarnation: members.incarnations[target])
+                    }
+                } else {
                     // Once a round per server: it may be full.
                     unplaceable |= 1 << UInt64(target)
                     logger.warning("repair: region \(region.id) cannot be created on \(membership.servers[target]): \(error)")

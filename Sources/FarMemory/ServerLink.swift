@@ -55,7 +55,7 @@ final class ServerLink {
     /// channels already made would hold queue pairs and pinned buffers on
     /// both sides for nothing).
     static func attachRDMA(_ links: [ServerLink], ticketFrom control: ServerLink, configuration: FarMemoryConfiguration,
-                           transferTimeoutSeconds: Double) -> String? {
+                           connectTimeoutSeconds: Double? = nil, transferTimeoutSeconds: Double) -> String? {
         guard RDMAChannel.deviceCount > 0 else { return "no RDMA device on this host" }
         let attach: RDMAAttachReply
         do {
@@ -68,7 +68,7 @@ final class ServerLink {
             for link in links {
                 link.attach(try RDMAChannel(host: control.endpoint.host, port: attach.port, ticket: attach.ticket,
                                             capacityPages: ProtocolLimits.maxBatchPages,
-                                            timeoutSeconds: configuration.requestTimeoutSeconds,
+                                            timeoutSeconds: connectTimeoutSeconds ?? configuration.requestTimeoutSeconds,
                                             transferTimeoutSeconds: transferTimeoutSeconds))
             }
         } catch {

@@ -105,16 +105,24 @@ final class ServerPageStore: PageStore {
         let partial = reserving < pageCount && link.protocolVersion >= 2 && !exposesForRDMA
         try exchangeOnce(.createRegion, RegionSpec(regionID: id, pageCount: UInt64(pageCount),
                                                    reservedPages: partial ? UInt64(reserving) : nil).encode())
-        guard exposesForRDMA else { return StoreRegion(id: id) }
+        guard let remote = expose(id: id) else { return StoreRegion(id: id) }
+        var remotes = [RemoteRegion?](repeating: nil, count: member + 1)
+        remotes[member] = remote
+        return StoreRegion(id: id, remotes: remotes)
+    }
+
+    /// Registers region `id` for one-sided RDMA (when this store exposes
+    /// regions); the server answers an exposed one with its registration.
+    /// Nil: the region's pages move over TCP on this server.
+    func expose(id: UInt64) -> RemoteRegion? {
+        guard exposesForRDMA else { return nil }
         do {
             let reply = try link.exchange(.rdmaExpose, RegionRef(regionID: id).encode())
             let exposed = try reply.withUnsafeBytes { try RDMAExposeReply.decode($0) }
-            var remotes = [RemoteRegion?](repeating: nil, count: member + 1)
-            remotes[member] = RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length)
-            return StoreRegion(id: id, remotes: remotes)
+            return RemoteRegion(address: exposed.address, rkey: exposed.rkey, length: exposed.length)
         } catch {
             onExposeFailure(id, "\(error)")
-            return StoreRegion(id: id)
+            return nil
         }
     }
 

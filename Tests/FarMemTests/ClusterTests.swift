@@ -295,7 +295,6 @@ final class ClusterTests: XCTestCase {
         let copies = try XCTUnwrap(region.copies)
         let readFrom = placement.replicaSet(region: 1, extent: 0, among: copies.holders(0))[0]
 
-        servers[readFrom].pause()
         // Used by one thread at a time: the reader's, then this one after the join.
         final class Reader: @unchecked Sendable {
             let store: ReplicatedPageStore
@@ -304,6 +303,11 @@ final class ClusterTests: XCTestCase {
             deinit { buffer.deallocate() }
         }
         let reader = Reader(store())
+        // Its links connected first, so that once the server stops the read is
+        // sent at once and waits for its reply there.
+        var warm: UInt64 = 1
+        _ = try withUnsafePointer(to: &warm) { try reader.store.read(region, pages: UnsafeBufferPointer(start: $0, count: 1), into: reader.buffer) }
+        servers[readFrom].pause()
         let readResult = Mutex<String?>(nil)
         let readThread = PosixThread.spawn(name: "racing-read") {
             var page: UInt64 = 5
