@@ -7,7 +7,10 @@ import FarMemory
 /// the clock starts; each access's first touch of its page is timed.
 public struct BenchWorkload: Sendable {
     public enum Kind: String, CaseIterable, Sendable, Codable {
-        case sequential, strided, random, zipfian, rwmix, sort
+        case sequential, strided, random, zipfian, rwmix, sort, introsort
+
+        /// The in-place sorts: `sort` (heapsort) and `introsort` (like std::sort).
+        public var isSort: Bool { self == .sort || self == .introsort }
     }
 
     public let kind: Kind
@@ -41,7 +44,7 @@ public struct BenchWorkload: Sendable {
 
     /// Untimed: gives every page its content (the pattern, or random keys to sort).
     public func prepare(_ base: UnsafeMutableRawPointer) {
-        if kind == .sort {
+        if kind.isSort {
             var state = seed
             let words = base.assumingMemoryBound(to: UInt64.self)
             for i in 0..<pages * 512 { words[i] = splitmix(&state) }
@@ -83,7 +86,7 @@ public struct BenchWorkload: Sendable {
                 }
                 return permutation[lo]
             }
-        case .sort:
+        case .sort, .introsort:
             return []
         }
     }
@@ -91,6 +94,7 @@ public struct BenchWorkload: Sendable {
     /// The timed part. Stops at `deadlineSeconds` (reported as timed out).
     public func run(_ base: UnsafeMutableRawPointer, sequence: [Int], deadlineSeconds: Double) -> Result {
         if kind == .sort { return runSort(base, deadlineSeconds: deadlineSeconds) }
+        if kind == .introsort { return runIntrosort(base, deadlineSeconds: deadlineSeconds) }
         let histogram = LatencyHistogram()
         var ok = true
         var checksum: UInt64 = 0
@@ -155,6 +159,79 @@ public struct BenchWorkload: Sendable {
             if end & 4095 == 0, fm_now_ns() > deadline { timedOut = true }
             end -= 1
         }
+        let seconds = Double(fm_now_ns() - start) / 1e9
+        var sorted = !timedOut
+        if sorted { for j in 1..<n where a[j - 1] > a[j] { sorted = false; break } }
+        return Result(seconds: seconds, pagesAccessed: pages, latencyP50: 0, latencyP90: 0, latencyP99: 0, latencyP999: 0,
+                      verified: sorted, timedOut: timedOut)
+    }
+}
+
+extension BenchWorkload {
+    /// In-place introsort of the region as UInt64 keys, the way std::sort
+    /// does it: median-of-three Hoare partitions that scan from both ends
+    /// toward the middle (two streams in one thread), heapsort below a depth
+    /// of 2 log2 n, insertion sort for ranges of 16 or fewer; then a check
+    /// that the keys are in order.
+    fileprivate func runIntrosort(_ base: UnsafeMutableRawPointer, deadlineSeconds: Double) -> Result {
+        let a = UnsafeMutableBufferPointer(start: base.assumingMemoryBound(to: UInt64.self), count: pages * 512)
+        let n = a.count
+        let start = fm_now_ns()
+        let deadline = start + UInt64(deadlineSeconds * 1e9)
+        var timedOut = false
+
+        func insertionSort(_ lo: Int, _ hi: Int) {
+            guard hi > lo else { return }
+            for i in lo + 1...hi {
+                let v = a[i]
+                var j = i - 1
+                while j >= lo && a[j] > v { a[j + 1] = a[j]; j -= 1 }
+                a[j + 1] = v
+            }
+        }
+        func heapSort(_ lo: Int, _ hi: Int) {
+            let count = hi - lo + 1
+            func siftDown(_ root: Int, _ end: Int) {
+                var parent = root
+                while true {
+                    var child = 2 * parent + 1
+                    if child >= end { return }
+                    if child + 1 < end && a[lo + child] < a[lo + child + 1] { child += 1 }
+                    if a[lo + parent] >= a[lo + child] { return }
+                    a.swapAt(lo + parent, lo + child)
+                    parent = child
+                }
+            }
+            var i = count / 2 - 1
+            while i >= 0 { siftDown(i, count); i -= 1 }
+            var end = count - 1
+            while end > 0 { a.swapAt(lo, lo + end); siftDown(0, end); end -= 1 }
+        }
+        func introsort(_ low: Int, _ high: Int, _ depthLimit: Int) {
+            var lo = low, hi = high, depth = depthLimit
+            while hi - lo > 16 {
+                if timedOut { return }
+                if fm_now_ns() > deadline { timedOut = true; return }
+                if depth == 0 { heapSort(lo, hi); return }
+                depth -= 1
+                let mid = lo + (hi - lo) / 2
+                if a[mid] < a[lo] { a.swapAt(mid, lo) }
+                if a[hi] < a[lo] { a.swapAt(hi, lo) }
+                if a[hi] < a[mid] { a.swapAt(hi, mid) }
+                let pivot = a[mid]
+                var i = lo - 1, j = hi + 1
+                while true {
+                    repeat { i += 1 } while a[i] < pivot
+                    repeat { j -= 1 } while a[j] > pivot
+                    if i >= j { break }
+                    a.swapAt(i, j)
+                }
+                // The smaller side recursively, the larger in this loop: stack depth stays log n.
+                if j - lo < hi - j { introsort(lo, j, depth); lo = j + 1 } else { introsort(j + 1, hi, depth); hi = j }
+            }
+            if !timedOut { insertionSort(lo, hi) }
+        }
+        introsort(0, n - 1, 2 * (Int.bitWidth - n.leadingZeroBitCount))
         let seconds = Double(fm_now_ns() - start) / 1e9
         var sorted = !timedOut
         if sorted { for j in 1..<n where a[j - 1] > a[j] { sorted = false; break } }

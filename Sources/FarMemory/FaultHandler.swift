@@ -101,7 +101,7 @@ final class FaultHandler: @unchecked Sendable {
     /// Where the last fetch's pages are: `fetchBuffer` over TCP, the RDMA
     /// channel's registered buffer over RDMA (installed from there, no copy).
     var fetchedData: UnsafeRawPointer
-    var trends: TrendDetector
+    var trends: StreamPrefetcher
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
@@ -123,7 +123,7 @@ final class FaultHandler: @unchecked Sendable {
         notifier = try EventNotifier()
         // Prefetch at most an eighth of the budget at once, and one protocol batch.
         let window = min(configuration.prefetchPages, budgetPages / 8, ProtocolLimits.maxBatchPages - 1)
-        trends = TrendDetector(maxWindow: window)
+        trends = StreamPrefetcher(maxWindow: window)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
         fetchedData = UnsafeRawPointer(fetchBuffer)

@@ -19,10 +19,10 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench", abstract: "Benchmark FarMem against local memory, plain userfaultfd and kernel swap.")
 
     @Flag(help: "Every workload at every budget (25%, 50%, 100%).") var all = false
-    @Option(help: "Workloads, comma-separated: sequential,strided,random,zipfian,rwmix,sort.") var workloads = "sequential,random"
+    @Option(help: "Workloads, comma-separated: sequential,strided,random,zipfian,rwmix,sort (heapsort),introsort (like std::sort).") var workloads = "sequential,random"
     @Option(help: "Budgets as percentages of the region, comma-separated.") var budgets = "25"
     @Option(help: "Region size for every workload but sort.") var size = "128MiB"
-    @Option(help: "Array size for the in-place sort.") var sortSize = "16MiB"
+    @Option(help: "Array size for the in-place sorts (heapsort, introsort).") var sortSize = "16MiB"
     @Option(help: "Zipf skew.") var zipfSkew = 0.99
     @Option(help: "Longest time one run may take before it is stopped and reported as timed out.") var runDeadline = 30.0
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
@@ -168,7 +168,7 @@ final class BenchRun {
     }
 
     func runWorkload(_ kind: BenchWorkload.Kind, percents: [Int], swap: KernelSwapSandbox?) {
-        let pages = kind == .sort ? sortPages : regionPages
+        let pages = kind.isSort ? sortPages : regionPages
         let workload = BenchWorkload(kind: kind, pages: pages, zipfSkew: zipfSkew)
         let sequence = workload.accessSequence()
 
@@ -182,7 +182,7 @@ final class BenchRun {
 
         // (2) the uffd floor: every first touch a fault served from local memory
         var floorSeconds: Double?
-        if kind != .sort {
+        if !kind.isSort {
             var err: Int32 = 0
             if let floor = fm_uffd_floor_start(UInt64(pages), &err) {
                 var result = workload.run(fm_uffd_floor_base(floor), sequence: sequence, deadlineSeconds: deadline)
