@@ -34,6 +34,8 @@ public struct BenchWorkload: Sendable {
         public var latencyP999: UInt64
         public var verified: Bool
         public var timedOut: Bool
+        /// Kernel swap's worker: major faults during the run (getrusage).
+        public var majorFaults: UInt64?
 
         /// A run that produced nothing (it failed before it finished).
         public static let none = Result(seconds: 0, pagesAccessed: 0, latencyP50: 0, latencyP90: 0, latencyP99: 0,

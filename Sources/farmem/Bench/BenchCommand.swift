@@ -215,6 +215,7 @@ final class BenchRun {
                     let line = output.split(separator: "\n").last.map(String.init) ?? ""
                     let result = try JSONDecoder().decode(BenchWorkload.Result.self, from: Data(line.utf8))
                     var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: result)
+                    row.faults = result.majorFaults   // major faults: swap-ins, several pages each with readahead
                     row.note = "zram swap, memory cgroup limit = budget + \(overhead >> 10) KiB the worker is charged before its region + 2 MiB kernel margin; limit \(limit >> 10) KiB"
                     add(row)
                     note("\(kind) \(percent)% kernel-swap: \(String(format: "%.3f", result.seconds)) s")
@@ -269,6 +270,7 @@ final class BenchRun {
             let after = memory.statistics
             var row = BenchRow(workload: workload.kind, budgetPercent: percent, backend: backend, result: result)
             row.faults = after.faults - before.faults
+            row.writeProtectFaults = after.writeProtectFaults - before.writeProtectFaults
             row.prefetched = after.prefetched - before.prefetched
             row.evictions = after.evictions - before.evictions
             row.writeBacks = after.writeBacks - before.writeBacks
@@ -352,7 +354,10 @@ struct BenchRow: Codable {
     var timedOut: Bool
     /// The run did not complete (for kernel swap: killed under the cgroup limit).
     var failed = false
+    /// Missing-page faults (FarMem), or major faults (kernel swap).
     var faults: UInt64?
+    /// First writes to clean pages (FarMem's dirty tracking).
+    var writeProtectFaults: UInt64?
     var prefetched: UInt64?
     var evictions: UInt64?
     var writeBacks: UInt64?
@@ -393,7 +398,7 @@ struct BenchReport: Codable {
     func table() -> String {
         func us(_ ns: UInt64) -> String { ns == 0 ? "-" : String(format: "%.1f", Double(ns) / 1000) }
         let header = ["workload", "budget", "backend", "time s", "GB/s", "kpages/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
-                      "faults", "prefetched", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
+                      "faults", "wp faults", "prefetched", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
         var cells = [header]
         for row in rows {
             let budget = row.backend == "local" ? "all" : row.backend == "uffd-floor" ? "-" : "\(row.budgetPercent)%"
@@ -402,7 +407,7 @@ struct BenchReport: Codable {
                 String(format: "%.3f", row.gigabytesPerSecond), String(format: "%.1f", row.pagesPerSecond / 1000),
                 us(row.latencyP50Nanoseconds), us(row.latencyP90Nanoseconds), us(row.latencyP99Nanoseconds),
                 us(row.latencyP999Nanoseconds),
-                row.faults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
+                row.faults.map { "\($0)" } ?? "-", row.writeProtectFaults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
                 row.evictions.map { "\($0)" } ?? "-", row.writeBacks.map { "\($0)" } ?? "-",
                 row.wireBytes.map { String(format: "%.1f", Double($0) / 1e6) } ?? "-",
                 row.ratioToLocal.map { String(format: "%.1f", $0) } ?? "-",

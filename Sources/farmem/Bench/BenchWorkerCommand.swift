@@ -24,7 +24,13 @@ struct BenchWorkerCommand: ParsableCommand {
         }
         let base = mmap(nil, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
         work.prepare(base)
-        let result = work.run(base, sequence: sequence, deadlineSeconds: deadline)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let majorBefore = usage.ru_majflt
+        var result = work.run(base, sequence: sequence, deadlineSeconds: deadline)
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        // Swap-ins during the timed run (each may bring several pages: swap readahead).
+        result.majorFaults = UInt64(usage.ru_majflt - majorBefore)
         let json = try JSONEncoder().encode(result)
         print(String(decoding: json, as: UTF8.self))
     }
