@@ -45,6 +45,11 @@ public struct FarMemoryConfiguration: Sendable {
     /// contiguous chunks. More than one means a region is several mappings to
     /// the kernel, so `mremap` of a whole region fails (EFAULT). See README.
     public var handlerThreads: Int
+    /// Install prefetched pages writable and dirty while most pages installed
+    /// clean get written (`WritePredictor`): a sort or an update pass then
+    /// takes no write-protect fault per page. Off: prefetched pages always go
+    /// in clean (a page read-only stays cheaper to evict).
+    public var predictsWrites = true
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto

@@ -68,6 +68,7 @@ extension FaultHandler {
         budget.resident += 1
         switch install(source, at: address, writeProtect: !isWrite) {
         case .installed:
+            if !isWrite { writes.installedClean(1) }
             counters.add(fromServer ? .fetches : .zeroFills)
             if !newState.isQueued {
                 region.states[page] = newState.enqueued()
@@ -123,7 +124,10 @@ extension FaultHandler {
         // out, so letting the write through loses nothing. Resident and already
         // dirty: a duplicate. Unprotecting is right in every case, and a page
         // left protected would fault here forever.
-        if state.isResident { region.states[page] = state.written() }
+        if state.isResident {
+            if !state.isDirty { writes.wroteCleanPage() }
+            region.states[page] = state.written()
+        }
         do {
             try uffd.writeProtect(address, length: 4096, protect: false)
             return true

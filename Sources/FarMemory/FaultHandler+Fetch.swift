@@ -65,11 +65,13 @@ extension FaultHandler {
         return 0
     }
 
-    /// Installs prefetched pages (slots 1...count of the fetched data), write-protected
-    /// and clean. Contiguous pages go in with one UFFDIO_COPY. A page that is
-    /// already there or meets a pending event ends the run: the rest stay on the
-    /// server, which is always correct.
+    /// Installs prefetched pages (slots 1...count of the fetched data):
+    /// write-protected and clean, or writable and dirty when writes are
+    /// predicted (`WritePredictor`). Contiguous pages go in with one
+    /// UFFDIO_COPY. A page that is already there or meets a pending event ends
+    /// the run: the rest stay on the server, which is always correct.
     func installPrefetched(region: RegionRecord, count: Int) {
+        let dirty = writes.prefetchGoesInDirty()
         var slot = 1
         while slot <= count {
             let first = Int(fetchPages[slot])
@@ -78,10 +80,10 @@ extension FaultHandler {
             var run = 1
             while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
                   region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
-            for i in 0..<run { region.states[first + i] = region.states[first + i].installed(dirty: false) }
+            for i in 0..<run { region.states[first + i] = region.states[first + i].installed(dirty: dirty) }
             let copied: Int
             do {
-                copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: true) / 4096
+                copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: !dirty) / 4096
             } catch {
                 for i in 0..<run { region.states[first + i] = region.states[first + i].notInstalled() }
                 if error == .again {
@@ -100,6 +102,7 @@ extension FaultHandler {
                 }
             }
             counters.add(.prefetched, UInt64(copied))
+            if !dirty { writes.installedClean(copied) }
             if copied < run {
                 keepRemainder(region: region, from: slot + copied, count: count)
                 return

@@ -102,6 +102,7 @@ final class FaultHandler: @unchecked Sendable {
     /// channel's registered buffer over RDMA (installed from there, no copy).
     var fetchedData: UnsafeRawPointer
     var trends: StreamPrefetcher
+    var writes: WritePredictor
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
@@ -124,6 +125,7 @@ final class FaultHandler: @unchecked Sendable {
         // Prefetch at most an eighth of the budget at once, and one protocol batch.
         let window = min(configuration.prefetchPages, budgetPages / 8, ProtocolLimits.maxBatchPages - 1)
         trends = StreamPrefetcher(maxWindow: window)
+        writes = WritePredictor(enabled: configuration.predictsWrites)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
         fetchedData = UnsafeRawPointer(fetchBuffer)

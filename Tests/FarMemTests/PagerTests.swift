@@ -185,6 +185,38 @@ final class PagerTests: XCTestCase {
         XCTAssertGreaterThan(final.writeBacks, after.writeBacks, "modified pages were written back")
     }
 
+    /// An update pass (read each page, then rewrite it) over a region five
+    /// times the budget: once most clean pages are seen to be written, the
+    /// prefetched ones go in writable and dirty (no write-protect fault each),
+    /// and every rewrite still reaches the server. Against the same pass with
+    /// the prediction off, which takes a write-protect fault per page.
+    func testPredictedWritesSkipTheWriteProtectFaultAndLoseNoWrite() throws {
+        func updatePass(predictsWrites: Bool) throws -> (writeProtectFaults: UInt64, pages: Int) {
+            var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget)
+            configuration.predictsWrites = predictsWrites
+            let memory = try FarMemory(configuration: configuration)
+            defer { memory.close() }
+            let region = try memory.allocate(bytes: regionBytes)
+            let old = PagePattern(seed: 41), new = PagePattern(seed: 42)
+            fill(region, old)
+            let before = memory.statistics
+            var stale = 0
+            for page in 0..<region.pageCount {
+                if !old.verify(page: page, at: address(region, page)).ok { stale += 1 }
+                _ = new.write(page: page, at: address(region, page))
+            }
+            let after = memory.statistics
+            XCTAssertEqual(stale, 0)
+            XCTAssertEqual(mismatches(region, new), [], "every rewrite kept (predictsWrites: \(predictsWrites))")
+            XCTAssertEqual(memory.statistics.poisoned, 0)
+            return (after.writeProtectFaults - before.writeProtectFaults, region.pageCount)
+        }
+        let predicted = try updatePass(predictsWrites: true)
+        let unpredicted = try updatePass(predictsWrites: false)
+        XCTAssertGreaterThan(unpredicted.writeProtectFaults, UInt64(unpredicted.pages * 3 / 4), "without it: a fault per page")
+        XCTAssertLessThan(predicted.writeProtectFaults, UInt64(predicted.pages / 4), "with it: most pages went in writable")
+    }
+
     func testApplicationDontNeedReadsAsZerosAndDiscardsTheServerCopy() throws {
         let memory = try makeMemory()
         defer { memory.close() }

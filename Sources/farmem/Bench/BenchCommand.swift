@@ -235,6 +235,11 @@ final class BenchRun {
                       endpoint: endpoint!, transport: .tcp, prefetch: 64)
             runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprefetch",
                       endpoint: endpoint!, transport: .tcp, prefetch: 0)
+            if kind.isSort {
+                // What installing predicted writes writable saves (sorts write what they read).
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-nowritepredict",
+                          endpoint: endpoint!, transport: .tcp, prefetch: 64, predictsWrites: false)
+            }
             if endpoints.count == 3 {
                 // Three servers, two copies of every page (and one, for the ratio).
                 for replicas in [2, 1] {
@@ -257,11 +262,13 @@ final class BenchRun {
 
     private func runFarMem(_ workload: BenchWorkload, sequence: [Int], percent: Int, budgetPages: Int, backend: String,
                            endpoint: TCPSocket.Endpoint? = nil, servers: [TCPSocket.Endpoint] = [], replicas: Int? = nil,
-                           transport: FarMemoryConfiguration.Transport, prefetch: Int) {
+                           transport: FarMemoryConfiguration.Transport, prefetch: Int, predictsWrites: Bool = true) {
         do {
-            let memory = try FarMemory(configuration: FarMemoryConfiguration(
+            var configuration = FarMemoryConfiguration(
                 servers: endpoint.map { [$0] } ?? servers, replicas: replicas, budgetBytes: budgetPages * 4096,
-                transport: transport, prefetchPages: prefetch))
+                transport: transport, prefetchPages: prefetch)
+            configuration.predictsWrites = predictsWrites
+            let memory = try FarMemory(configuration: configuration)
             defer { memory.close() }
             let region = try memory.allocate(bytes: workload.pages * 4096)
             workload.prepare(region.baseAddress!)
