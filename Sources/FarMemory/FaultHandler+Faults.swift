@@ -62,13 +62,16 @@ extension FaultHandler {
             source = UnsafeMutableRawPointer(mutating: fetchedData)
         }
         // A read installs the page write-protected (clean until written); a
-        // write installs it writable and dirty, saving a second fault.
-        let newState = state.installed(dirty: isWrite)
+        // write installs it writable and dirty, saving a second fault, and so
+        // does a read of a fetched page while most clean pages get written
+        // (`WritePredictor`; a zero page is never dirtied on a guess).
+        let dirty = isWrite || (fromServer && writes.installGoesInDirty())
+        let newState = state.installed(dirty: dirty)
         region.states[page] = newState
         budget.resident += 1
-        switch install(source, at: address, writeProtect: !isWrite) {
+        switch install(source, at: address, writeProtect: !dirty) {
         case .installed:
-            if !isWrite { writes.installedClean(1) }
+            if !dirty { writes.installedClean(1) }
             counters.add(fromServer ? .fetches : .zeroFills)
             if !newState.isQueued {
                 region.states[page] = newState.enqueued()

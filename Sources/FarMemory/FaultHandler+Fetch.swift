@@ -71,7 +71,7 @@ extension FaultHandler {
     /// UFFDIO_COPY. A page that is already there or meets a pending event ends
     /// the run: the rest stay on the server, which is always correct.
     func installPrefetched(region: RegionRecord, count: Int) {
-        let dirty = writes.prefetchGoesInDirty()
+        let dirty = writes.installGoesInDirty()
         var slot = 1
         while slot <= count {
             let first = Int(fetchPages[slot])

@@ -1,15 +1,17 @@
-/// Predicts whether the pages a fault handler prefetches will be written, so
-/// they can be installed writable and dirty and spare the application a
-/// write-protect fault each (another wake-up of the handler and another
-/// ioctl: in an in-place sort, nearly every prefetched page took one).
+/// Predicts whether the pages a fault handler fetches for a read (the
+/// faulting page and the prefetched ones) will be written, so they can be
+/// installed writable and dirty and spare the application a write-protect
+/// fault each (another wake-up of the handler and another ioctl: in an
+/// in-place sort, nearly every page read took one).
 ///
 /// The signal: of the pages installed clean (write-protected), how many took
 /// a write-protect fault since. Both counts decay (halved every `window`
 /// clean installs), so a phase change shows within a few thousand pages.
-/// While prefetches go in dirty they are not observed, so one batch in
-/// `probeEvery` still goes in clean to keep the estimate honest. A wrong
-/// guess costs a write-back of a page that was not written; never a lost
-/// write: a page installed dirty is written back before it is dropped.
+/// While pages go in dirty they are not observed, so one install (a page or
+/// a prefetch batch) in `probeEvery` still goes in clean to keep the
+/// estimate honest. A wrong guess costs a write-back of a page that was not
+/// written; never a lost write: a page installed dirty is written back
+/// before it is dropped.
 struct WritePredictor {
     static let window = 4096
     static let minimumSample = 64
@@ -39,9 +41,9 @@ struct WritePredictor {
         enabled && cleanInstalls >= Self.minimumSample && writeProtectFaults * 2 > cleanInstalls
     }
 
-    /// Decides for one prefetch batch: dirty when writes are predicted, except
-    /// every `probeEvery`-th batch (clean, to keep measuring).
-    mutating func prefetchGoesInDirty() -> Bool {
+    /// Decides for one install (a page read, or a prefetch batch): dirty when
+    /// writes are predicted, except every `probeEvery`-th (clean, to keep measuring).
+    mutating func installGoesInDirty() -> Bool {
         guard predictsWrites else { return false }
         batches += 1
         return batches % Self.probeEvery != 0

@@ -16,7 +16,7 @@ final class WritePredictorTests: XCTestCase {
         var predictor = WritePredictor(enabled: true)
         predictor.installedClean(1000)
         for _ in 0..<900 { predictor.wroteCleanPage() }
-        let batches = (0..<16).map { _ in predictor.prefetchGoesInDirty() }
+        let batches = (0..<16).map { _ in predictor.installGoesInDirty() }
         XCTAssertEqual(batches.filter { !$0 }.count, 2, "probes: \(batches)")
     }
 
@@ -38,6 +38,6 @@ final class WritePredictorTests: XCTestCase {
         var off = WritePredictor(enabled: false)
         off.installedClean(1000)
         for _ in 0..<1000 { off.wroteCleanPage() }
-        XCTAssertFalse(off.prefetchGoesInDirty())
+        XCTAssertFalse(off.installGoesInDirty())
     }
 }
