@@ -50,6 +50,9 @@ public struct FarMemoryConfiguration: Sendable {
     /// takes no write-protect fault per page. Off: prefetched pages always go
     /// in clean (a page read-only stays cheaper to evict).
     public var predictsWrites = true
+    /// Give a page that comes back soon after its eviction a second chance
+    /// the next time it would be evicted (`Recency`). Off: plain FIFO.
+    public var keepsRefaultedPages = true
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto

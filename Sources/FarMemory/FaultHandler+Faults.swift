@@ -60,6 +60,7 @@ extension FaultHandler {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
             source = UnsafeMutableRawPointer(mutating: fetchedData)
+            if recency.refetched(region.recency, page) { counters.add(.hotRefaults) }
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault, and so

@@ -1,8 +1,9 @@
 import CFarMemSys
 import FarMemSystem
 
-/// Victim choice: moving the oldest resident pages into staging (FIFO), the
-/// pages the kernel refuses, and retrying those set aside.
+/// Victim choice: moving the oldest resident pages into staging (FIFO, but a
+/// page that came back soon after its last eviction gets a second chance:
+/// `Recency`), the pages the kernel refuses, and retrying those set aside.
 extension FaultHandler {
     func evictIfNeeded() {
         guard !evictionSuspended, !writeBackOutage else { return }
@@ -33,6 +34,11 @@ extension FaultHandler {
             let (slot, page) = EvictionQueue.unpack(entry)
             guard slot < regions.count, let region = regions[slot] else { continue }
             let state = region.states[page]
+            if state.isResident, recency.secondChance(region.recency, page) {
+                counters.add(.secondChances)
+                queue.push(entry)   // still queued: to the end of the line, once
+                continue
+            }
             region.states[page] = state.dequeued()
             guard state.isResident, let address = region.address(of: page) else { continue }
             switch moveOut(region: region, page: page, state: state, address: address, into: batch) {
@@ -98,6 +104,7 @@ extension FaultHandler {
         }
         budget.staged += 1
         counters.add(.evictions)
+        recency.evicted(region.recency, page)
         let dirty = state.isDirty
         region.states[page] = state.movedOut()
         // Clean: the store (or nothing, for a zero page) already has it.

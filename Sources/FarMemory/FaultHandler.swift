@@ -103,6 +103,7 @@ final class FaultHandler: @unchecked Sendable {
     var fetchedData: UnsafeRawPointer
     var trends: StreamPrefetcher
     var writes: WritePredictor
+    var recency: Recency
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
@@ -126,6 +127,7 @@ final class FaultHandler: @unchecked Sendable {
         let window = min(configuration.prefetchPages, budgetPages / 8, ProtocolLimits.maxBatchPages - 1)
         trends = StreamPrefetcher(maxWindow: window)
         writes = WritePredictor(enabled: configuration.predictsWrites)
+        recency = Recency(budgetPages: budgetPages, enabled: configuration.keepsRefaultedPages)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
         fetchedData = UnsafeRawPointer(fetchBuffer)

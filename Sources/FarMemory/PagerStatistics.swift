@@ -7,7 +7,7 @@ final class PagerCounters: @unchecked Sendable {
         case faults, writeProtectFaults, duplicateFaults, fetches, zeroFills, evictions, cleanDrops
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
-        case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove
+        case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -76,6 +76,10 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// Cluster reads done again because a rebalance moved a copy of their
     /// extent while they were under way (the copy read may have been discarded).
     public var rereadsAfterMove: UInt64
+    /// Pages fetched again soon after their eviction (marked hot), and the
+    /// times such a page was kept when FIFO order made it a victim.
+    public var hotRefaults: UInt64
+    public var secondChances: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -120,6 +124,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         moveRefusals = sum(.moveRefusals); discardWindowFaults = sum(.discardWindowFaults)
         heldFaultsPeak = shards.map { $0.get(.heldFaultsPeak) }.max() ?? 0
         rereadsAfterMove = sum(.rereadsAfterMove)
+        hotRefaults = sum(.hotRefaults); secondChances = sum(.secondChances)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
@@ -134,6 +139,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
+        hot refaults \(hotRefaults) (second chances \(secondChances)), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
         repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """

@@ -18,6 +18,8 @@ final class RegionRecord: @unchecked Sendable {
     /// Index in the handler's region table (and in eviction-queue entries).
     let slot: Int
     let states: UnsafeMutablePointer<PageState>
+    /// When each page was last evicted, and whether it came back soon (`Recency`).
+    let recency: UnsafeMutablePointer<UInt8>
     var extents: [Extent]
     /// The pages this shard handles; no other page of the region is ever
     /// resident or queued here (mremap moves them, never renumbers them).
@@ -33,12 +35,17 @@ final class RegionRecord: @unchecked Sendable {
         self.slot = slot
         states = .allocate(capacity: pageCount)
         states.initialize(repeating: .zeros, count: pageCount)
+        recency = .allocate(capacity: pageCount)
+        recency.initialize(repeating: 0, count: pageCount)
         self.chunk = chunk
         extents = [Extent(start: base + UInt(chunk.lowerBound * 4096), pageCount: chunk.count, firstPage: chunk.lowerBound)]
         currentBase = Atomic(chunk.lowerBound == 0 ? base : 0)
     }
 
-    deinit { states.deallocate() }
+    deinit {
+        states.deallocate()
+        recency.deallocate()
+    }
 
     /// The page at `address`, if one of this region's extents covers it.
     @inline(__always)
