@@ -2,7 +2,7 @@
 # Both install the Debian packages they need first (as root, or with sudo).
 
 SWIFT        ?= swift
-APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config
+APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-client
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 

@@ -13,6 +13,7 @@ final class ServerContext: Sendable {
     let connections = Atomic<Int>(0)
     let pagesRead = Atomic<UInt64>(0)
     let pagesWritten = Atomic<UInt64>(0)
+    let metrics = ServerMetrics()
     /// Present when RDMA is served.
     let rdma: RDMAService?
 
@@ -55,6 +56,7 @@ public final class MemoryServer: Sendable {
     /// Open connections by a number of their own (not the fd, which the kernel
     /// reuses as soon as it is closed).
     private let liveSockets = Mutex<(next: Int, sockets: [Int: TCPSocket])>((0, [:]))
+    private let metricsEndpoint: MetricsEndpoint?
 
     /// The port actually bound (useful with port 0).
     public let port: UInt16
@@ -84,8 +86,23 @@ public final class MemoryServer: Sendable {
                 logger.info("RDMA unavailable on \(configuration.listen.host) (\(error)); serving TCP only")
             }
         }
-        context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger, rdma: rdma)
+        let context = ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: pages), logger: logger, rdma: rdma)
+        self.context = context
+        if let metricsListen = configuration.metricsListen {
+            do {
+                metricsEndpoint = try MetricsEndpoint(listen: metricsListen, exporter: MetricsExporter(context: context, metrics: context.metrics),
+                                                      logger: logger)
+            } catch {
+                listener.close()
+                throw StartError(description: "cannot serve metrics on \(metricsListen): \(error)")
+            }
+        } else {
+            metricsEndpoint = nil
+        }
     }
+
+    /// The port `/metrics` is served on, when it is.
+    public var metricsPort: UInt16? { metricsEndpoint?.port }
 
     /// The RDMA-CM port, when RDMA is served.
     public var rdmaPort: UInt16? { context.rdma?.port }
@@ -96,6 +113,10 @@ public final class MemoryServer: Sendable {
         acceptThread.withLock { $0 = thread }
         let context = self.context
         context.rdma?.start()
+        metricsEndpoint?.start()
+        if let metricsEndpoint, let listen = context.configuration.metricsListen {
+            context.logger.info("serving metrics on http://\(listen.host):\(metricsEndpoint.port)/metrics")
+        }
         if let rdma = context.rdma { context.logger.info("serving RDMA on \(context.configuration.listen.host):\(rdma.port)") }
         context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
     }
@@ -110,6 +131,7 @@ public final class MemoryServer: Sendable {
             }
             if context.connections.load(ordering: .relaxed) >= context.configuration.maxConnections {
                 context.logger.warning("refusing connection: \(context.configuration.maxConnections) connections already open")
+                context.metrics.connectionsRefused.add()
                 socket.close()
                 continue
             }
@@ -117,6 +139,7 @@ public final class MemoryServer: Sendable {
             // A client host that dies silently is noticed in about a minute, and its session freed.
             try? socket.setKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
             context.connections.add(1, ordering: .relaxed)
+            context.metrics.connectionsAccepted.add()
             let key = liveSockets.withLock { live -> Int in
                 live.next += 1
                 live.sockets[live.next] = socket
@@ -142,6 +165,7 @@ public final class MemoryServer: Sendable {
         listener.shutdown()
         listener.close()
         acceptThread.withLock { $0 }?.join()
+        metricsEndpoint?.stop()
         liveSockets.withLock { live in for socket in live.sockets.values { socket.shutdown() } }
         // Connection threads exit on their own once their sockets are shut down;
         // the last one of each session frees its regions and RDMA resources.

@@ -14,6 +14,8 @@ public struct ServerConfiguration: Sendable {
     public var transport: Transport
     /// RDMA-CM port; nil uses the TCP port's number (a separate port space).
     public var rdmaPort: UInt16?
+    /// Where to serve `/metrics` (Prometheus text format); nil: not served.
+    public var metricsListen: TCPSocket.Endpoint?
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto
@@ -22,7 +24,7 @@ public struct ServerConfiguration: Sendable {
     public init(listen: TCPSocket.Endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: 7070),
                 capacityBytes: Int = 1 << 30, token: [UInt8]? = nil,
                 maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10,
-                transport: Transport = .auto, rdmaPort: UInt16? = nil) {
+                transport: Transport = .auto, rdmaPort: UInt16? = nil, metricsListen: TCPSocket.Endpoint? = nil) {
         self.listen = listen
         self.capacityBytes = capacityBytes
         self.token = token
@@ -30,6 +32,7 @@ public struct ServerConfiguration: Sendable {
         self.frameTimeoutSeconds = frameTimeoutSeconds
         self.transport = transport
         self.rdmaPort = rdmaPort
+        self.metricsListen = metricsListen
     }
 }
 

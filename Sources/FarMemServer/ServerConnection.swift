@@ -103,8 +103,12 @@ final class ServerConnection: @unchecked Sendable {
 
     /// Answers one frame. Returns false when the connection must close.
     private func handle(_ frame: FrameHeader) -> Bool {
+        let started = monotonicNanoseconds()
+        let metrics = context.metrics
+        metrics.bytesReceived.add(UInt64(FrameHeader.size) + UInt64(frame.payloadLength))
         let body = UnsafeRawBufferPointer(start: payload, count: Int(frame.payloadLength))
         guard let opcode = Opcode(rawValue: frame.opcode) else {
+            metrics.errors[Int(ErrorCode.unknownOpcode.rawValue)].add()
             send(error: ProtocolError(.unknownOpcode, "unknown opcode 0x\(String(frame.opcode, radix: 16))"),
                  opcode: frame.opcode | 0x80, requestID: frame.requestID)
             return true
@@ -113,8 +117,10 @@ final class ServerConnection: @unchecked Sendable {
             let replyLength = try dispatch(opcode, body)
             send(opcode: opcode.response, requestID: frame.requestID, status: 0,
                  body: UnsafeRawBufferPointer(start: reply, count: replyLength))
+            metrics.request(opcode.rawValue, nanoseconds: monotonicNanoseconds() - started, error: nil)
             return true
         } catch {
+            defer { metrics.request(opcode.rawValue, nanoseconds: monotonicNanoseconds() - started, error: error.code) }
             if error.code != .noSuchRegion && error.code != .pageOutOfRange {
                 logger.info("request \(frame.requestID) \(opcode) refused: \(error)")
             }
@@ -213,6 +219,7 @@ final class ServerConnection: @unchecked Sendable {
 
     private func send(opcode: UInt8, requestID: UInt32, status: UInt16, body: UnsafeRawBufferPointer) {
         FrameHeader(opcode: opcode, requestID: requestID, payloadLength: UInt32(body.count), status: status).encode(into: header)
+        context.metrics.bytesSent.add(UInt64(FrameHeader.size + body.count))
         do {
             try socket.writeAll(UnsafeRawBufferPointer(start: header, count: FrameHeader.size), body)
         } catch {

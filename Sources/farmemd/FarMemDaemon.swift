@@ -40,6 +40,12 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "RDMA-CM port (default: the TCP port's number; RDMA-CM has its own port space).")
     var rdmaPort: UInt16?
 
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free port; see --metrics-port-file; empty: none).")
+    var metricsListen: String?
+
+    @Option(help: "Write the metrics port to this file once listening (for scripts and tests).")
+    var metricsPortFile: String?
+
     @Option(help: "Write the bound port to this file once listening (for scripts and tests).")
     var portFile: String?
 
@@ -76,16 +82,24 @@ struct FarMemDaemon: ParsableCommand {
             handler.logLevel = level
             return handler
         }
+        var metricsEndpoint: TCPSocket.Endpoint?
+        if let metricsListen, !metricsListen.isEmpty {   // empty: none (a service file's unset variable)
+            guard let parsed = TCPSocket.Endpoint(parsing: metricsListen) else {
+                throw ValidationError("--metrics-listen must be HOST:PORT, got \(metricsListen)")
+            }
+            metricsEndpoint = parsed
+        }
         let server = try MemoryServer(configuration: ServerConfiguration(
             listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections,
-            frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort))
+            frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort, metricsListen: metricsEndpoint))
         server.start()
-        if let portFile {
-            let text = "\(server.port)\n"
-            guard let file = fopen(portFile, "w") else { throw ValidationError("cannot write --port-file \(portFile)") }
-            fputs(text, file)
+        func write(_ port: UInt16, to path: String, _ option: String) throws {
+            guard let file = fopen(path, "w") else { throw ValidationError("cannot write \(option) \(path)") }
+            fputs("\(port)\n", file)
             fclose(file)
         }
+        if let metricsPortFile, let port = server.metricsPort { try write(port, to: metricsPortFile, "--metrics-port-file") }
+        if let portFile { try write(server.port, to: portFile, "--port-file") }
         // Serve until SIGINT or SIGTERM, then disconnect everyone cleanly.
         waitForTerminationSignal()
         server.stop()

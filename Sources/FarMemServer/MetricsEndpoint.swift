@@ -1,0 +1,70 @@
+import FarMemSystem
+import Logging
+import Synchronization
+
+/// `GET /metrics` over HTTP/1.1 for Prometheus, on its own listener and
+/// thread (`--metrics-listen`). One scrape at a time; a request must arrive
+/// whole within 2 s and fit in 8 KiB; every answer closes the connection.
+final class MetricsEndpoint: Sendable {
+    private let listener: TCPSocket
+    private let exporter: MetricsExporter
+    private let logger: Logger
+    private let stopping = Atomic<Bool>(false)
+    private let thread = Mutex<PosixThread?>(nil)
+    let port: UInt16
+
+    init(listen: TCPSocket.Endpoint, exporter: MetricsExporter, logger: Logger) throws {
+        listener = try TCPSocket.listen(on: listen, backlog: 16)
+        port = listener.localPort
+        self.exporter = exporter
+        self.logger = logger
+    }
+
+    func start() {
+        let spawned = PosixThread.spawn(name: "farmemd-metrics") { [self] in
+            while !stopping.load(ordering: .relaxed) {
+                guard let client = try? listener.accept() else { continue }
+                serve(client)
+                client.close()
+            }
+        }
+        thread.withLock { $0 = spawned }
+    }
+
+    func stop() {
+        guard !stopping.exchange(true, ordering: .relaxed) else { return }
+        listener.shutdown()
+        listener.close()
+        thread.withLock { $0 }?.join()
+    }
+
+    private func serve(_ client: TCPSocket) {
+        try? client.setTimeouts(seconds: 2)
+        var request: [UInt8] = []
+        var byte: UInt8 = 0
+        // The request line and headers, up to the blank line.
+        while request.count < 8192 {
+            do { try client.readExactly(into: &byte, count: 1) } catch { return }
+            request.append(byte)
+            if request.count >= 4, request.suffix(4).elementsEqual([13, 10, 13, 10]) { break }
+        }
+        let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self).split(separator: " ")
+        let (status, body): (String, String)
+        if line.count < 2 || request.count >= 8192 {
+            (status, body) = ("400 Bad Request", "bad request\n")
+        } else if line[0] != "GET" && line[0] != "HEAD" {
+            (status, body) = ("405 Method Not Allowed", "only GET /metrics\n")
+        } else if line[1] != "/metrics" {
+            (status, body) = ("404 Not Found", "only /metrics is here\n")
+        } else {
+            (status, body) = ("200 OK", exporter.render())
+        }
+        let content = Array(body.utf8)
+        let head = Array(("HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            + "Content-Length: \(content.count)\r\nConnection: close\r\n\r\n").utf8)
+        let reply = line.first == "HEAD" ? head : head + content
+        reply.withUnsafeBytes { raw in
+            do { try client.writeAll(raw.baseAddress!, count: raw.count) } catch { logger.debug("metrics reply not sent: \(error)") }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import FarMemProtocol
+
+/// The server's figures in the Prometheus text format (version 0.0.4), for
+/// `--metrics-listen`. Written here rather than through swift-metrics and a
+/// Prometheus backend: the figures already live in the server's own atomics
+/// (CapacityLedger, ServerMetrics), so rendering them on a scrape is all an
+/// exporter has to do, and no dependency is added to the request path.
+struct MetricsExporter {
+    let context: ServerContext
+    let metrics: ServerMetrics
+
+    func render() -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        }
+        func sample(_ name: String, _ labels: String = "", _ value: some CustomStringConvertible) {
+            out += labels.isEmpty ? "\(name) \(value)\n" : "\(name){\(labels)} \(value)\n"
+        }
+        let stats = context.stats()
+        let page = UInt64(ProtocolLimits.pageSize)
+        family("farmemd_capacity_bytes", "gauge", "Page memory the server may hold for all clients.")
+        sample("farmemd_capacity_bytes", "", stats.capacityPages * page)
+        family("farmemd_reserved_bytes", "gauge", "Capacity promised to regions (CREATE_REGION, RESERVE).")
+        sample("farmemd_reserved_bytes", "", stats.reservedPages * page)
+        family("farmemd_stored_bytes", "gauge", "Pages holding data (written over TCP and not discarded).")
+        sample("farmemd_stored_bytes", "", stats.storedPages * page)
+        family("farmemd_sessions", "gauge", "Live sessions (clients).")
+        sample("farmemd_sessions", "", stats.sessions)
+        family("farmemd_connections", "gauge", "Open TCP connections.")
+        sample("farmemd_connections", "", stats.connections)
+        family("farmemd_connections_accepted_total", "counter", "TCP connections accepted since start.")
+        sample("farmemd_connections_accepted_total", "", metrics.connectionsAccepted.current)
+        family("farmemd_connections_refused_total", "counter", "TCP connections refused (max-connections reached).")
+        sample("farmemd_connections_refused_total", "", metrics.connectionsRefused.current)
+        family("farmemd_pages_read_total", "counter", "Pages sent in READ_PAGES replies.")
+        sample("farmemd_pages_read_total", "", stats.pagesRead)
+        family("farmemd_pages_written_total", "counter", "Pages stored by WRITE_PAGES.")
+        sample("farmemd_pages_written_total", "", stats.pagesWritten)
+        family("farmemd_received_bytes_total", "counter", "Request bytes received (headers and payloads).")
+        sample("farmemd_received_bytes_total", "", metrics.bytesReceived.current)
+        family("farmemd_sent_bytes_total", "counter", "Reply bytes sent (headers and payloads).")
+        sample("farmemd_sent_bytes_total", "", metrics.bytesSent.current)
+
+        family("farmemd_requests_total", "counter", "Requests answered, by kind.")
+        for opcode in Opcode.allCases { sample("farmemd_requests_total", "request=\"\(opcode.metricName)\"", metrics.requests[Int(opcode.rawValue)].current) }
+        family("farmemd_request_errors_total", "counter", "Error replies, by error code.")
+        for code in ErrorCode.allCases { sample("farmemd_request_errors_total", "code=\"\(code.name)\"", metrics.errors[Int(code.rawValue)].current) }
+        family("farmemd_request_duration_seconds", "histogram", "Time from a request's frame read to its reply sent, by kind.")
+        for opcode in Opcode.allCases {
+            let histogram = metrics.latency[Int(opcode.rawValue)]
+            let label = "request=\"\(opcode.metricName)\""
+            var cumulative: UInt64 = 0
+            for (i, bound) in ServerMetrics.Histogram.bounds.enumerated() {
+                cumulative += histogram.buckets[i].current
+                sample("farmemd_request_duration_seconds_bucket", "\(label),le=\"\(bound)\"", cumulative)
+            }
+            cumulative += histogram.buckets[ServerMetrics.Histogram.bounds.count].current
+            sample("farmemd_request_duration_seconds_bucket", "\(label),le=\"+Inf\"", cumulative)
+            sample("farmemd_request_duration_seconds_sum", label, Double(histogram.sumNanoseconds.current) / 1e9)
+            sample("farmemd_request_duration_seconds_count", label, histogram.count.current)
+        }
+        return out
+    }
+}
+
+extension Opcode {
+    /// The request's name in metrics labels: "read_pages", "rdma_expose".
+    var metricName: String {
+        switch self {
+        case .hello: return "hello"
+        case .createRegion: return "create_region"
+        case .dropRegion: return "drop_region"
+        case .readPages: return "read_pages"
+        case .writePages: return "write_pages"
+        case .discard: return "discard"
+        case .stats: return "stats"
+        case .rdmaAttach: return "rdma_attach"
+        case .rdmaExpose: return "rdma_expose"
+        case .reserve: return "reserve"
+        }
+    }
+}
