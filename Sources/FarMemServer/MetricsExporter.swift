@@ -19,28 +19,24 @@ struct MetricsExporter {
         }
         let stats = context.stats()
         let page = UInt64(ProtocolLimits.pageSize)
-        family("farmemd_capacity_bytes", "gauge", "Page memory the server may hold for all clients.")
-        sample("farmemd_capacity_bytes", "", stats.capacityPages * page)
-        family("farmemd_reserved_bytes", "gauge", "Capacity promised to regions (CREATE_REGION, RESERVE).")
-        sample("farmemd_reserved_bytes", "", stats.reservedPages * page)
-        family("farmemd_stored_bytes", "gauge", "Pages holding data (written over TCP and not discarded).")
-        sample("farmemd_stored_bytes", "", stats.storedPages * page)
-        family("farmemd_sessions", "gauge", "Live sessions (clients).")
-        sample("farmemd_sessions", "", stats.sessions)
-        family("farmemd_connections", "gauge", "Open TCP connections.")
-        sample("farmemd_connections", "", stats.connections)
-        family("farmemd_connections_accepted_total", "counter", "TCP connections accepted since start.")
-        sample("farmemd_connections_accepted_total", "", metrics.connectionsAccepted.current)
-        family("farmemd_connections_refused_total", "counter", "TCP connections refused (max-connections reached).")
-        sample("farmemd_connections_refused_total", "", metrics.connectionsRefused.current)
-        family("farmemd_pages_read_total", "counter", "Pages sent in READ_PAGES replies.")
-        sample("farmemd_pages_read_total", "", stats.pagesRead)
-        family("farmemd_pages_written_total", "counter", "Pages stored by WRITE_PAGES.")
-        sample("farmemd_pages_written_total", "", stats.pagesWritten)
-        family("farmemd_received_bytes_total", "counter", "Request bytes received (headers and payloads).")
-        sample("farmemd_received_bytes_total", "", metrics.bytesReceived.current)
-        family("farmemd_sent_bytes_total", "counter", "Reply bytes sent (headers and payloads).")
-        sample("farmemd_sent_bytes_total", "", metrics.bytesSent.current)
+        // Single values: (name, type, help, value).
+        let single: [(String, String, String, UInt64)] = [
+            ("farmemd_capacity_bytes", "gauge", "Page memory the server may hold for all clients.", stats.capacityPages * page),
+            ("farmemd_reserved_bytes", "gauge", "Capacity promised to regions (CREATE_REGION, RESERVE).", stats.reservedPages * page),
+            ("farmemd_stored_bytes", "gauge", "Pages holding data (written over TCP and not discarded).", stats.storedPages * page),
+            ("farmemd_sessions", "gauge", "Live sessions (clients).", stats.sessions),
+            ("farmemd_connections", "gauge", "Open TCP connections.", stats.connections),
+            ("farmemd_connections_accepted_total", "counter", "TCP connections accepted since start.", metrics.connectionsAccepted.current),
+            ("farmemd_connections_refused_total", "counter", "TCP connections refused (max-connections reached).", metrics.connectionsRefused.current),
+            ("farmemd_pages_read_total", "counter", "Pages sent in READ_PAGES replies.", stats.pagesRead),
+            ("farmemd_pages_written_total", "counter", "Pages stored by WRITE_PAGES.", stats.pagesWritten),
+            ("farmemd_received_bytes_total", "counter", "Request bytes received (headers and payloads).", metrics.bytesReceived.current),
+            ("farmemd_sent_bytes_total", "counter", "Reply bytes sent (headers and payloads).", metrics.bytesSent.current),
+        ]
+        for (name, type, help, value) in single {
+            family(name, type, help)
+            sample(name, "", value)
+        }
 
         family("farmemd_requests_total", "counter", "Requests answered, by kind.")
         for opcode in Opcode.allCases { sample("farmemd_requests_total", "request=\"\(opcode.metricName)\"", metrics.requests[Int(opcode.rawValue)].current) }

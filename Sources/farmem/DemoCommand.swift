@@ -121,7 +121,7 @@ struct DemoCommand: ParsableCommand {
         killer?.join()
         let readService = memory.statistics
         // Phase 3: random pages, verified (a mix of resident and remote).
-        var generator = SplitMix(seed: 7)
+        var generator = SplitMix64(seed: 7)
         let randomPages = (0..<randomReads).map { _ in Int(generator.next() % UInt64(pages)) }
         let random = runPhase(threads: threads, pages: randomPages.count) { i in
             pattern.verify(page: randomPages[i], at: UnsafeRawPointer(bitPattern: base + UInt(randomPages[i]) * 4096)!)
@@ -236,19 +236,6 @@ func runPhase(threads: Int, pages: Int, touch: @escaping @Sendable (Int) -> (UIn
         total.latency.add(contentsOf: r.latency)
     }
     return total
-}
-
-/// Small deterministic generator for reproducible random phases.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 extension String {

@@ -1,3 +1,4 @@
+import FarMemWorkloads
 @testable import FarMemory
 import XCTest
 
@@ -68,7 +69,7 @@ final class StreamPrefetcherTests: XCTestCase {
 
     func testRandomAccessDoesNotPrefetch() {
         var prefetcher = StreamPrefetcher(maxWindow: 64)
-        var generator = SeededGenerator(seed: 5)
+        var generator = SplitMix64(seed: 5)
         let prefetches = (0..<20_000).compactMap { _ in
             prefetcher.record(thread: 1, region: 0, page: Int.random(in: 0..<1_000_000, using: &generator))
         }
@@ -79,7 +80,7 @@ final class StreamPrefetcherTests: XCTestCase {
     /// and a new scan elsewhere starts small.
     func testAScanSurvivesRandomFaultsInBetweenAndANewOneStartsSmall() {
         var prefetcher = StreamPrefetcher(maxWindow: 64)
-        var generator = SeededGenerator(seed: 9)
+        var generator = SplitMix64(seed: 9)
         var page = 0
         var last: (stride: Int, window: Int)?
         for _ in 0..<10 {
@@ -110,18 +111,5 @@ final class StreamPrefetcherTests: XCTestCase {
     func testAWindowOfZeroTurnsPrefetchingOff() {
         var prefetcher = StreamPrefetcher(maxWindow: 0)
         XCTAssertTrue((0..<20).allSatisfy { prefetcher.record(thread: 1, region: 0, page: $0) == nil })
-    }
-}
-
-/// A small deterministic generator (splitmix64), so a failure can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
