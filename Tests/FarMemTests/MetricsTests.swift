@@ -95,4 +95,41 @@ final class MetricsTests: XCTestCase {
         // The page server is unaffected by scrapes.
         XCTAssertNil(try client.call(.stats, []).error)
     }
+
+    /// `farmem top` against a live server and a dead address: two refreshes,
+    /// the live one up with its page rate between them, the dead one down.
+    func testFarmemTopShowsEachServerLiveAndADeadOneAsDown() throws {
+        let dead = try TCPSocket.listen(on: TCPSocket.Endpoint(host: "127.0.0.1", port: 0))
+        let deadPort = dead.localPort
+        dead.close()   // nothing listens there now
+        let top = Process()
+        top.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
+        top.arguments = ["top", "--server", "\(server.endpoint),127.0.0.1:\(deadPort)", "--count", "2", "--interval", "1"]
+        let output = Pipe()
+        top.standardOutput = output
+        try top.run()
+        // The first refresh is out (each is written at once)...
+        var first = Data()
+        while !String(decoding: first, as: UTF8.self).contains("down: ") {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            first += chunk
+        }
+        // ...then pages are written, which the second refresh shows as a rate.
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 64).encode()).error)
+        for page in 0..<32 { XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [UInt64(page)]) { _ in 1 }).error) }
+        let text = String(decoding: first + output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        top.waitUntilExit()
+        XCTAssertEqual(top.terminationStatus, 0, text)
+        let refreshes = text.components(separatedBy: "\n\n")
+        XCTAssertEqual(refreshes.count, 2, text)
+        let live = refreshes.last?.split(separator: "\n").first { $0.hasPrefix("\(server.endpoint)") }.map(String.init) ?? ""
+        XCTAssertTrue(live.contains(" up "), live)
+        let columns = live.split(separator: " ", omittingEmptySubsequences: true)
+        // server, state, capacity (2 words), reserved (2), stored (2), sessions, conns, read, written, rtt (2)
+        XCTAssertGreaterThan(Double(columns[columns.count - 3]) ?? 0, 0, "a write rate: \(live)")
+        XCTAssertTrue(text.contains("127.0.0.1:\(deadPort)  down: "), text)
+    }
 }
