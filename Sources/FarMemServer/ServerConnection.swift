@@ -14,8 +14,14 @@ final class ServerConnection: @unchecked Sendable {
     private var session: Session?
     /// The protocol version HELLO settled on.
     private var version = ProtocolVersion.oldest
+    /// A request's payload and a reply's, each big enough for a full batch.
+    /// Mapped, not malloc'd: a connection that goes idle gives their pages
+    /// back (`releaseBuffersIfIdle`), so only busy connections cost memory.
     private let payload: UnsafeMutableRawPointer
     private let reply: UnsafeMutableRawPointer
+    private static let bufferLength = (ProtocolLimits.maxPayload + 4095) / 4096 * 4096
+    /// Pages of the buffers were touched beyond the first since the last release.
+    private var buffersTouched = false
     private let header = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
 
     init(socket: TCPSocket, context: ServerContext, peer: String) {
@@ -24,14 +30,32 @@ final class ServerConnection: @unchecked Sendable {
         var logger = context.logger
         logger[metadataKey: "peer"] = "\(peer)"
         self.logger = logger
-        payload = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
-        reply = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
+        payload = Self.mapBuffer()
+        reply = Self.mapBuffer()
+    }
+
+    private static func mapBuffer() -> UnsafeMutableRawPointer {
+        // NORESERVE anonymous memory: no page is committed until written.
+        guard let address = try? MemoryMapping.anonymous(length: bufferLength, noReserve: true) else {
+            fatalError("farmemd: cannot map a \(bufferLength)-byte connection buffer")
+        }
+        return UnsafeMutableRawPointer(bitPattern: address)!
     }
 
     deinit {
-        payload.deallocate()
-        reply.deallocate()
+        MemoryMapping.unmap(UInt(bitPattern: payload), length: Self.bufferLength)
+        MemoryMapping.unmap(UInt(bitPattern: reply), length: Self.bufferLength)
         header.deallocate()
+    }
+
+    /// A connection idle for a frame time-out gives its buffers' pages back
+    /// (a busy one holds up to two full batches, about 2 MiB; an idle one a
+    /// few KiB). Its next big request faults them in again.
+    private func releaseBuffersIfIdle() {
+        guard buffersTouched else { return }
+        buffersTouched = false
+        try? MemoryMapping.advise(UInt(bitPattern: payload), length: Self.bufferLength, .dontNeed)
+        try? MemoryMapping.advise(UInt(bitPattern: reply), length: Self.bufferLength, .dontNeed)
     }
 
     func run() {
@@ -79,6 +103,7 @@ final class ServerConnection: @unchecked Sendable {
                 if session == nil {
                     return .fatal(requestID: 0, ProtocolError(.helloRequired, "no HELLO within \(context.configuration.frameTimeoutSeconds) s"))
                 }
+                releaseBuffersIfIdle()
                 continue
             } catch {
                 if received == 0 { return .closed }
@@ -104,6 +129,7 @@ final class ServerConnection: @unchecked Sendable {
     /// Answers one frame. Returns false when the connection must close.
     private func handle(_ frame: FrameHeader) -> Bool {
         let started = monotonicNanoseconds()
+        if frame.payloadLength > 4096 { buffersTouched = true }
         let metrics = context.metrics
         metrics.bytesReceived.add(UInt64(FrameHeader.size) + UInt64(frame.payloadLength))
         let body = UnsafeRawBufferPointer(start: payload, count: Int(frame.payloadLength))
@@ -115,6 +141,7 @@ final class ServerConnection: @unchecked Sendable {
         }
         do {
             let replyLength = try dispatch(opcode, body)
+            if replyLength > 4096 { buffersTouched = true }
             send(opcode: opcode.response, requestID: frame.requestID, status: 0,
                  body: UnsafeRawBufferPointer(start: reply, count: replyLength))
             metrics.request(opcode.rawValue, nanoseconds: monotonicNanoseconds() - started, error: nil)

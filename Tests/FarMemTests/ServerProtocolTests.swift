@@ -176,6 +176,38 @@ final class ServerProtocolTests: XCTestCase {
         XCTAssertLessThan(grown, 3000, "3,000 connections grew the server by \(grown) KiB (about 1 KiB each allowed)")
     }
 
+    /// A connection that moved full batches holds about 2 MiB of buffers
+    /// while busy; idle for a frame time-out, it gives them back (issue 13:
+    /// memory must stay bounded with many connections).
+    func testIdleConnectionsGiveTheirBufferMemoryBack() throws {
+        let quick = try ServerProcess(capacity: "4MiB", extra: ["--frame-timeout", "1"])
+        defer { quick.stop() }
+        func residentKiB() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/\(quick.process.processIdentifier)/status", encoding: .utf8)
+            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+            return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+        }
+        let before = try residentKiB()
+        let fullBatch = [UInt64](repeating: 0, count: ProtocolLimits.maxBatchPages)   // one page, 256 times: 1 MiB each way
+        let clients = try (0..<20).map { _ in
+            let client = try RawClient(quick.endpoint)
+            XCTAssertNil(try client.hello().error)
+            XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1).encode()).error)
+            XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: fullBatch) { _ in 3 }).error)
+            XCTAssertEqual(try client.call(.readPages, PageBatchHeader(regionID: 1, pages: fullBatch).encode()).body.count, 1 << 20)
+            return client
+        }
+        let busy = try residentKiB() - before
+        XCTAssertGreaterThan(busy, 20 * 1536, "20 busy connections hold their buffers: \(busy) KiB")
+        var idle = busy
+        for _ in 0..<40 where idle > 20 * 256 {   // up to 4 s: a frame time-out, and a bit
+            usleep(100_000)
+            idle = try residentKiB() - before
+        }
+        XCTAssertLessThan(idle, 20 * 256, "idle, they gave it back: \(busy) KiB busy, \(idle) KiB idle")
+        XCTAssertNil(try clients[0].call(.readPages, PageBatchHeader(regionID: 1, pages: fullBatch).encode()).error, "and still work")
+    }
+
     func testRequestsBeforeHelloAndUnknownOpcodesAreRefusedButServed() throws {
         let client = try RawClient(server.endpoint)
         XCTAssertEqual(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 1).encode()).error, .helloRequired)
