@@ -94,6 +94,7 @@ public final class MemoryServer: Sendable {
                                                       logger: logger)
             } catch {
                 listener.close()
+                rdma?.stop()
                 throw StartError(description: "cannot serve metrics on \(metricsListen): \(error)")
             }
         } else {

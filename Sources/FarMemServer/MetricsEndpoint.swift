@@ -4,13 +4,17 @@ import Synchronization
 
 /// `GET /metrics` over HTTP/1.1 for Prometheus, on its own listener and
 /// thread (`--metrics-listen`). One scrape at a time; a request must arrive
-/// whole within 2 s and fit in 8 KiB; every answer closes the connection.
+/// whole within 2 s (a deadline for the whole request, not per read) and fit
+/// in 8 KiB; every answer closes the connection. `stop` shuts down a scrape
+/// in progress too, so a slow client never holds up the server's exit.
 final class MetricsEndpoint: Sendable {
     private let listener: TCPSocket
     private let exporter: MetricsExporter
     private let logger: Logger
     private let stopping = Atomic<Bool>(false)
     private let thread = Mutex<PosixThread?>(nil)
+    /// The client being served, so `stop` can cut it off.
+    private let current = Mutex<TCPSocket?>(nil)
     let port: UInt16
 
     init(listen: TCPSocket.Endpoint, exporter: MetricsExporter, logger: Logger) throws {
@@ -23,8 +27,13 @@ final class MetricsEndpoint: Sendable {
     func start() {
         let spawned = PosixThread.spawn(name: "farmemd-metrics") { [self] in
             while !stopping.load(ordering: .relaxed) {
-                guard let client = try? listener.accept() else { continue }
-                serve(client)
+                guard let client = try? listener.accept() else {
+                    if !stopping.load(ordering: .relaxed) { sleepSeconds(0.05) }   // EMFILE and the like: no busy loop
+                    continue
+                }
+                current.withLock { $0 = client }
+                if !stopping.load(ordering: .relaxed) { serve(client) }
+                current.withLock { $0 = nil }
                 client.close()
             }
         }
@@ -35,15 +44,19 @@ final class MetricsEndpoint: Sendable {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         listener.shutdown()
         listener.close()
+        current.withLock { $0?.shutdown() }
         thread.withLock { $0 }?.join()
     }
 
     private func serve(_ client: TCPSocket) {
-        try? client.setTimeouts(seconds: 2)
+        let deadline = monotonicNanoseconds() + 2_000_000_000
         var request: [UInt8] = []
         var byte: UInt8 = 0
-        // The request line and headers, up to the blank line.
+        // The request line and headers, up to the blank line, within the deadline.
         while request.count < 8192 {
+            let left = Int64(bitPattern: deadline &- monotonicNanoseconds())
+            guard left > 0 else { return }
+            try? client.setTimeouts(seconds: Double(left) / 1e9)
             do { try client.readExactly(into: &byte, count: 1) } catch { return }
             request.append(byte)
             if request.count >= 4, request.suffix(4).elementsEqual([13, 10, 13, 10]) { break }
@@ -63,6 +76,7 @@ final class MetricsEndpoint: Sendable {
         let head = Array(("HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + "Content-Length: \(content.count)\r\nConnection: close\r\n\r\n").utf8)
         let reply = line.first == "HEAD" ? head : head + content
+        try? client.setTimeouts(seconds: 2)
         reply.withUnsafeBytes { raw in
             do { try client.writeAll(raw.baseAddress!, count: raw.count) } catch { logger.debug("metrics reply not sent: \(error)") }
         }

@@ -54,7 +54,8 @@ struct MetricsExporter {
             cumulative += histogram.buckets[ServerMetrics.Histogram.bounds.count].current
             sample("farmemd_request_duration_seconds_bucket", "\(label),le=\"+Inf\"", cumulative)
             sample("farmemd_request_duration_seconds_sum", label, Double(histogram.sumNanoseconds.current) / 1e9)
-            sample("farmemd_request_duration_seconds_count", label, histogram.count.current)
+            // The +Inf bucket's value, not the count read later: they must agree in one scrape.
+            sample("farmemd_request_duration_seconds_count", label, cumulative)
         }
         return out
     }

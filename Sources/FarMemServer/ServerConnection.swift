@@ -129,7 +129,8 @@ final class ServerConnection: @unchecked Sendable {
     /// Answers one frame. Returns false when the connection must close.
     private func handle(_ frame: FrameHeader) -> Bool {
         let started = monotonicNanoseconds()
-        if frame.payloadLength > 4096 { buffersTouched = true }
+        // A page batch fills the payload or the reply buffer (a refused READ_PAGES may have filled part of it).
+        if frame.payloadLength > 4096 || frame.opcode == Opcode.readPages.rawValue { buffersTouched = true }
         let metrics = context.metrics
         metrics.bytesReceived.add(UInt64(FrameHeader.size) + UInt64(frame.payloadLength))
         let body = UnsafeRawBufferPointer(start: payload, count: Int(frame.payloadLength))

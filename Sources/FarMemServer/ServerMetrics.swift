@@ -19,14 +19,12 @@ final class ServerMetrics: Sendable {
         private static let boundsNanoseconds = bounds.map { UInt64($0 * 1e9) }
         let buckets = (0...bounds.count).map { _ in Counter() }   // the last: above every bound
         let sumNanoseconds = Counter()
-        let count = Counter()
 
         func record(nanoseconds: UInt64) {
             var bucket = Self.boundsNanoseconds.count
             for (i, bound) in Self.boundsNanoseconds.enumerated() where nanoseconds <= bound { bucket = i; break }
             buckets[bucket].add()
             sumNanoseconds.add(nanoseconds)
-            count.add()
         }
     }
 

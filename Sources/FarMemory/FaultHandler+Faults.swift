@@ -60,26 +60,28 @@ extension FaultHandler {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
             source = UnsafeMutableRawPointer(mutating: fetchedData)
-            if recency.refetched(region.recency, page) { counters.add(.hotRefaults) }
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault, and so
         // does a read of a fetched page while most clean pages get written
-        // (`WritePredictor`; a zero page is never dirtied on a guess).
-        let dirty = isWrite || (fromServer && writes.installGoesInDirty())
+        // (`WritePredictor`, asked once per fault, for this page and the
+        // prefetched ones; a zero page is never dirtied on a guess).
+        let predictsWrite = fromServer && writes.installGoesInDirty()
+        let dirty = isWrite || predictsWrite
         let newState = state.installed(dirty: dirty)
         region.states[page] = newState
         budget.resident += 1
         switch install(source, at: address, writeProtect: !dirty) {
         case .installed:
             if !dirty { writes.installedClean(1) }
+            if fromServer, recency.refetched(region.recency, page) { counters.add(.hotRefaults) }
             counters.add(fromServer ? .fetches : .zeroFills)
             if !newState.isQueued {
                 region.states[page] = newState.enqueued()
                 queue.push(EvictionQueue.pack(slot: region.slot, page: page))
             }
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
-            if fetched > 1 { installPrefetched(region: region, count: fetched - 1) }
+            if fetched > 1 { installPrefetched(region: region, count: fetched - 1, dirty: predictsWrite) }
         case .alreadyThere:
             // Mapped, yet not by us: the application discarded the page and the
             // kernel has not zapped it yet (MADV_DONTNEED's thread resumes when

@@ -7,9 +7,9 @@
 /// The signal: of the pages installed clean (write-protected), how many took
 /// a write-protect fault since. Both counts decay (halved every `window`
 /// clean installs), so a phase change shows within a few thousand pages.
-/// While pages go in dirty they are not observed, so one install (a page or
-/// a prefetch batch) in `probeEvery` still goes in clean to keep the
-/// estimate honest. A wrong guess costs a write-back of a page that was not
+/// While pages go in dirty they are not observed, so one fault in
+/// `probeEvery` (its page and its prefetched batch) still goes in clean to
+/// keep the estimate honest. A wrong guess costs a write-back of a page that was not
 /// written; never a lost write: a page installed dirty is written back
 /// before it is dropped.
 struct WritePredictor {
@@ -41,8 +41,9 @@ struct WritePredictor {
         enabled && cleanInstalls >= Self.minimumSample && writeProtectFaults * 2 > cleanInstalls
     }
 
-    /// Decides for one install (a page read, or a prefetch batch): dirty when
-    /// writes are predicted, except every `probeEvery`-th (clean, to keep measuring).
+    /// Decides for one fault's pages (the faulting one and its prefetched
+    /// batch): dirty when writes are predicted, except every `probeEvery`-th
+    /// fault (clean, to keep measuring).
     mutating func installGoesInDirty() -> Bool {
         guard predictsWrites else { return false }
         batches += 1

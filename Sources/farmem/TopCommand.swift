@@ -95,10 +95,15 @@ final class StatsProbe {
         do {
             if socket == nil {
                 let fresh = try TCPSocket.connect(to: endpoint, timeoutSeconds: 2)
-                try fresh.setTimeouts(seconds: 2)
-                var key: [UInt8] = (0..<16).map { _ in UInt8.random(in: 0...255) }
-                key[0] |= 1
-                _ = try roundTrip(fresh, .hello, Hello(sessionKey: key, token: token).encode())
+                do {
+                    try fresh.setTimeouts(seconds: 2)
+                    var key: [UInt8] = (0..<16).map { _ in UInt8.random(in: 0...255) }
+                    key[0] |= 1
+                    _ = try roundTrip(fresh, .hello, Hello(sessionKey: key, token: token).encode())
+                } catch {
+                    fresh.close()   // refused HELLO (a wrong token, say): no descriptor left behind
+                    throw error
+                }
                 socket = fresh
             }
             let started = monotonicSeconds()

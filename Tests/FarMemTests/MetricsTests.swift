@@ -65,6 +65,13 @@ final class MetricsTests: XCTestCase {
         return try JSONDecoder().decode([String: Double].self, from: data)
     }
 
+    /// A bucket sample's `le`, +Inf last.
+    private func bound(_ key: String) -> Double {
+        guard let start = key.range(of: "le=\"")?.upperBound, let end = key[start...].firstIndex(of: "\"") else { return .nan }
+        let text = key[start..<end]
+        return text == "+Inf" ? .infinity : Double(text) ?? .nan
+    }
+
     func testMetricsCountRequestsErrorsAndCapacityAndParseAsPrometheusText() throws {
         let client = try RawClient(server.endpoint)
         XCTAssertNil(try client.hello().error)
@@ -88,6 +95,11 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(samples["farmemd_request_duration_seconds_bucket{le=\"+Inf\",request=\"write_pages\"}"], 3)
         XCTAssertGreaterThan(samples["farmemd_request_duration_seconds_sum{request=\"write_pages\"}"] ?? 0, 0)
         XCTAssertGreaterThanOrEqual(samples["farmemd_connections_accepted_total"] ?? 0, 1)
+        // Buckets never decrease, and the +Inf one is the count.
+        let writeBuckets = samples.filter { $0.key.hasPrefix("farmemd_request_duration_seconds_bucket{") && $0.key.hasSuffix("request=\"write_pages\"}") }
+        let ordered = writeBuckets.sorted { bound($0.key) < bound($1.key) }.map(\.value)
+        XCTAssertEqual(ordered, ordered.sorted(), "cumulative: \(writeBuckets)")
+        XCTAssertEqual(ordered.count, 14)
 
         XCTAssertEqual(try get("GET /other HTTP/1.1\r\n\r\n").status, "HTTP/1.1 404 Not Found")
         XCTAssertEqual(try get("POST /metrics HTTP/1.1\r\n\r\n").status, "HTTP/1.1 405 Method Not Allowed")
@@ -104,7 +116,7 @@ final class MetricsTests: XCTestCase {
         dead.close()   // nothing listens there now
         let top = Process()
         top.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
-        top.arguments = ["top", "--server", "\(server.endpoint),127.0.0.1:\(deadPort)", "--count", "2", "--interval", "1"]
+        top.arguments = ["top", "--server", "\(server.endpoint),127.0.0.1:\(deadPort)", "--count", "2", "--interval", "3"]
         let output = Pipe()
         top.standardOutput = output
         try top.run()

@@ -249,6 +249,7 @@ final class BenchRun {
     /// FarMem's budget.
     private func runKernelSwap(_ swap: KernelSwapSandbox, worker: [String], kind: BenchWorkload.Kind, percent: Int,
                                budgetPages: Int, overhead: Int) {
+        let workloadPages = kind.isSort ? sortPages : regionPages
         let arguments = worker + ["--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
         var killedAt: [Int] = []
         for margin in [2 << 20, 4 << 20, 8 << 20, 16 << 20] {
@@ -261,15 +262,20 @@ final class BenchRun {
                 row.faults = result.majorFaults   // major faults: swap-ins, several pages each with readahead
                 row.note = "zram swap, memory cgroup limit = budget + \(overhead >> 10) KiB the worker is charged before its region + "
                     + "\(margin >> 20) MiB kernel margin; limit \(limit >> 10) KiB"
-                    + (killedAt.isEmpty ? "" : "; OOM-killed with margins of \(killedAt.map { "\($0 >> 20) MiB" }.joined(separator: ", ")) first")
+                    + (killedAt.isEmpty ? "" : "; OOM-killed with margins of \(killedAt.map { "\($0 >> 20) MiB" }.joined(separator: ", ")) first, "
+                        + "so it had \(Int((Double(budgetPages * 4096 + margin) / Double(workloadPages * 4096) * 100).rounded()))% of the data's size, not \(percent)%")
                 add(row)
                 note("\(kind) \(percent)% kernel-swap: \(String(format: "%.3f", result.seconds)) s"
                      + (killedAt.isEmpty ? "" : " (needed a \(margin >> 20) MiB margin above the budget)"))
                 return
             } catch {
-                // Usually the cgroup's OOM killer (exit 9): try a wider margin.
-                killedAt.append(margin)
                 note("\(kind) \(percent)% kernel-swap failed (cgroup limit \(limit >> 10) KiB): \(error)")
+                // The cgroup's OOM killer (SIGKILL, exit 9): try a wider margin. Anything else is final.
+                guard (error as? KernelSwapSandbox.Unavailable)?.exitStatus == 9 else {
+                    killedAt.append(margin)
+                    break
+                }
+                killedAt.append(margin)
             }
         }
         var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: .none)

@@ -11,7 +11,11 @@ final class KernelSwapSandbox {
     private var cgroups: [String] = []
     private var tornDown = false
 
-    struct Unavailable: Error, CustomStringConvertible { let description: String }
+    struct Unavailable: Error, CustomStringConvertible {
+        let description: String
+        /// A command's exit status, when it ran and failed (9: killed, the OOM killer's way).
+        var exitStatus: Int32? = nil
+    }
 
     init(swapBytes: Int) throws {
         guard geteuid() == 0 else { throw Unavailable(description: "needs root (zram, swapon, cgroups)") }
@@ -115,7 +119,7 @@ final class KernelSwapSandbox {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
-            throw Unavailable(description: "`\(script.prefix(80))` exited \(process.terminationStatus)")
+            throw Unavailable(description: "`\(script.prefix(80))` exited \(process.terminationStatus)", exitStatus: process.terminationStatus)
         }
         return text
     }
