@@ -42,7 +42,9 @@ typedef struct {
 /* Connects to the server at "HOST:PORT", or to a cluster given as
  * "HOST:PORT,HOST:PORT,..." (every page then has two copies, on different
  * servers), with a local budget (bytes resident at most, all regions
- * together). `token` may be NULL. */
+ * together). `token` may be NULL. With FARMEM_METRICS=HOST:PORT in the
+ * environment, the statistics are served for Prometheus at
+ * http://HOST:PORT/metrics while the handle is open. */
 farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token, char *error, size_t error_len);
 
 /* A region of at least `bytes` (whole pages), page aligned, reading as zeros.

@@ -90,8 +90,8 @@ public final class MemoryServer: Sendable {
         self.context = context
         if let metricsListen = configuration.metricsListen {
             do {
-                metricsEndpoint = try MetricsEndpoint(listen: metricsListen, exporter: MetricsExporter(context: context, metrics: context.metrics),
-                                                      logger: logger)
+                let exporter = MetricsExporter(context: context, metrics: context.metrics)
+                metricsEndpoint = try MetricsEndpoint(listen: metricsListen) { exporter.render() }
             } catch {
                 listener.close()
                 rdma?.stop()

@@ -5,7 +5,7 @@ import FarMemProtocol
 /// Prometheus backend: the figures already live in the server's own atomics
 /// (CapacityLedger, ServerMetrics), so rendering them on a scrape is all an
 /// exporter has to do, and no dependency is added to the request path.
-struct MetricsExporter {
+struct MetricsExporter: Sendable {
     let context: ServerContext
     let metrics: ServerMetrics
 

@@ -33,6 +33,10 @@ public final class FarMemory: @unchecked Sendable {
     private let sessionKey: [UInt8]
     /// Whether the pager threads' data path is RDMA (regions are then exposed for one-sided access).
     public let usesRDMA: Bool
+    /// `/metrics` (`FarMemoryConfiguration.metricsListen`), set once at the end of init.
+    private var metricsEndpoint: MetricsEndpoint?
+    /// The port the statistics are served on, when they are.
+    public var metricsPort: UInt16? { metricsEndpoint?.port }
     private struct Book {
         var nextRegionSlot = 0
         var nextRegionID: UInt64 = 1
@@ -187,6 +191,20 @@ public final class FarMemory: @unchecked Sendable {
             worker.start()
             repair = worker
         }
+        if let listen = configuration.metricsListen {
+            do {
+                let endpoint = try MetricsEndpoint(listen: listen) { [weak self] in self?.metricsText() ?? "" }
+                endpoint.start()
+                metricsEndpoint = endpoint
+            } catch {
+                throw .invalidArgument("cannot serve metrics on \(listen): \(error)")   // deinit closes what was started
+            }
+        }
+    }
+
+    /// The statistics in the Prometheus text format (what `/metrics` serves).
+    public func metricsText() -> String {
+        PagerMetrics.render(statistics, budgetBytes: configuration.budgetBytes, faultService: histogram)
     }
 
     private func openStoreRegions() -> [StoreRegion] {
@@ -330,6 +348,7 @@ public final class FarMemory: @unchecked Sendable {
             }
         }
         guard let open else { return }
+        metricsEndpoint?.stop()
         repair?.stop()
         for id in open { close(regionID: id) }
         for shard in shards { shard.stop() }

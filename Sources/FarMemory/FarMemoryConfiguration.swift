@@ -53,6 +53,9 @@ public struct FarMemoryConfiguration: Sendable {
     /// Give a page that comes back soon after its eviction a second chance
     /// the next time it would be evicted (`Recency`). Off: plain FIFO.
     public var keepsRefaultedPages = true
+    /// Serve the pager's statistics at `http://HOST:PORT/metrics` (Prometheus
+    /// text format) while the FarMemory is open; nil: not served.
+    public var metricsListen: TCPSocket.Endpoint?
 
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto

@@ -57,4 +57,22 @@ public final class LatencyHistogram: @unchecked Sendable {
     }
 
     public func reset() { counts.update(repeating: 0, count: LatencyHistogram.bucketCount) }
+
+    /// For a Prometheus histogram: how many values were at most each of
+    /// `bounds` (ascending, nanoseconds), the total count, and the sum. A value
+    /// counts as at most a bound when its bucket lies wholly below it, and the
+    /// sum adds each bucket's lower bound: both within the buckets' 6.25%.
+    func cumulative(atMost bounds: [UInt64]) -> (counts: [UInt64], total: UInt64, sumNanoseconds: UInt64) {
+        var counts = [UInt64](repeating: 0, count: bounds.count)
+        var total: UInt64 = 0, sum: UInt64 = 0
+        for bucket in 0..<LatencyHistogram.bucketCount {
+            let n = fm_atomic_load_u64(self.counts + bucket)
+            guard n > 0 else { continue }
+            total += n
+            sum &+= n &* LatencyHistogram.lowerBound(of: bucket)
+            let upper = bucket + 1 < LatencyHistogram.bucketCount ? LatencyHistogram.lowerBound(of: bucket + 1) - 1 : UInt64.max
+            for (i, bound) in bounds.enumerated() where upper <= bound { counts[i] += n }
+        }
+        return (counts, total, sum)
+    }
 }

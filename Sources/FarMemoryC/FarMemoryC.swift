@@ -29,8 +29,17 @@ public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ t
         return nil
     }
     let tokenBytes = token.map { Array(String(cString: $0).utf8) } ?? []
+    var configuration = FarMemoryConfiguration(servers: servers, budgetBytes: budgetBytes, token: tokenBytes)
+    // FARMEM_METRICS=HOST:PORT serves the statistics for Prometheus.
+    if let metrics = getenv("FARMEM_METRICS").map({ String(cString: $0) }), !metrics.isEmpty {
+        guard let endpoint = TCPSocket.Endpoint(parsing: metrics) else {
+            report("FARMEM_METRICS must be HOST:PORT, got \(metrics)", into: errorBuffer, length: errorLength)
+            return nil
+        }
+        configuration.metricsListen = endpoint
+    }
     do {
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: servers, budgetBytes: budgetBytes, token: tokenBytes))
+        let memory = try FarMemory(configuration: configuration)
         return Unmanaged.passRetained(memory).toOpaque()
     } catch {
         report("\(error)", into: errorBuffer, length: errorLength)

@@ -1,5 +1,7 @@
 import FarMemProtocol
 import FarMemSystem
+import FarMemWorkloads
+import FarMemory
 import Foundation
 import XCTest
 
@@ -63,6 +65,43 @@ final class MetricsTests: XCTestCase {
         if problems.contains("No module named") { throw XCTSkip("python3-prometheus-client is not installed (make deps installs it)") }
         XCTAssertEqual(process.terminationStatus, 0, "the Prometheus parser refused the exposition: \(problems)")
         return try JSONDecoder().decode([String: Double].self, from: data)
+    }
+
+    /// One scrape of `port` (the library's endpoint, say).
+    private func scrape(port: UInt16) throws -> String {
+        let saved = metricsPort
+        metricsPort = port
+        defer { metricsPort = saved }
+        let (status, body) = try get("GET /metrics HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(status, "HTTP/1.1 200 OK")
+        return body
+    }
+
+    /// The library's own `/metrics` (`metricsListen`; FARMEM_METRICS from C):
+    /// a region four times the budget, written and read back, then scraped.
+    func testTheLibraryServesItsStatisticsForPrometheus() throws {
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20)
+        configuration.metricsListen = TCPSocket.Endpoint(host: "127.0.0.1", port: 0)
+        let memory = try FarMemory(configuration: configuration)
+        defer { memory.close() }
+        let port = try XCTUnwrap(memory.metricsPort)
+        let region = try memory.allocate(bytes: 4 << 20)
+        let pattern = PagePattern(seed: 8)
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        let bad = (0..<region.pageCount).filter { !pattern.verify(page: $0, at: region.baseAddress! + $0 * 4096).ok }
+        XCTAssertEqual(bad, [])
+        let stats = memory.statistics
+        let samples = try parse(try scrape(port: port))
+        XCTAssertEqual(samples["farmem_budget_bytes"], Double(1 << 20))
+        XCTAssertGreaterThanOrEqual(samples["farmem_faults_total"] ?? 0, Double(stats.faults))
+        XCTAssertGreaterThanOrEqual(samples["farmem_evictions_total"] ?? 0, Double(stats.evictions))
+        XCTAssertGreaterThan(samples["farmem_write_backs_total"] ?? 0, 0)
+        XCTAssertGreaterThan(samples["farmem_fault_service_seconds_count"] ?? 0, 0)
+        XCTAssertEqual(samples["farmem_fault_service_seconds_count"], samples["farmem_fault_service_seconds_bucket{le=\"+Inf\"}"])
+        let buckets = samples.filter { $0.key.hasPrefix("farmem_fault_service_seconds_bucket{") }.sorted { bound($0.key) < bound($1.key) }.map(\.value)
+        XCTAssertEqual(buckets, buckets.sorted(), "cumulative")
+        memory.close()
+        XCTAssertThrowsError(try scrape(port: port), "closed with the FarMemory")
     }
 
     /// A bucket sample's `le`, +Inf last.

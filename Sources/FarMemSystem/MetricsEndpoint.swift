@@ -1,30 +1,28 @@
-import FarMemSystem
-import Logging
 import Synchronization
 
 /// `GET /metrics` over HTTP/1.1 for Prometheus, on its own listener and
-/// thread (`--metrics-listen`). One scrape at a time; a request must arrive
+/// thread: farmemd's `--metrics-listen` and the library's
+/// `FarMemoryConfiguration.metricsListen` serve what their `render` returns
+/// (Prometheus text format 0.0.4), read when scraped. One scrape at a time; a request must arrive
 /// whole within 2 s (a deadline for the whole request, not per read) and fit
 /// in 8 KiB; every answer closes the connection. `stop` shuts down a scrape
 /// in progress too, so a slow client never holds up the server's exit.
-final class MetricsEndpoint: Sendable {
+public final class MetricsEndpoint: Sendable {
     private let listener: TCPSocket
-    private let exporter: MetricsExporter
-    private let logger: Logger
+    private let render: @Sendable () -> String
     private let stopping = Atomic<Bool>(false)
     private let thread = Mutex<PosixThread?>(nil)
     /// The client being served, so `stop` can cut it off.
     private let current = Mutex<TCPSocket?>(nil)
-    let port: UInt16
+    public let port: UInt16
 
-    init(listen: TCPSocket.Endpoint, exporter: MetricsExporter, logger: Logger) throws {
+    public init(listen: TCPSocket.Endpoint, render: @escaping @Sendable () -> String) throws {
         listener = try TCPSocket.listen(on: listen, backlog: 16)
         port = listener.localPort
-        self.exporter = exporter
-        self.logger = logger
+        self.render = render
     }
 
-    func start() {
+    public func start() {
         let spawned = PosixThread.spawn(name: "farmemd-metrics") { [self] in
             while !stopping.load(ordering: .relaxed) {
                 guard let client = try? listener.accept() else {
@@ -40,7 +38,7 @@ final class MetricsEndpoint: Sendable {
         thread.withLock { $0 = spawned }
     }
 
-    func stop() {
+    public func stop() {
         guard !stopping.exchange(true, ordering: .relaxed) else { return }
         listener.shutdown()
         listener.close()
@@ -70,15 +68,13 @@ final class MetricsEndpoint: Sendable {
         } else if line[1] != "/metrics" {
             (status, body) = ("404 Not Found", "only /metrics is here\n")
         } else {
-            (status, body) = ("200 OK", exporter.render())
+            (status, body) = ("200 OK", render())
         }
         let content = Array(body.utf8)
         let head = Array(("HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             + "Content-Length: \(content.count)\r\nConnection: close\r\n\r\n").utf8)
         let reply = line.first == "HEAD" ? head : head + content
         try? client.setTimeouts(seconds: 2)
-        reply.withUnsafeBytes { raw in
-            do { try client.writeAll(raw.baseAddress!, count: raw.count) } catch { logger.debug("metrics reply not sent: \(error)") }
-        }
+        reply.withUnsafeBytes { raw in _ = try? client.writeAll(raw.baseAddress!, count: raw.count) }   // a scraper that left: nothing to do
     }
 }
