@@ -6,7 +6,7 @@ APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-clien
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release lib demo test test-rdma bench clean
+.PHONY: all deps build release lib demo test test-rdma bench fuzz fuzz-build clean
 
 all: build
 
@@ -47,6 +47,25 @@ test: deps
 	$(SWIFT) build --product FarMemoryC
 	deploy/rdma-vm/run-rdma-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+	SWIFT_BACKTRACE=enable=no .build/debug/farmem-fuzz protocol/vectors/*.bin
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=20
+
+# The fuzz target (Tests/Fuzz: frame decoding and request handling of a real
+# ServerConnection), built with libFuzzer in its own build folder so the
+# instrumented modules never mix with the normal build. `make fuzz` runs it
+# for FUZZ_SECONDS, starting from protocol/vectors and keeping what it finds
+# in .build-fuzz/corpus; `make test` runs it for 20 s.
+FUZZ_SECONDS ?= 300
+fuzz-build: deps
+	$(SWIFT) build --product farmem-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING
+
+fuzz: fuzz-build
+	mkdir -p .build-fuzz/corpus
+	cp protocol/vectors/*.bin .build-fuzz/corpus/
+	SWIFT_BACKTRACE=enable=no .build-fuzz/debug/farmem-fuzz .build-fuzz/corpus -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	  -artifact_prefix=.build-fuzz/ > .build-fuzz/fuzz.log 2>&1; status=$$?; \
+	  grep -E '^(Done |stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)' .build-fuzz/fuzz.log; \
+	  if [ $$status -ne 0 ]; then tail -60 .build-fuzz/fuzz.log; fi; exit $$status
 
 # The RDMA suite alone; here a skip is a failure.
 test-rdma: deps

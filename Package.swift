@@ -48,6 +48,11 @@ let package = Package(
         // signal (SIGBUS when the server dies) or a SIGKILL of the client.
         .executableTarget(name: "farmem-failure-probe", dependencies: ["FarMemory", "FarMemWorkloads", "FarMemSystem"],
                           path: "Tests/FailureProbe"),
+        // The fuzz target over frame decoding and request handling (`make fuzz`;
+        // a plain build is a replayer `make test` runs on the seed corpus).
+        .executableTarget(name: "farmem-fuzz", dependencies: [
+            "FarMemServer", "FarMemProtocol", "FarMemSystem", .product(name: "Logging", package: "swift-log"),
+        ], path: "Tests/Fuzz"),
         // Kernel calls only the tests make (an io_uring pin); never linked into a product.
         .target(name: "CFarMemTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "FarMemTests", dependencies: [
