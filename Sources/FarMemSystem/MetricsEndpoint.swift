@@ -3,10 +3,11 @@ import Synchronization
 /// `GET /metrics` over HTTP/1.1 for Prometheus, on its own listener and
 /// thread: farmemd's `--metrics-listen` and the library's
 /// `FarMemoryConfiguration.metricsListen` serve what their `render` returns
-/// (Prometheus text format 0.0.4), read when scraped. One scrape at a time; a request must arrive
-/// whole within 2 s (a deadline for the whole request, not per read) and fit
-/// in 8 KiB; every answer closes the connection. `stop` shuts down a scrape
-/// in progress too, so a slow client never holds up the server's exit.
+/// (Prometheus text format 0.0.4), read when scraped. One scrape at a time;
+/// a request must arrive whole within 2 s (a deadline for the whole request,
+/// not per read) and fit in 8 KiB; every answer closes the connection.
+/// `stop` shuts down a scrape in progress too, so a slow client never holds
+/// up an exit.
 public final class MetricsEndpoint: Sendable {
     private let listener: TCPSocket
     private let render: @Sendable () -> String
@@ -23,7 +24,7 @@ public final class MetricsEndpoint: Sendable {
     }
 
     public func start() {
-        let spawned = PosixThread.spawn(name: "farmemd-metrics") { [self] in
+        let spawned = PosixThread.spawn(name: "farmem-metrics") { [self] in
             while !stopping.load(ordering: .relaxed) {
                 guard let client = try? listener.accept() else {
                     if !stopping.load(ordering: .relaxed) { sleepSeconds(0.05) }   // EMFILE and the like: no busy loop

@@ -67,9 +67,10 @@ extension FaultHandler {
 
     /// Installs prefetched pages (slots 1...count of the fetched data):
     /// write-protected and clean, or writable and dirty when writes are
-    /// predicted (`dirty`: the fault's one decision, `WritePredictor`). Contiguous pages go in with one
-    /// UFFDIO_COPY. A page that is already there or meets a pending event ends
-    /// the run: the rest stay on the server, which is always correct.
+    /// predicted (`dirty`: the fault's one decision, see `WritePredictor`).
+    /// Contiguous pages go in with one UFFDIO_COPY. A page that is already
+    /// there or meets a pending event ends the run: the rest stay on the
+    /// server, which is always correct.
     func installPrefetched(region: RegionRecord, count: Int, dirty: Bool) {
         var slot = 1
         while slot <= count {

@@ -20,6 +20,7 @@ final class RepairWorker: @unchecked Sendable {
     /// A plain TCP store on a given session (probes, and dropping an old session's regions).
     private let makeProbe: (Int, [UInt8]) -> ServerPageStore
     private var nextRejoinProbe = 0.0
+    private var nextHealthCheck = 0.0
     let membership: ClusterMembership
     let placement: Placement
     /// The open regions (a snapshot each round).
@@ -69,6 +70,7 @@ final class RepairWorker: @unchecked Sendable {
     private func run() {
         while running.load(ordering: .relaxed) {
             _ = condition.wait(until: { !running.load(ordering: .relaxed) }, timeoutMilliseconds: 100)
+            checkLiveServers()
             probeDownServers()
             if repairRound() { rebalanceRound() }
         }
@@ -83,6 +85,23 @@ final class RepairWorker: @unchecked Sendable {
 
     /// This worker's store for `server`, on its current incarnation's session.
     func member(_ server: Int) -> ServerPageStore { members.store(server) }
+
+    /// Every second, each live server is asked for its statistics on this
+    /// worker's own link: one that does not answer within the request time-out
+    /// (killed, its host gone, stopped) is marked down and its copies are
+    /// repaired, even while the application sends it nothing (its failures
+    /// are otherwise seen only by the requests that reach it).
+    private func checkLiveServers() {
+        guard monotonicSeconds() >= nextHealthCheck else { return }
+        nextHealthCheck = monotonicSeconds() + 1
+        let live = membership.live
+        for server in members.indices where live & (1 << UInt64(server)) != 0 {
+            let store = member(server)
+            let incarnation = members.incarnations[server]
+            guard !store.probe() else { continue }
+            membership.markDown(server, reason: "it did not answer a health check", incarnation: incarnation)
+        }
+    }
 
     /// Every 5 s, each server marked down is asked for its statistics on a new
     /// session; one that answers forgets every old copy, then rejoins.

@@ -176,6 +176,9 @@ final class ClusterTests: XCTestCase {
         let port = servers[1].endpoint.port
         servers[1].kill()
         XCTAssertEqual(mismatches(region, pattern), [])
+        // Reads go to each extent's first copy only; write-backs reach every
+        // copy, so a rewrite surely notices the dead server.
+        fill(region, pattern)
         guard waitUntil("repaired after the first kill", { memory.statistics.underReplicatedExtents == 0 }) else { return }
         servers[1] = try ServerProcess(capacity: "64MiB", port: port)
         guard waitUntil("the restarted server rejoins", { memory.statistics.serversDown == 0 }) else { return }
@@ -211,7 +214,8 @@ final class ClusterTests: XCTestCase {
         fill(region, PagePattern(seed: 0))
         let port = servers[0].endpoint.port
         servers[0].kill()
-        XCTAssertEqual(mismatches(region, PagePattern(seed: 0)), [], "read from the other copies (and the kill noticed)")
+        XCTAssertEqual(mismatches(region, PagePattern(seed: 0)), [], "read from the other copies")
+        fill(region, PagePattern(seed: 0))   // write-backs reach every copy: the kill is noticed
         let deadline = Date().addingTimeInterval(30)
         while memory.statistics.underReplicatedExtents != 0 || memory.statistics.serversDown == 0, Date() < deadline { usleep(50_000) }
         XCTAssertEqual(memory.statistics.underReplicatedExtents, 0, "repaired within 30 s: \(memory.statistics)")
@@ -335,6 +339,25 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(readResult.withLock { $0 }, "ok")
         XCTAssertEqual(counters.get(.rereadsAfterMove), 1, "the read saw the move and read again")
         XCTAssertEqual(membership.downCount, 0)
+    }
+
+    /// A server killed while the application sends it nothing is still
+    /// noticed (the repair worker's health check, every second) and its
+    /// copies repaired, with no access at all.
+    func testAServerKilledWhileIdleIsNoticedAndRepairedWithoutTraffic() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 8 << 20)
+        fill(region, PagePattern(seed: 61))
+        let quiet = memory.statistics
+        servers[2].kill()
+        let deadline = Date().addingTimeInterval(15)
+        while memory.statistics.serversDown == 0 || memory.statistics.underReplicatedExtents != 0, Date() < deadline { usleep(50_000) }
+        let stats = memory.statistics
+        XCTAssertEqual(stats.serversDown, 1, "noticed: \(stats)")
+        XCTAssertEqual(stats.underReplicatedExtents, 0, "repaired: \(stats)")
+        XCTAssertEqual(stats.faults, quiet.faults, "without a single fault")
+        XCTAssertEqual(mismatches(region, PagePattern(seed: 61)), [])
     }
 
     func testAStoppedServerIsNeverReadAgainAfterItContinues() throws {

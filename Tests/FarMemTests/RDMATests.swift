@@ -185,6 +185,11 @@ final class RDMATests: XCTestCase {
         let port = servers[0].endpoint.port
         servers[0].kill()
         XCTAssertEqual(verifyAll(region, pattern), 0, "from the other copies")
+        // Reads alone may never go to the dead server (each extent is read from
+        // its first copy); write-backs go to every copy, so they notice it.
+        let during = PagePattern(seed: 23)
+        for page in 0..<region.pageCount { _ = during.write(page: page, at: region.baseAddress! + page * 4096) }
+        XCTAssertEqual(verifyAll(region, during), 0)
         guard waitUntil("repaired", { memory.statistics.serversDown == 1 && memory.statistics.underReplicatedExtents == 0 }) else { return }
         servers[0] = try ServerProcess(capacity: "64MiB", host: address, port: port, extra: ["--transport", "rdma"])
         guard waitUntil("rejoined and moved back", {
