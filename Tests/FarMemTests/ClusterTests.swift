@@ -168,10 +168,7 @@ final class ClusterTests: XCTestCase {
         let pattern = PagePattern(seed: 98)
         fill(region, pattern)
         func waitUntil(_ what: String, _ done: () -> Bool) -> Bool {
-            let deadline = Date().addingTimeInterval(30)
-            while !done(), Date() < deadline { usleep(50_000) }
-            if !done() { XCTFail("not within 30 s: \(what): \(memory.statistics)") }
-            return done()
+            FarMemTests.waitUntil(what, seconds: 30, context: { "\(memory.statistics)" }, done)
         }
         let port = servers[1].endpoint.port
         servers[1].kill()

@@ -177,10 +177,7 @@ final class RDMATests: XCTestCase {
         let pattern = PagePattern(seed: 21)
         for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
         func waitUntil(_ what: String, _ done: () -> Bool) -> Bool {
-            let deadline = Date().addingTimeInterval(60)
-            while !done(), Date() < deadline { usleep(100_000) }
-            if !done() { XCTFail("not within 60 s: \(what): \(memory.statistics)") }
-            return done()
+            FarMemTests.waitUntil(what, seconds: 60, context: { "\(memory.statistics)" }, done)
         }
         let port = servers[0].endpoint.port
         servers[0].kill()

@@ -151,11 +151,7 @@ final class ServerProtocolTests: XCTestCase {
     /// leave about 8.4 KiB behind for good, the stack of a connection thread
     /// nobody joined). The server's resident memory must come back.
     func testConnectionsThatComeAndGoLeaveNoMemoryBehind() throws {
-        func residentKiB() throws -> Int {
-            let status = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/status", encoding: .utf8)
-            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
-            return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
-        }
+        let residentKiB = server.residentKiB
         func visit(_ count: Int) throws {
             for _ in 0..<count {
                 let client = try RawClient(server.endpoint)
@@ -182,11 +178,7 @@ final class ServerProtocolTests: XCTestCase {
     func testIdleConnectionsGiveTheirBufferMemoryBack() throws {
         let quick = try ServerProcess(capacity: "4MiB", extra: ["--frame-timeout", "3"])
         defer { quick.stop() }
-        func residentKiB() throws -> Int {
-            let status = try String(contentsOfFile: "/proc/\(quick.process.processIdentifier)/status", encoding: .utf8)
-            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
-            return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
-        }
+        let residentKiB = quick.residentKiB
         let before = try residentKiB()
         let fullBatch = [UInt64](repeating: 0, count: ProtocolLimits.maxBatchPages)   // one page, 256 times: 1 MiB each way
         let clients = try (0..<20).map { _ in

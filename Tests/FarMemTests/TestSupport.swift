@@ -64,6 +64,13 @@ final class ServerProcess {
 
     var isRunning: Bool { process.isRunning }
 
+    /// The server process's resident memory (VmRSS), in KiB.
+    func residentKiB() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+        return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+    }
+
     /// SIGKILL: the server dies with no goodbye, as a crashed host would.
     func kill() {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
@@ -247,4 +254,13 @@ struct FailureProbe {
         process.waitUntilExit()
         return String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
+}
+
+/// Polls `done` every 50 ms for up to `seconds`; on time-out the test fails,
+/// saying what was awaited and `context()` (the statistics, say).
+func waitUntil(_ what: String, seconds: Double, context: () -> String = { "" }, _ done: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !done(), Date() < deadline { usleep(50_000) }
+    if !done() { XCTFail("not within \(Int(seconds)) s: \(what): \(context())") }
+    return done()
 }
