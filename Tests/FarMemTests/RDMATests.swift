@@ -18,6 +18,11 @@ final class RDMATests: XCTestCase {
         self.address = address
     }
 
+    /// Writes every page of `region` with `pattern`.
+    private func writeAll(_ region: FarRegion, _ pattern: PagePattern) {
+        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+    }
+
     private func verifyAll(_ region: FarRegion, _ pattern: PagePattern) -> Int {
         (0..<region.pageCount).filter { !pattern.verify(page: $0, at: region.baseAddress! + $0 * 4096).ok }.count
     }
@@ -31,7 +36,7 @@ final class RDMATests: XCTestCase {
         XCTAssertTrue(memory.usesRDMA)
         let region = try memory.allocate(bytes: 4 << 20)
         let pattern = PagePattern(seed: 11)
-        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, pattern)
         XCTAssertEqual(verifyAll(region, pattern), 0)
         XCTAssertEqual(verifyAll(region, pattern), 0)
         let stats = memory.statistics
@@ -51,7 +56,7 @@ final class RDMATests: XCTestCase {
         XCTAssertFalse(memory.usesRDMA, "a TCP-only server: auto falls back")
         let region = try memory.allocate(bytes: 2 << 20)
         let pattern = PagePattern(seed: 12)
-        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, pattern)
         XCTAssertEqual(verifyAll(region, pattern), 0)
         memory.close()
         XCTAssertThrowsError(try FarMemory(configuration: FarMemoryConfiguration(
@@ -144,7 +149,7 @@ final class RDMATests: XCTestCase {
         XCTAssertTrue(memory.usesRDMA)
         let region = try memory.allocate(bytes: 8 << 20)
         let pattern = PagePattern(seed: 13)
-        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, pattern)
         XCTAssertEqual(verifyAll(region, pattern), 0)
         var stats = memory.statistics
         XCTAssertGreaterThan(stats.rdmaPagesOut, UInt64(region.pageCount), "two copies, each an RDMA WRITE: \(stats)")
@@ -154,7 +159,7 @@ final class RDMATests: XCTestCase {
         servers[1].kill()
         XCTAssertEqual(verifyAll(region, pattern), 0, "every page from a surviving copy")
         let rewrite = PagePattern(seed: 14)
-        for page in 0..<region.pageCount { _ = rewrite.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, rewrite)
         XCTAssertEqual(verifyAll(region, rewrite), 0)
         stats = memory.statistics
         XCTAssertEqual(stats.poisoned, 0, stats.description)
@@ -175,7 +180,7 @@ final class RDMATests: XCTestCase {
         defer { memory.close() }
         let region = try memory.allocate(bytes: 16 << 20)
         let pattern = PagePattern(seed: 21)
-        for page in 0..<region.pageCount { _ = pattern.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, pattern)
         func waitUntil(_ what: String, _ done: () -> Bool) -> Bool {
             FarMemTests.waitUntil(what, seconds: 60, context: { "\(memory.statistics)" }, done)
         }
@@ -185,7 +190,7 @@ final class RDMATests: XCTestCase {
         // Reads alone may never go to the dead server (each extent is read from
         // its first copy); write-backs go to every copy, so they notice it.
         let during = PagePattern(seed: 23)
-        for page in 0..<region.pageCount { _ = during.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, during)
         XCTAssertEqual(verifyAll(region, during), 0)
         guard waitUntil("repaired", { memory.statistics.serversDown == 1 && memory.statistics.underReplicatedExtents == 0 }) else { return }
         servers[0] = try ServerProcess(capacity: "64MiB", host: address, port: port, extra: ["--transport", "rdma"])
@@ -196,7 +201,7 @@ final class RDMATests: XCTestCase {
         XCTAssertGreaterThan(memory.statistics.extentsMoved, 0)
         let before = try XCTUnwrap(try memory.serverStatisticsByServer().first { $0.server == servers[0].endpoint }).stats
         let rewrite = PagePattern(seed: 22)
-        for page in 0..<region.pageCount { _ = rewrite.write(page: page, at: region.baseAddress! + page * 4096) }
+        writeAll(region, rewrite)
         // A server that shares an extent with the rejoined one: once it is gone,
         // that extent is read from the rejoined server only.
         let placement = Placement(servers: servers.map { "\($0.endpoint)" }, replicas: 2)
