@@ -2,11 +2,14 @@
 # Both install the Debian packages they need first (as root, or with sudo).
 
 SWIFT        ?= swift
-APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-client
+# python3-numpy, sqlite3, redis-server, redis-tools: the real programs the
+# preload library is tested under (Tests/FarMemTests/PreloadTests.swift).
+APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-client \
+                python3-numpy sqlite3 redis-server redis-tools bc time
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release lib demo test test-rdma bench fuzz fuzz-build clean
+.PHONY: all deps build release lib demo test test-rdma bench preload-programs fuzz fuzz-build clean
 
 all: build
 
@@ -28,11 +31,13 @@ release: deps
 	$(SWIFT) build -c release --product farmem
 	$(SWIFT) build -c release --product farmemd
 
-# libFarMemoryC.so and include/farmemory.h for C and C++ programs, in dist/.
+# libFarMemoryC.so and include/farmemory.h for C and C++ programs, and
+# libfarmem-preload.so for programs that cannot be changed, in dist/.
 lib: deps
 	$(SWIFT) build -c release --product FarMemoryC
+	$(SWIFT) build -c release --product farmem-preload
 	mkdir -p dist/lib dist/include
-	cp .build/release/libFarMemoryC.so dist/lib/
+	cp .build/release/libFarMemoryC.so .build/release/libfarmem-preload.so dist/lib/
 	cp include/farmemory.h dist/include/
 
 demo: release
@@ -45,6 +50,7 @@ demo: release
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) build --product FarMemoryC
+	$(SWIFT) build --product farmem-preload
 	deploy/rdma-vm/run-rdma-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
 	SWIFT_BACKTRACE=enable=no .build/debug/farmem-fuzz protocol/vectors/*.bin
@@ -75,6 +81,13 @@ test-rdma: deps
 # Every workload and baseline (see README, Performance).
 bench: release
 	.build/release/farmem bench --all
+
+# python3 + numpy, sort, sqlite3 and redis-server under the preload library at
+# sizes beyond the budget, against local memory and kernel swap (see README).
+preload-programs: deps
+	$(SWIFT) build -c release --product farmemd
+	$(SWIFT) build -c release --product farmem-preload
+	deploy/preload-programs/run .build/release
 
 clean:
 	rm -rf .build

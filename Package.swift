@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "FarMemServer", targets: ["FarMemServer"]),
         // libFarMemoryC.so, with include/farmemory.h, for C and C++ programs.
         .library(name: "FarMemoryC", type: .dynamic, targets: ["FarMemoryC"]),
+        // libfarmem-preload.so: LD_PRELOAD it to put an unchanged program's big allocations in far memory.
+        .library(name: "farmem-preload", type: .dynamic, targets: ["FarMemPreload"]),
         .executable(name: "farmemd", targets: ["farmemd"]),
         .executable(name: "farmem", targets: ["farmem"]),
     ],
@@ -34,7 +36,12 @@ let package = Package(
             "FarMemProtocol", "FarMemSystem", "CFarMemSys", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
         // The C interface (include/farmemory.h) over FarMemory.
-        .target(name: "FarMemoryC", dependencies: ["FarMemory", "FarMemSystem"]),
+        .target(name: "FarMemoryC", dependencies: ["FarMemory", "FarMemSystem", .product(name: "Logging", package: "swift-log")]),
+        // The far arena's bookkeeping (pure C: it runs inside malloc).
+        .target(name: "CFarMemArena"),
+        // The LD_PRELOAD library: malloc and mmap interposition in C over the C interface.
+        .target(name: "FarMemPreload", dependencies: ["FarMemoryC", "CFarMemArena"],
+                cSettings: [.headerSearchPath("../../include")]),
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
         .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys", "FarMemory"]),
         .executableTarget(name: "farmemd", dependencies: [
@@ -57,7 +64,7 @@ let package = Package(
         .target(name: "CFarMemTestSupport", path: "Tests/CTestSupport"),
         .testTarget(name: "FarMemTests", dependencies: [
             "FarMemory", "FarMemServer", "FarMemProtocol", "FarMemSystem", "FarMemWorkloads", "CFarMemSys",
-            "CFarMemTestSupport", .product(name: "Logging", package: "swift-log"),
+            "CFarMemTestSupport", "CFarMemArena", .product(name: "Logging", package: "swift-log"),
         ]),
     ],
     swiftLanguageModes: [.v6]

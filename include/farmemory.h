@@ -44,7 +44,9 @@ typedef struct {
  * servers), with a local budget (bytes resident at most, all regions
  * together). `token` may be NULL. With FARMEM_METRICS=HOST:PORT in the
  * environment, the statistics are served for Prometheus at
- * http://HOST:PORT/metrics while the handle is open. */
+ * http://HOST:PORT/metrics while the handle is open. The library logs to
+ * stderr at FARMEM_LOG_LEVEL (trace, debug, info, notice, warning (the
+ * default), error or critical). */
 farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token, char *error, size_t error_len);
 
 /* A region of at least `bytes` (whole pages), page aligned, reading as zeros.
@@ -56,6 +58,10 @@ void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *e
 void farmem_free(farmem_t *fm, farmem_region_t *region);
 
 int farmem_stats(farmem_t *fm, farmem_stats_t *out);
+
+/* The fault service time's median and 99th percentile, in nanoseconds,
+ * since the handle was opened (0 before the first fault). */
+int farmem_fault_latency(farmem_t *fm, uint64_t *p50_ns, uint64_t *p99_ns);
 
 /* Frees every region, stops the pager threads, disconnects. */
 void farmem_close(farmem_t *fm);

@@ -1,5 +1,6 @@
 import FarMemSystem
 import FarMemory
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,8 +39,19 @@ public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ t
         }
         configuration.metricsListen = endpoint
     }
+    // FARMEM_LOG_LEVEL (default warning): a C program's stderr is its own.
+    var logger = Logger(label: "farmemory")
+    logger.logLevel = .warning
+    if let level = getenv("FARMEM_LOG_LEVEL").map({ String(cString: $0) }), !level.isEmpty {
+        guard let parsed = Logger.Level(rawValue: level) else {
+            report("FARMEM_LOG_LEVEL must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got \(level)",
+                   into: errorBuffer, length: errorLength)
+            return nil
+        }
+        logger.logLevel = parsed
+    }
     do {
-        let memory = try FarMemory(configuration: configuration)
+        let memory = try FarMemory(configuration: configuration, logger: logger)
         return Unmanaged.passRetained(memory).toOpaque()
     } catch {
         report("\(error)", into: errorBuffer, length: errorLength)
@@ -81,6 +93,16 @@ public func farmem_stats(_ handle: UnsafeMutableRawPointer?, _ out: UnsafeMutabl
     out.storeBytes(of: CStatistics(faults: s.faults, fetches: s.fetches, prefetched: s.prefetched, zeroFills: s.zeroFills,
                                    evictions: s.evictions, writeBacks: s.writeBacks, bytesIn: s.bytesIn, bytesOut: s.bytesOut,
                                    residentPages: s.residentPages, poisoned: s.poisoned), as: CStatistics.self)
+    return 0
+}
+
+@_cdecl("farmem_fault_latency")
+public func farmem_fault_latency(_ handle: UnsafeMutableRawPointer?, _ p50: UnsafeMutablePointer<UInt64>?,
+                                 _ p99: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    guard let handle else { return -1 }
+    let s = Unmanaged<FarMemory>.fromOpaque(handle).takeUnretainedValue().statistics
+    p50?.pointee = s.serviceP50Nanoseconds
+    p99?.pointee = s.serviceP99Nanoseconds
     return 0
 }
 
