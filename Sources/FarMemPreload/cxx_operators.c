@@ -42,7 +42,7 @@ static void *own_block(size_t bytes, size_t alignment) {
 static bool freed_own_block(void *pointer) {
     if (!pointer) return true;
     if (fm_private_owns(pointer)) { fm_private_free(pointer); return true; }
-    return fm_far_free(pointer);
+    return !fm_internal && fm_far_free(pointer);
 }
 
 #define NEW(symbol, parameters, arguments, bytes, alignment)                                   \

@@ -93,7 +93,9 @@ void *fm_far_allocate(size_t bytes, size_t alignment, fm_far_kind_t kind) {
         pthread_mutex_lock(&lock);
         uintptr_t address = 0;
         if (fm_arena_add_region(arena, (uintptr_t)base, pages, handle, true) == 0) {
-            address = fm_arena_allocate_dedicated(arena, (size_t)fm_arena_find(arena, (uintptr_t)base));
+            long index = fm_arena_find(arena, (uintptr_t)base);
+            address = fm_arena_allocate_dedicated(arena, (size_t)index);
+            if (!address) fm_arena_remove_region(arena, (size_t)index);   // before its memory goes
         }
         if (address) note_allocated(pages); else counters.local_fallbacks++;
         pthread_mutex_unlock(&lock);
@@ -233,6 +235,7 @@ void *fm_far_reallocate(void *address, size_t bytes) {
         write(2, message, sizeof message - 1);
         abort();
     }
+    if (bytes > FM_LARGEST_FAR) { errno = ENOMEM; return NULL; }   // the block stays
     uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(bytes ? bytes : 1);
     if (fm_state == fm_state_far && bytes >= fm_min_alloc) {
         if (resized_in_place(arena, address, old_pages, new_pages)) return address;
@@ -248,6 +251,7 @@ void *fm_far_reallocate(void *address, size_t bytes) {
 
 int fm_far_unmap(void *address, size_t length) {
     fm_arena_t *arena = &arenas[fm_far_mapping];
+    if ((uintptr_t)address % PAGE) { errno = EINVAL; return -1; }   // as munmap(2)
     uintptr_t at = (uintptr_t)address & ~(uintptr_t)(PAGE - 1);
     uintptr_t end = ((uintptr_t)address + length + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
     if (fm_state == fm_state_forked) return fm_real()->munmap(address, length);
@@ -299,10 +303,12 @@ void fm_far_forget(void *address, size_t length) {
 
 void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flags) {
     fm_arena_t *arena = &arenas[fm_far_mapping];
-    (void)old_length;
-    if (flags & MREMAP_FIXED) { errno = EINVAL; return MAP_FAILED; }   // see README: not on far memory
+    // Only whole far mappings move or resize; MREMAP_FIXED and
+    // MREMAP_DONTUNMAP are not supported there (see README).
+    if (flags & ~MREMAP_MAYMOVE) { errno = EINVAL; return MAP_FAILED; }
     size_t old_bytes = block_size(address, fm_far_mapping);
-    if (old_bytes == 0) { errno = EINVAL; return MAP_FAILED; }
+    if (old_bytes == 0 || pages_for(old_length) * PAGE != old_bytes || new_length == 0) { errno = EINVAL; return MAP_FAILED; }
+    if (new_length > FM_LARGEST_FAR) { errno = ENOMEM; return MAP_FAILED; }
     uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(new_length ? new_length : 1);
     if (resized_in_place(arena, address, old_pages, new_pages)) return address;
     if (!(flags & MREMAP_MAYMOVE)) { errno = ENOMEM; return MAP_FAILED; }
@@ -313,12 +319,12 @@ void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flag
     return moved;
 }
 
-/// fork: the lock is taken around it, so the child's copy is never held
-/// by a thread the child does not have.
-void fm_far_before_fork(void) { pthread_mutex_lock(&lock); }
-void fm_far_after_fork_in_parent(void) { pthread_mutex_unlock(&lock); }
-
 void fm_far_reserve_in_child(void) {
+    // The lock is not held across fork: a thread of jemalloc's that holds its
+    // own lock while mapping (which comes here) would deadlock a fork whose
+    // prefork handlers hold both. A thread that held it at the fork does not
+    // exist in the child; the tables it was changing are read as they are
+    // (see README, fork).
     pthread_mutex_init(&lock, NULL);
     // The regions are MADV_DONTFORK: the child has nothing mapped there. An
     // inaccessible placeholder keeps the child's own mappings away, so a far

@@ -30,7 +30,9 @@ void *malloc(size_t bytes) { return far_or_near(bytes, 0); }
 void free(void *pointer) {
     if (!pointer || fm_bootstrap_owns(pointer)) return;
     if (fm_private_owns(pointer)) { fm_private_free(pointer); return; }
-    if (fm_far_free(pointer)) return;
+    // The library's threads never hold far blocks, and must never wait for
+    // the far lock (its holder may be waiting for them: MADV_DONTNEED).
+    if (!fm_internal && fm_far_free(pointer)) return;
     program()->free(pointer);
 }
 
@@ -48,7 +50,7 @@ void *calloc(size_t count, size_t size) {
 static size_t usable_size(void *pointer) {
     if (fm_bootstrap_owns(pointer)) return fm_bootstrap_size(pointer);
     if (fm_private_owns(pointer)) return fm_private_size(pointer);
-    size_t far = fm_far_block_size(pointer);
+    size_t far = fm_internal ? 0 : fm_far_block_size(pointer);
     return far ? far : program()->malloc_usable_size(pointer);
 }
 
@@ -56,7 +58,7 @@ void *realloc(void *pointer, size_t bytes) {
     if (!pointer) return malloc(bytes);
     if (bytes == 0) { free(pointer); return NULL; }   // glibc's realloc(p, 0)
     if (fm_private_owns(pointer)) return fm_private_reallocate(pointer, bytes);
-    if (fm_far_contains(pointer, fm_far_block)) return fm_far_reallocate(pointer, bytes);
+    if (!fm_internal && fm_far_contains(pointer, fm_far_block)) return fm_far_reallocate(pointer, bytes);
     if (fm_bootstrap_owns(pointer) || fm_goes_far(bytes)) {
         // Moves: out of the bootstrap buffer, or far as it grows past the threshold.
         void *moved = malloc(bytes);
@@ -97,6 +99,9 @@ void *memalign(size_t alignment, size_t bytes) {
 
 void *valloc(size_t bytes) { return far_or_near(bytes, 4096); }
 
-void *pvalloc(size_t bytes) { return far_or_near((bytes + 4095) & ~(size_t)4095, 4096); }
+void *pvalloc(size_t bytes) {
+    if (bytes > SIZE_MAX - 4095) { errno = ENOMEM; return NULL; }
+    return far_or_near((bytes + 4095) & ~(size_t)4095, 4096);
+}
 
 size_t malloc_usable_size(void *pointer) { return pointer ? usable_size(pointer) : 0; }

@@ -44,9 +44,12 @@ static int class_of(size_t bytes) {
 static bool ready(void) {
     if (heap_base) return true;
     size_t map_bytes = HEAP_BYTES / SPAN_BYTES;
-    long heap = syscall(SYS_mmap, NULL, HEAP_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    // One span more than needed, so the heap can start on a span boundary
+    // (span_class is indexed from the base; spans are aligned in the address space).
+    long heap = syscall(SYS_mmap, NULL, HEAP_BYTES + SPAN_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     long map = syscall(SYS_mmap, NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (heap == -1 || map == -1) return false;
+    heap = (long)(((uintptr_t)heap + SPAN_BYTES - 1) & ~(SPAN_BYTES - 1));
     span_class = (uint8_t *)map;
     if (fm_runs_insert(&free_pages, 0, HEAP_BYTES / 4096, true) != 0) return false;
     __atomic_store_n(&heap_base, (uintptr_t)heap, __ATOMIC_RELEASE);
@@ -67,6 +70,7 @@ static void *take_pages(uint64_t pages, uint64_t align) {
 
 void *fm_private_allocate(size_t bytes, size_t alignment) {
     if (bytes == 0) bytes = 1;
+    if (bytes > HEAP_BYTES / 2) return NULL;
     int class = alignment <= 16 ? class_of(bytes) : -1;
     pthread_mutex_lock(&lock);
     void *block = NULL;
@@ -140,6 +144,9 @@ void fm_private_free(void *pointer) {
     }
     pthread_mutex_unlock(&lock);
 }
+
+/// fork: a pager thread may hold the lock; the child has no pager threads.
+void fm_private_after_fork_in_child(void) { pthread_mutex_init(&lock, NULL); }
 
 void *fm_private_reallocate(void *pointer, size_t bytes) {
     size_t old = fm_private_size(pointer);

@@ -22,6 +22,7 @@ bool fm_real_resolving(void) { return resolving != 0; }
 
 void *fm_bootstrap_allocate(size_t bytes) {
     // Each allocation is preceded by 16 bytes holding its size.
+    if (bytes > sizeof bootstrap) bytes = sizeof bootstrap;   // refused below
     size_t total = (bytes + 16 + 15) & ~(size_t)15;
     size_t offset = atomic_fetch_add(&bootstrap_used, total);
     if (offset + total > sizeof bootstrap) {
@@ -71,6 +72,13 @@ static fm_allocator_t allocator(void *handle) {
 
 const fm_real_functions_t *fm_real(void) {
     if (atomic_load_explicit(&resolved, memory_order_acquire) == 2) return &functions;
+    if (resolving) {
+        // dlsym on this thread came back here for something other than an
+        // allocation (which the bootstrap buffer serves): nothing can serve it.
+        static const char message[] = "farmem: the dynamic loader called an interposed function while libfarmem-preload resolved its own\n";
+        write(2, message, sizeof message - 1);
+        abort();
+    }
     int expected = 0;
     if (atomic_compare_exchange_strong(&resolved, &expected, 1)) {
         resolving = 1;

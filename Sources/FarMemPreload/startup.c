@@ -81,10 +81,8 @@ static void explain_fault_in_child(int number, siginfo_t *info, void *context) {
     signal(number, SIG_DFL);   // the access repeats and the default action ends the process
 }
 
-static void before_fork(void) { fm_far_before_fork(); }
-static void after_fork_in_parent(void) { fm_far_after_fork_in_parent(); }
-
 static void after_fork_in_child(void) {
+    fm_private_after_fork_in_child();
     if (fm_state != fm_state_far) { fm_far_reserve_in_child(); return; }
     fm_state = fm_state_forked;
     fm_far_reserve_in_child();
@@ -172,6 +170,6 @@ __attribute__((constructor)) static void start(void) {
         cannot_start(why);
         return;
     }
-    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    pthread_atfork(NULL, NULL, after_fork_in_child);
     fm_state = fm_state_far;
 }

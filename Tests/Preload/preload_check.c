@@ -54,6 +54,14 @@ static void reallocs(void) {
     CHECK(malloc_usable_size(p) >= 4096 && malloc_usable_size(p) < MiB, "usable size %zu after moving local", malloc_usable_size(p));
     free(p);
     CHECK(realloc(malloc(2 * MiB), 0) == NULL, "realloc(p, 0) frees and returns NULL");
+    uint8_t *kept = malloc(2 * MiB);
+    fill(kept, 2 * MiB, 11);
+    volatile size_t too_big = SIZE_MAX - 100;
+    errno = 0;
+    void *(*volatile reallocate)(void *, size_t) = realloc;   /* the compiler assumes realloc consumed kept */
+    CHECK(reallocate(kept, too_big) == NULL && errno == ENOMEM, "realloc to nearly SIZE_MAX is ENOMEM");
+    CHECK(differs(kept, 2 * MiB, 11) == 0, "the block survives a refused realloc");
+    free(kept);
     errno = 0;
     volatile size_t huge = SIZE_MAX / 2;   /* volatile: the compiler would refuse the constant */
     CHECK(reallocarray(NULL, huge, 4) == NULL && errno == ENOMEM, "reallocarray overflow is ENOMEM");

@@ -59,6 +59,10 @@ void *fm_private_reallocate(void *pointer, size_t bytes);
 size_t fm_private_size(const void *pointer);
 /// Whether `pointer` came from this heap (an address comparison).
 bool fm_private_owns(const void *pointer);
+void fm_private_after_fork_in_child(void);
+
+/// Larger requests are refused as the real allocator would (no page count wraps).
+#define FM_LARGEST_FAR ((size_t)1 << 46)
 
 // --- startup.c: configuration and the library handle ----------------------
 typedef enum {
@@ -74,7 +78,7 @@ extern void *fm_library;   // farmem_t *
 
 /// Whether an allocation of `bytes` by the calling thread goes far.
 static inline bool fm_goes_far(size_t bytes) {
-    return bytes >= fm_min_alloc && fm_state == fm_state_far && !fm_internal;
+    return bytes >= fm_min_alloc && bytes <= FM_LARGEST_FAR && fm_state == fm_state_far && !fm_internal;
 }
 
 // --- far_heap.c: far blocks carved from far regions ------------------------
@@ -105,9 +109,6 @@ int fm_far_unmap(void *address, size_t length);
 void fm_far_forget(void *address, size_t length);
 /// mremap of a far mapping: shrinks, grows in place, or moves (MREMAP_MAYMOVE).
 void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flags);
-/// fork (pthread_atfork): the arena's lock is held across it.
-void fm_far_before_fork(void);
-void fm_far_after_fork_in_parent(void);
 /// In a fork's child: a fresh lock, and inaccessible placeholders where the
 /// far regions were.
 void fm_far_reserve_in_child(void);
