@@ -156,7 +156,13 @@ bool fm_far_overlaps(const void *address, size_t length) {
 
 static void drop_pages(uintptr_t address, size_t bytes, void *context) {
     (void)context;
-    fm_real()->madvise((void *)address, bytes, MADV_DONTNEED);
+    if (fm_real()->madvise((void *)address, bytes, MADV_DONTNEED) == 0) return;
+    // MADV_DONTNEED refuses locked pages (EINVAL): the program mlock'd or
+    // mprotect'ed the block it freed. The next owner gets them unlocked,
+    // read-write and zeroed, as from a fresh mapping.
+    munlock((void *)address, bytes);
+    mprotect((void *)address, bytes, PROT_READ | PROT_WRITE);
+    if (fm_real()->madvise((void *)address, bytes, MADV_DONTNEED) != 0) memset((void *)address, 0, bytes);
 }
 
 /// Frees the far pages of [address, address + bytes) in the region holding
