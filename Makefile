@@ -3,7 +3,9 @@
 
 SWIFT        ?= swift
 # python3-numpy, sqlite3, redis-server, redis-tools: the real programs the
-# preload library is tested under (Tests/FarMemTests/PreloadTests.swift).
+# preload library is tested under (Tests/FarMemTests/PreloadTests.swift; the
+# tests start their own redis-server, and Debian's package may start its
+# service on 6379 too); bc and time: make preload-programs.
 APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-client \
                 python3-numpy sqlite3 redis-server redis-tools bc time
 # The demo measures latency, so it runs an optimised build.
