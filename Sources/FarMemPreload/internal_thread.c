@@ -5,6 +5,7 @@
 // program's own threads are created untouched.
 #define _GNU_SOURCE
 #include "farmem_preload.h"
+#include <errno.h>
 #include <pthread.h>
 
 __thread int fm_internal __attribute__((tls_model("initial-exec")));
@@ -25,7 +26,7 @@ int pthread_create(pthread_t *thread, const pthread_attr_t *attributes, void *(*
     const fm_real_functions_t *real = fm_real();
     if (!fm_internal) return real->pthread_create(thread, attributes, start, argument);
     internal_start_t *context = fm_private_allocate(sizeof *context, 0);
-    if (!context) return 11;   // EAGAIN, as pthread_create reports a lack of resources
+    if (!context) return EAGAIN;   // as pthread_create reports a lack of resources
     *context = (internal_start_t){start, argument};
     int result = real->pthread_create(thread, attributes, start_internal, context);
     if (result != 0) fm_private_free(context);
