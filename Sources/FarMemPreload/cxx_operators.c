@@ -28,11 +28,7 @@ static void *own_block(size_t bytes, size_t alignment) {
     }
     if (fm_internal) {
         void *block = fm_private_allocate(bytes, alignment);
-        if (!block) {
-            static const char message[] = "farmem: the library's private heap is exhausted\n";
-            write(2, message, sizeof message - 1);
-            abort();
-        }
+        if (!block) fm_fatal("farmem: the library's private heap is exhausted\n");
         return block;
     }
     return NULL;

@@ -54,6 +54,12 @@ static void note_allocated(uint64_t pages) {
     note_grown(pages);
 }
 
+static void note_local_fallback(void) {
+    pthread_mutex_lock(&lock);
+    counters.local_fallbacks++;
+    pthread_mutex_unlock(&lock);
+}
+
 static void warn_once(const char *why, size_t bytes) {
     static atomic_int warned;
     if (atomic_exchange(&warned, 1)) return;
@@ -89,7 +95,7 @@ void *fm_far_allocate(size_t bytes, size_t alignment, fm_far_kind_t kind) {
     if (bytes > DEDICATED_BYTES && align == 1) {
         farmem_region_t *handle;
         void *base = new_region(pages * PAGE, &handle);
-        if (!base) { pthread_mutex_lock(&lock); counters.local_fallbacks++; pthread_mutex_unlock(&lock); return NULL; }
+        if (!base) { note_local_fallback(); return NULL; }
         pthread_mutex_lock(&lock);
         uintptr_t address = 0;
         if (fm_arena_add_region(arena, (uintptr_t)base, pages, handle, true) == 0) {
@@ -97,13 +103,13 @@ void *fm_far_allocate(size_t bytes, size_t alignment, fm_far_kind_t kind) {
             address = fm_arena_allocate_dedicated(arena, (size_t)index);
             if (!address) fm_arena_remove_region(arena, (size_t)index);   // before its memory goes
         }
-        if (address) note_allocated(pages); else counters.local_fallbacks++;
+        if (address) note_allocated(pages);
         pthread_mutex_unlock(&lock);
-        if (!address) free_region(handle);
+        if (!address) { free_region(handle); note_local_fallback(); }
         return (void *)address;
     }
     if (pages + align - 1 > SHARED_REGION_BYTES / PAGE) {   // a large alignment on a large block: rare, served locally
-        pthread_mutex_lock(&lock); counters.local_fallbacks++; pthread_mutex_unlock(&lock);
+        note_local_fallback();
         return NULL;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -123,7 +129,7 @@ void *fm_far_allocate(size_t bytes, size_t alignment, fm_far_kind_t kind) {
         pthread_mutex_unlock(&lock);
         if (added != 0) { free_region(handle); break; }
     }
-    pthread_mutex_lock(&lock); counters.local_fallbacks++; pthread_mutex_unlock(&lock);
+    note_local_fallback();
     return NULL;
 }
 
@@ -191,11 +197,9 @@ bool fm_far_free(void *address) {
     if (fm_state == fm_state_forked) return true;   // not mapped in a fork's child
     pthread_mutex_lock(&lock);
     uint64_t pages = fm_arena_block_pages(arena, (uintptr_t)address);
-    if (pages == 0) {
+    if (pages == 0) {   // glibc aborts on an invalid pointer too
         pthread_mutex_unlock(&lock);
-        static const char message[] = "farmem: free() of a pointer inside far memory that no far allocation starts at\n";
-        write(2, message, sizeof message - 1);
-        abort();   // what glibc does for an invalid pointer
+        fm_fatal("farmem: free() of a pointer inside far memory that no far allocation starts at\n");
     }
     farmem_region_t *emptied = release_locked(arena, (uintptr_t)address, pages * PAGE);
     pthread_mutex_unlock(&lock);
@@ -236,11 +240,7 @@ static bool resized_in_place(fm_arena_t *arena, void *address, uint64_t old_page
 void *fm_far_reallocate(void *address, size_t bytes) {
     fm_arena_t *arena = &arenas[fm_far_block];
     size_t old_bytes = fm_far_block_size(address);
-    if (old_bytes == 0) {
-        static const char message[] = "farmem: realloc() of a pointer inside far memory that no far allocation starts at\n";
-        write(2, message, sizeof message - 1);
-        abort();
-    }
+    if (old_bytes == 0) fm_fatal("farmem: realloc() of a pointer inside far memory that no far allocation starts at\n");
     if (bytes > FM_LARGEST_FAR) { errno = ENOMEM; return NULL; }   // the block stays
     uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(bytes ? bytes : 1);
     if (fm_state == fm_state_far && bytes >= fm_min_alloc) {
@@ -258,7 +258,7 @@ void *fm_far_reallocate(void *address, size_t bytes) {
 int fm_far_unmap(void *address, size_t length) {
     fm_arena_t *arena = &arenas[fm_far_mapping];
     if ((uintptr_t)address % PAGE) { errno = EINVAL; return -1; }   // as munmap(2)
-    uintptr_t at = (uintptr_t)address & ~(uintptr_t)(PAGE - 1);
+    uintptr_t at = (uintptr_t)address;
     uintptr_t end = ((uintptr_t)address + length + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
     if (fm_state == fm_state_forked) return fm_real()->munmap(address, length);
     while (at < end) {
@@ -286,25 +286,25 @@ int fm_far_unmap(void *address, size_t length) {
 }
 
 void fm_far_forget(void *address, size_t length) {
-  for (int kind = 0; kind < 2; kind++) {
-    fm_arena_t *arena = &arenas[kind];
     uintptr_t at = (uintptr_t)address & ~(uintptr_t)(PAGE - 1);
     uintptr_t end = ((uintptr_t)address + length + PAGE - 1) & ~(uintptr_t)(PAGE - 1);
     pthread_mutex_lock(&lock);
-    for (size_t i = 0; i < arena->count; i++) {
-        fm_far_region_t *region = &arena->regions[i];
-        uintptr_t from = at > region->base ? at : region->base;
-        uintptr_t to = end < region->base + region->pages * PAGE ? end : region->base + region->pages * PAGE;
-        if (from >= to) continue;
-        fm_arena_release(arena, from, (to - from) / PAGE, NULL, NULL);
-        region = &arena->regions[i];
-        // Released pages merged into one free run: take it out for good.
-        if (fm_runs_take_at(&region->free, (from - region->base) / PAGE, (to - from) / PAGE) == 0) {
-            region->free_pages -= (to - from) / PAGE;
+    for (int kind = 0; kind < 2; kind++) {
+        fm_arena_t *arena = &arenas[kind];
+        for (size_t i = 0; i < arena->count; i++) {
+            fm_far_region_t *region = &arena->regions[i];
+            uintptr_t from = at > region->base ? at : region->base;
+            uintptr_t to = end < region->base + region->pages * PAGE ? end : region->base + region->pages * PAGE;
+            if (from >= to) continue;
+            fm_arena_release(arena, from, (to - from) / PAGE, NULL, NULL);
+            region = &arena->regions[i];
+            // Released pages merged into one free run: take it out for good.
+            if (fm_runs_take_at(&region->free, (from - region->base) / PAGE, (to - from) / PAGE) == 0) {
+                region->free_pages -= (to - from) / PAGE;
+            }
         }
     }
     pthread_mutex_unlock(&lock);
-  }
 }
 
 void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flags) {
@@ -315,7 +315,7 @@ void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flag
     size_t old_bytes = block_size(address, fm_far_mapping);
     if (old_bytes == 0 || pages_for(old_length) * PAGE != old_bytes || new_length == 0) { errno = EINVAL; return MAP_FAILED; }
     if (new_length > FM_LARGEST_FAR) { errno = ENOMEM; return MAP_FAILED; }
-    uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(new_length ? new_length : 1);
+    uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(new_length);
     if (resized_in_place(arena, address, old_pages, new_pages)) return address;
     if (!(flags & MREMAP_MAYMOVE)) { errno = ENOMEM; return MAP_FAILED; }
     void *moved = fm_far_allocate(new_length, 0, fm_far_mapping);

@@ -20,16 +20,17 @@ static atomic_size_t bootstrap_used;
 
 bool fm_real_resolving(void) { return resolving != 0; }
 
+void fm_fatal(const char *message) {
+    write(2, message, strlen(message));
+    abort();
+}
+
 void *fm_bootstrap_allocate(size_t bytes) {
     // Each allocation is preceded by 16 bytes holding its size.
     if (bytes > sizeof bootstrap) bytes = sizeof bootstrap;   // refused below
     size_t total = (bytes + 16 + 15) & ~(size_t)15;
     size_t offset = atomic_fetch_add(&bootstrap_used, total);
-    if (offset + total > sizeof bootstrap) {
-        static const char message[] = "farmem: the bootstrap buffer for the dynamic loader is exhausted\n";
-        write(2, message, sizeof message - 1);
-        abort();
-    }
+    if (offset + total > sizeof bootstrap) fm_fatal("farmem: the bootstrap buffer for the dynamic loader is exhausted\n");
     memcpy(bootstrap + offset, &bytes, sizeof bytes);
     return bootstrap + offset + 16;
 }
@@ -48,9 +49,8 @@ static void *find(void *handle, const char *name) {
     void *symbol = dlsym(handle, name);
     if (!symbol) {
         char message[160];
-        int length = snprintf(message, sizeof message, "farmem: %s was not found after libfarmem-preload (dlsym)\n", name);
-        write(2, message, (size_t)length);
-        abort();
+        snprintf(message, sizeof message, "farmem: %s was not found after libfarmem-preload (dlsym)\n", name);
+        fm_fatal(message);
     }
     return symbol;
 }
@@ -75,9 +75,7 @@ const fm_real_functions_t *fm_real(void) {
     if (resolving) {
         // dlsym on this thread came back here for something other than an
         // allocation (which the bootstrap buffer serves): nothing can serve it.
-        static const char message[] = "farmem: the dynamic loader called an interposed function while libfarmem-preload resolved its own\n";
-        write(2, message, sizeof message - 1);
-        abort();
+        fm_fatal("farmem: the dynamic loader called an interposed function while libfarmem-preload resolved its own\n");
     }
     int expected = 0;
     if (atomic_compare_exchange_strong(&resolved, &expected, 1)) {

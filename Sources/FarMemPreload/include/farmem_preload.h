@@ -36,6 +36,9 @@ typedef struct {
 
 /// Resolved on first use.
 const fm_real_functions_t *fm_real(void);
+/// Writes `message` (a line) to stderr and aborts: what an allocator does
+/// when it cannot go on. Allocates nothing.
+__attribute__((noreturn)) void fm_fatal(const char *message);
 /// Whether the calling thread is resolving them now (dlsym may allocate:
 /// those allocations come from a static buffer).
 bool fm_real_resolving(void);
