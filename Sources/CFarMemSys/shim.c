@@ -211,6 +211,17 @@ uint64_t fm_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t fm_page_hash(const void *page) {
+    const uint64_t *words = page;
+    uint64_t hash = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 512; i++) {
+        hash ^= words[i];
+        hash *= 0xff51afd7ed558ccdull;
+        hash ^= hash >> 29;
+    }
+    return hash ? hash : 1;
+}
+
 int fm_accept(int listener) {
     int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     return fd < 0 ? neg_errno() : fd;

@@ -93,7 +93,9 @@ void *aligned_alloc(size_t alignment, size_t bytes) {
 }
 
 void *memalign(size_t alignment, size_t bytes) {
-    if (!power_of_two(alignment)) { errno = EINVAL; return NULL; }
+    // glibc rounds an alignment that is not a power of two up to one.
+    if (alignment > SIZE_MAX / 2 + 1) { errno = EINVAL; return NULL; }
+    if (!power_of_two(alignment)) alignment = alignment ? (size_t)1 << (64 - __builtin_clzl(alignment)) : 1;
     return far_or_near(bytes, alignment);
 }
 

@@ -144,6 +144,28 @@ public struct RegionRef: Equatable, Sendable {
     }
 }
 
+/// FENCE (version 3): `u32 link, u32 generation`. A client numbers its
+/// connections to a session: one link per thread that talks to the server,
+/// and a generation that grows each time that link reconnects. Once a
+/// connection has fenced (link, g), a connection of the same link with a
+/// lower generation can no longer write or discard pages: a request the
+/// client gave up on (a time-out, then a retry on a new connection) can never
+/// land later over the retry's newer data.
+public struct Fence: Equatable, Sendable {
+    public var link: UInt32
+    public var generation: UInt32
+    public init(link: UInt32, generation: UInt32) { self.link = link; self.generation = generation }
+    public func encode() -> [UInt8] {
+        var w = ByteWriter(); w.u32(link); w.u32(generation); return w.bytes
+    }
+    public static func decode(_ payload: UnsafeRawBufferPointer) throws(ProtocolError) -> Fence {
+        var r = ByteReader(payload, context: "FENCE")
+        let fence = Fence(link: try r.u32(), generation: try r.u32())
+        try r.expectEnd()
+        return fence
+    }
+}
+
 /// DISCARD forgets a range of pages: the next read of them returns zeros.
 public struct DiscardRange: Equatable, Sendable {
     public var regionID: UInt64
@@ -215,14 +237,34 @@ public struct ServerStats: Equatable, Sendable, Codable {
     public var sessionStoredPages: UInt64 = 0
     public var pagesRead: UInt64 = 0
     public var pagesWritten: UInt64 = 0
+    /// Version 3, on a server with a keys file: the asking session's tenant.
+    public var tenant: Tenant?
     public init() {}
+
+    public struct Tenant: Equatable, Sendable, Codable {
+        public var name: String
+        public var quotaPages: UInt64
+        public var reservedPages: UInt64
+        public var storedPages: UInt64
+        public init(name: String, quotaPages: UInt64, reservedPages: UInt64, storedPages: UInt64) {
+            self.name = name; self.quotaPages = quotaPages; self.reservedPages = reservedPages; self.storedPages = storedPages
+        }
+    }
 
     static let fieldCount = 10
 
-    public func encode() -> [UInt8] {
+    /// Versions 1 and 2: the ten figures. Version 3 adds the tenant:
+    /// `u16 name_length, name, u64 quota_pages, u64 reserved_pages, u64 stored_pages`
+    /// (name_length 0 and no more fields on a server without tenants).
+    public func encode(version: UInt16 = ProtocolVersion.newest) -> [UInt8] {
         var w = ByteWriter()
         for v in [capacityPages, reservedPages, storedPages, sessions, connections, sessionRegions,
                   sessionReservedPages, sessionStoredPages, pagesRead, pagesWritten] { w.u64(v) }
+        if version >= 3 {
+            let name = Array((tenant?.name ?? "").utf8)
+            w.u16(UInt16(name.count)); w.raw(name)
+            if let tenant { w.u64(tenant.quotaPages); w.u64(tenant.reservedPages); w.u64(tenant.storedPages) }
+        }
         return w.bytes
     }
 
@@ -233,6 +275,13 @@ public struct ServerStats: Equatable, Sendable, Codable {
         s.sessions = try r.u64(); s.connections = try r.u64(); s.sessionRegions = try r.u64()
         s.sessionReservedPages = try r.u64(); s.sessionStoredPages = try r.u64()
         s.pagesRead = try r.u64(); s.pagesWritten = try r.u64()
+        if r.remaining > 0 {
+            let length = Int(try r.u16())
+            if length > 0 {
+                let name = String(decoding: try r.bytes(length), as: UTF8.self)
+                s.tenant = Tenant(name: name, quotaPages: try r.u64(), reservedPages: try r.u64(), storedPages: try r.u64())
+            }
+        }
         try r.expectEnd()
         return s
     }

@@ -13,11 +13,20 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
     case rdmaExpose = 0x09
     /// Version 2: set a region's reservation (grow or shrink).
     case reserve = 0x0A
+    /// Version 3: names this connection's link and generation, so that a
+    /// connection the client replaced can no longer change pages.
+    case fence = 0x0B
 
     public var response: UInt8 { rawValue | 0x80 }
 
     /// The protocol version that introduced the request.
-    public var sinceVersion: UInt16 { self == .reserve ? 2 : 1 }
+    public var sinceVersion: UInt16 {
+        switch self {
+        case .reserve: return 2
+        case .fence: return 3
+        default: return 1
+        }
+    }
 }
 
 /// The protocol versions this code speaks (HELLO negotiates one; the frame
@@ -25,5 +34,6 @@ public enum Opcode: UInt8, Sendable, CaseIterable {
 public enum ProtocolVersion {
     public static let oldest: UInt16 = 1
     /// 2 added partial reservations: CREATE_REGION's `reserved_pages` and RESERVE.
-    public static let newest: UInt16 = 2
+    /// 3 added FENCE.
+    public static let newest: UInt16 = 3
 }

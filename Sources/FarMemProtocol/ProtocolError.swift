@@ -14,13 +14,15 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case internalError = 12
     case pageSizeMismatch = 13
     case rdmaUnavailable = 14
+    /// A write or discard on a connection the client has since replaced (FENCE).
+    case fenced = 15
 
     /// A refused HELLO ends the connection: the peer may not go on. (A damaged
     /// frame header ends it too, whatever its code, since the stream cannot be
     /// resynchronised; a bad payload in an intact frame does not.)
     public var closesConnection: Bool {
         switch self {
-        case .unsupportedVersion, .authenticationFailed, .pageSizeMismatch: return true
+        case .unsupportedVersion, .authenticationFailed, .pageSizeMismatch, .fenced: return true
         default: return false
         }
     }
@@ -41,6 +43,7 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
         case .internalError: return "INTERNAL_ERROR"
         case .pageSizeMismatch: return "PAGE_SIZE_MISMATCH"
         case .rdmaUnavailable: return "RDMA_UNAVAILABLE"
+        case .fenced: return "FENCED"
         }
     }
 }

@@ -8,6 +8,8 @@ final class ServerContext: Sendable {
     let configuration: ServerConfiguration
     let ledger: CapacityLedger
     let sessions: SessionTable
+    /// Present when the server has a keys file (tenants and quotas).
+    let tenants: TenantDirectory?
     let logger: Logger
     let stopping = Atomic<Bool>(false)
     let connections = Atomic<Int>(0)
@@ -21,6 +23,7 @@ final class ServerContext: Sendable {
         self.configuration = configuration
         self.ledger = ledger
         self.sessions = SessionTable(ledger: ledger)
+        self.tenants = configuration.keys.map { TenantDirectory($0) }
         self.logger = logger
         self.rdma = rdma
     }
@@ -159,6 +162,20 @@ public final class MemoryServer: Sendable {
     }
 
     public var stats: ServerStats { context.stats() }
+
+    public struct NoKeysFile: Error, CustomStringConvertible {
+        public var description: String { "this server was started without a keys file" }
+    }
+
+    /// Takes a new keys file (SIGHUP): sessions stay; see `TenantDirectory.reload`.
+    /// Returns a line for the log.
+    @discardableResult
+    public func reloadKeys(_ keys: TenantKeys) throws(NoKeysFile) -> String {
+        guard let tenants = context.tenants else { throw NoKeysFile() }
+        let change = tenants.reload(keys)
+        func list(_ names: [String]) -> String { names.isEmpty ? "none" : names.joined(separator: ", ") }
+        return "keys reloaded: \(keys.keys.count) tenants; added \(list(change.added)), removed \(list(change.removed))"
+    }
 
     /// Stops accepting, disconnects every client and frees their sessions.
     public func stop() {

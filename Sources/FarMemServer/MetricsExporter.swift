@@ -38,6 +38,20 @@ struct MetricsExporter: Sendable {
             sample(name, "", value)
         }
 
+        if let tenants = context.tenants?.accounts {
+            // Per tenant (servers with a keys file): quota and use.
+            let perTenant: [(String, String, (TenantAccount) -> UInt64)] = [
+                ("farmemd_tenant_quota_bytes", "Capacity the tenant's sessions may hold reserved together.", { UInt64($0.quotaPages) * page }),
+                ("farmemd_tenant_reserved_bytes", "Capacity the tenant's sessions hold reserved.", { UInt64($0.reservedPages) * page }),
+                ("farmemd_tenant_stored_bytes", "Pages the tenant's sessions store.", { UInt64($0.storedPages) * page }),
+                ("farmemd_tenant_sessions", "The tenant's live sessions.", { UInt64($0.sessions.load(ordering: .relaxed)) }),
+            ]
+            for (name, help, value) in perTenant {
+                family(name, "gauge", help)
+                for account in tenants { sample(name, "tenant=\"\(account.name)\"", value(account)) }
+            }
+        }
+
         family("farmemd_requests_total", "counter", "Requests answered, by kind.")
         for opcode in Opcode.allCases { sample("farmemd_requests_total", "request=\"\(opcode.metricName)\"", metrics.requests[Int(opcode.rawValue)].current) }
         family("farmemd_request_errors_total", "counter", "Error replies, by error code.")
@@ -75,6 +89,7 @@ extension Opcode {
         case .rdmaAttach: return "rdma_attach"
         case .rdmaExpose: return "rdma_expose"
         case .reserve: return "reserve"
+        case .fence: return "fence"
         }
     }
 }

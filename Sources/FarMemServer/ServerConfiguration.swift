@@ -7,6 +7,9 @@ public struct ServerConfiguration: Sendable {
     public var capacityBytes: Int
     /// Shared secret clients must present in HELLO; nil accepts any client.
     public var token: [UInt8]?
+    /// Tenants with their own secrets and quotas (`--keys-file`); instead of
+    /// `token`: a client's HELLO token must be one of these secrets.
+    public var keys: TenantKeys?
     public var maxConnections: Int
     /// A peer that stops mid-frame for this long is disconnected.
     public var frameTimeoutSeconds: Double
@@ -24,7 +27,9 @@ public struct ServerConfiguration: Sendable {
     public init(listen: TCPSocket.Endpoint = TCPSocket.Endpoint(host: "127.0.0.1", port: 7070),
                 capacityBytes: Int = 1 << 30, token: [UInt8]? = nil,
                 maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10,
-                transport: Transport = .auto, rdmaPort: UInt16? = nil, metricsListen: TCPSocket.Endpoint? = nil) {
+                transport: Transport = .auto, rdmaPort: UInt16? = nil, metricsListen: TCPSocket.Endpoint? = nil,
+                keys: TenantKeys? = nil) {
+        self.keys = keys
         self.listen = listen
         self.capacityBytes = capacityBytes
         self.token = token

@@ -14,6 +14,8 @@ final class ServerConnection: @unchecked Sendable {
     private var session: Session?
     /// The protocol version HELLO settled on.
     private var version = ProtocolVersion.oldest
+    /// The link and generation this connection fenced (FENCE), if any.
+    private var fence: Fence?
     /// A request's payload and a reply's, each big enough for a full batch.
     /// Mapped, not malloc'd: a connection that goes idle gives their pages
     /// back (`releaseBuffersIfIdle`), so only busy connections cost memory.
@@ -185,11 +187,17 @@ final class ServerConnection: @unchecked Sendable {
             return batch.pages.count * ProtocolLimits.pageSize
         case .writePages:
             let (batch, offset) = try PageBatchHeader.decode(body, withData: true)
-            try session.writePages(region: batch.regionID, pages: batch.pages, from: body.baseAddress! + offset)
+            try session.writePages(region: batch.regionID, pages: batch.pages, from: body.baseAddress! + offset, fence: fence)
             context.pagesWritten.add(UInt64(batch.pages.count), ordering: .relaxed)
             return 0
         case .discard:
-            try session.discard(try DiscardRange.decode(body))
+            try session.discard(try DiscardRange.decode(body), fence: fence)
+            return 0
+        case .fence:
+            guard fence == nil else { throw ProtocolError(.protocolState, "FENCE was already accepted on this connection") }
+            let requested = try Fence.decode(body)
+            try session.fence(requested)
+            fence = requested
             return 0
         case .rdmaAttach:
             guard body.isEmpty else { throw ProtocolError(.malformedFrame, "RDMA_ATTACH takes no payload") }
@@ -204,7 +212,7 @@ final class ServerConnection: @unchecked Sendable {
             guard body.isEmpty else { throw ProtocolError(.malformedFrame, "STATS takes no payload") }
             var stats = context.stats()
             session.fill(&stats)
-            return copyToReply(stats.encode())
+            return copyToReply(stats.encode(version: version))
         }
     }
 
@@ -219,13 +227,23 @@ final class ServerConnection: @unchecked Sendable {
         guard hello.pageSize == UInt32(ProtocolLimits.pageSize) else {
             throw ProtocolError(.pageSizeMismatch, "client page size \(hello.pageSize); server uses \(ProtocolLimits.pageSize)")
         }
-        if let token = context.configuration.token, !constantTimeEqual(token, hello.token) {
+        var tenant: TenantAccount?
+        if let tenants = context.tenants {
+            guard let found = tenants.authenticate(hello.token) else {
+                throw ProtocolError(.authenticationFailed, hello.token.isEmpty ? "this server needs a tenant key (the token)"
+                                                                                : "unknown or revoked tenant key")
+            }
+            tenant = found
+        } else if let token = context.configuration.token, !constantTimeEqual(token, hello.token) {
             throw ProtocolError(.authenticationFailed, "wrong or missing token")
         }
         guard hello.sessionKey.contains(where: { $0 != 0 }) else {
             throw ProtocolError(.malformedFrame, "HELLO: the session key must be 16 random bytes, not zeros")
         }
-        session = context.sessions.attach(key: SessionKey(hello.sessionKey))
+        guard let joined = context.sessions.attach(key: SessionKey(hello.sessionKey), tenant: tenant) else {
+            throw ProtocolError(.authenticationFailed, "that session belongs to another tenant")
+        }
+        session = joined
         self.version = version
         let ledger = context.ledger
         return copyToReply(HelloReply(version: version, pageSize: UInt32(ProtocolLimits.pageSize),

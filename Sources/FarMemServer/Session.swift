@@ -8,6 +8,9 @@ import Synchronization
 final class Session: @unchecked Sendable {
     let key: SessionKey
     private let ledger: CapacityLedger
+    /// The tenant whose key opened the session (servers with a keys file):
+    /// its reservations count against that tenant's quota too.
+    let tenant: TenantAccount?
     /// Set once its last TCP connection has closed; an ended session never comes back.
     let ended = Atomic<Bool>(false)
     private let lock = Lock()
@@ -16,11 +19,35 @@ final class Session: @unchecked Sendable {
     struct State {
         var regions: [UInt64: RegionStore] = [:]
         var connections = 0
+        /// The newest generation fenced for each link (FENCE).
+        var fences: [UInt32: UInt32] = [:]
     }
 
-    init(key: SessionKey, ledger: CapacityLedger) {
+    init(key: SessionKey, ledger: CapacityLedger, tenant: TenantAccount? = nil) {
         self.key = key
         self.ledger = ledger
+        self.tenant = tenant
+    }
+
+    /// Reserves server capacity (and tenant quota) or throws OUT_OF_CAPACITY
+    /// saying which ran out; `what` starts the message.
+    private func claim(_ pages: Int, _ what: String) throws(ProtocolError) {
+        if let tenant, let refusal = tenant.reserve(pages) { throw ProtocolError(.outOfCapacity, refusal) }
+        guard ledger.reserve(pages) else {
+            tenant?.release(pages)
+            throw ProtocolError(.outOfCapacity,
+                "server out of capacity: \(what), \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
+        }
+    }
+
+    private func give(_ pages: Int) {
+        ledger.release(pages)
+        tenant?.release(pages)
+    }
+
+    private func addStored(_ delta: Int) {
+        ledger.addStored(delta)
+        tenant?.addStored(delta)
     }
 
     /// Runs `body` on the session's state under its lock.
@@ -34,11 +61,27 @@ final class Session: @unchecked Sendable {
     func detach() -> Bool { locked { $0.connections -= 1; return $0.connections == 0 } }
 
 
-    /// Runs `body` on a region under the session's lock.
-    func withRegion<T>(_ id: UInt64, _ body: (RegionStore) throws(ProtocolError) -> T) throws(ProtocolError) -> T {
+    /// Runs `body` on a region under the session's lock. With a fence (the
+    /// connection's), only while no newer connection of its link has fenced.
+    func withRegion<T>(_ id: UInt64, fence: Fence? = nil, _ body: (RegionStore) throws(ProtocolError) -> T) throws(ProtocolError) -> T {
         try locked { state throws(ProtocolError) -> T in
+            if let fence, let newest = state.fences[fence.link], newest != fence.generation {
+                throw ProtocolError(.fenced, "link \(fence.link) reconnected (generation \(newest)); this connection "
+                                    + "(generation \(fence.generation)) may no longer change pages")
+            }
             guard let region = state.regions[id] else { throw ProtocolError(.noSuchRegion, "no region \(id) in this session") }
             return try body(region)
+        }
+    }
+
+    /// FENCE: from now on only connections of `fence.link` with this
+    /// generation (or a newer one, when it comes) change pages.
+    func fence(_ fence: Fence) throws(ProtocolError) {
+        try locked { state throws(ProtocolError) in
+            if let newest = state.fences[fence.link], newest > fence.generation {
+                throw ProtocolError(.fenced, "link \(fence.link) is at generation \(newest); \(fence.generation) is older")
+            }
+            state.fences[fence.link] = fence.generation
         }
     }
 
@@ -52,14 +95,11 @@ final class Session: @unchecked Sendable {
             guard state.regions[spec.regionID] == nil else {
                 throw ProtocolError(.regionExists, "region \(spec.regionID) already exists in this session")
             }
-            guard ledger.reserve(reserved) else {
-                throw ProtocolError(.outOfCapacity,
-                    "server out of capacity: region needs \(reserved) pages, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
-            }
+            try claim(reserved, "region needs \(reserved) pages")
             do {
                 state.regions[spec.regionID] = try RegionStore(pageCount: pages, reservedPages: reserved)
             } catch {
-                ledger.release(reserved)
+                give(reserved)
                 throw ProtocolError(.outOfCapacity, "server cannot map \(pages) pages: \(error)")
             }
         }
@@ -103,12 +143,9 @@ final class Session: @unchecked Sendable {
     private func setReservation(_ region: RegionStore, _ pages: Int) throws(ProtocolError) -> Int {
         let growth = pages - region.reservedPages
         if growth > 0 {
-            guard ledger.reserve(growth) else {
-                throw ProtocolError(.outOfCapacity,
-                    "server out of capacity: \(growth) more pages asked, \(ledger.unreservedPages) of \(ledger.capacityPages) unreserved")
-            }
+            try claim(growth, "\(growth) more pages asked")
         } else if growth < 0 {
-            ledger.release(-growth)
+            give(-growth)
         }
         region.reservedPages = pages
         return pages
@@ -123,8 +160,8 @@ final class Session: @unchecked Sendable {
             }
             return region
         }
-        ledger.release(region.reservedPages)
-        ledger.addStored(-region.writtenCount)
+        give(region.reservedPages)
+        addStored(-region.writtenCount)
     }
 
     var regionIDs: [UInt64] { locked { Array($0.regions.keys) } }
@@ -143,8 +180,8 @@ final class Session: @unchecked Sendable {
 
     /// Stores pages. All page numbers, and the reservation, are checked before
     /// any page is written, so a refused batch changes nothing.
-    func writePages(region id: UInt64, pages: [UInt64], from data: UnsafeRawPointer) throws(ProtocolError) {
-        try withRegion(id) { region throws(ProtocolError) in
+    func writePages(region id: UInt64, pages: [UInt64], from data: UnsafeRawPointer, fence: Fence? = nil) throws(ProtocolError) {
+        try withRegion(id, fence: fence) { region throws(ProtocolError) in
             if let bad = pages.first(where: { $0 >= UInt64(region.pageCount) }) {
                 throw ProtocolError(.pageOutOfRange, "page \(bad) is outside region \(id) of \(region.pageCount) pages")
             }
@@ -162,18 +199,18 @@ final class Session: @unchecked Sendable {
                 region.pointer(Int(page)).copyMemory(from: data + i * 4096, byteCount: 4096)
                 if region.markWritten(Int(page)) { fresh += 1 }
             }
-            ledger.addStored(fresh)
+            addStored(fresh)
         }
     }
 
-    func discard(_ range: DiscardRange) throws(ProtocolError) {
-        try withRegion(range.regionID) { region throws(ProtocolError) in
+    func discard(_ range: DiscardRange, fence: Fence? = nil) throws(ProtocolError) {
+        try withRegion(range.regionID, fence: fence) { region throws(ProtocolError) in
             let count = UInt64(region.pageCount)
             guard range.firstPage < count, range.pageCount <= count - range.firstPage else {
                 throw ProtocolError(.pageOutOfRange,
                     "discard of pages \(range.firstPage)+\(range.pageCount) is outside region \(range.regionID) of \(count) pages")
             }
-            ledger.addStored(-region.discard(first: Int(range.firstPage), count: Int(range.pageCount)))
+            addStored(-region.discard(first: Int(range.firstPage), count: Int(range.pageCount)))
         }
     }
 
@@ -182,6 +219,10 @@ final class Session: @unchecked Sendable {
             stats.sessionRegions = UInt64(state.regions.count)
             stats.sessionReservedPages = UInt64(state.regions.values.reduce(0) { $0 + $1.reservedPages })
             stats.sessionStoredPages = UInt64(state.regions.values.reduce(0) { $0 + $1.writtenCount })
+        }
+        if let tenant {
+            stats.tenant = ServerStats.Tenant(name: tenant.name, quotaPages: UInt64(tenant.quotaPages),
+                                              reservedPages: UInt64(tenant.reservedPages), storedPages: UInt64(tenant.storedPages))
         }
     }
 }
@@ -204,9 +245,13 @@ final class SessionTable: Sendable {
 
     init(ledger: CapacityLedger) { self.ledger = ledger }
 
-    func attach(key: SessionKey) -> Session {
+    /// Joins (or starts) the session named `key`; nil when it belongs to
+    /// another tenant (a key is only ever shared by one client's connections).
+    func attach(key: SessionKey, tenant: TenantAccount? = nil) -> Session? {
         sessions.withLock { table in
-            let session = table[key] ?? Session(key: key, ledger: ledger)
+            if let existing = table[key], existing.tenant !== tenant { return nil }
+            let session = table[key] ?? Session(key: key, ledger: ledger, tenant: tenant)
+            if table[key] == nil { tenant?.sessions.add(1, ordering: .relaxed) }
             table[key] = session
             session.attach()
             return session
@@ -219,6 +264,7 @@ final class SessionTable: Sendable {
         sessions.withLock { table in
             guard session.detach() else { return nil }
             if table[session.key] === session { table[session.key] = nil }
+            session.tenant?.sessions.subtract(1, ordering: .relaxed)
             session.ended.store(true, ordering: .releasing)
             return session
         }

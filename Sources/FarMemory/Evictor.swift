@@ -37,6 +37,8 @@ final class Evictor: @unchecked Sendable {
     private let staging: StagingArea
     private let counters: PagerCounters
     private let logger: Logger
+    /// Page verification: hash every staged page (see `PageVerifier`).
+    private let verifiesPages: Bool
     private let jobs = Mutex<[Job]>([])
     private let condition: Condition
     /// Where reports go: the fault handler's inbox.
@@ -54,7 +56,9 @@ final class Evictor: @unchecked Sendable {
     private var unreleased: [Int32] = []
     private var nextUnreleasedRetry = 0.0
 
-    init(store: PageStore, staging: StagingArea, counters: PagerCounters, logger: Logger, report: @escaping @Sendable (Report) -> Void) {
+    init(store: PageStore, staging: StagingArea, counters: PagerCounters, logger: Logger, verifiesPages: Bool = false,
+         report: @escaping @Sendable (Report) -> Void) {
+        self.verifiesPages = verifiesPages
         self.store = store
         self.staging = staging
         self.counters = counters
@@ -112,6 +116,11 @@ final class Evictor: @unchecked Sendable {
     private func writeBack(_ batch: EvictionBatch) {
         var index = 0
         let entries = batch.entries.count
+        if verifiesPages {
+            for i in 0..<entries {
+                batch.entries[i].hash = PageVerifier.hash(ofStaged: UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[i].stagingSlot))!)
+            }
+        }
         while index < entries {
             let region = batch.entries[index].region
             var group: [Int] = []

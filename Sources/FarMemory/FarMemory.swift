@@ -258,7 +258,8 @@ public final class FarMemory: @unchecked Sendable {
         }
         var records: [RegionRecord] = []
         for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
-            let record = RegionRecord(store: storeRegion, pageCount: pages, slot: slot, base: base, chunk: chunk)
+            let record = RegionRecord(store: storeRegion, pageCount: pages, slot: slot, base: base, chunk: chunk,
+                                      verifiesPages: configuration.verifiesPages)
             shard.add(record)
             records.append(record)
         }

@@ -53,6 +53,12 @@ public struct FarMemoryConfiguration: Sendable {
     /// Give a page that comes back soon after its eviction a second chance
     /// the next time it would be evicted (`Recency`). Off: plain FIFO.
     public var keepsRefaultedPages = true
+    /// A debugging aid, off by default (it hashes every page that moves):
+    /// check that every fetched page is the one last written back, and that
+    /// every page dropped as clean is unchanged since it was installed. A
+    /// mismatch is logged (critical) and counted as `verificationFailures`.
+    /// The C interface and the preload library turn it on with FARMEM_VERIFY_PAGES=1.
+    public var verifiesPages = false
     /// Serve the pager's statistics at `http://HOST:PORT/metrics` (Prometheus
     /// text format) while the FarMemory is open; nil: not served.
     public var metricsListen: TCPSocket.Endpoint?

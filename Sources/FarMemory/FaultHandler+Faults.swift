@@ -44,7 +44,12 @@ extension FaultHandler {
             // discarded it while we raced to install), zeros are what it asked for.
             counters.add(.duplicateFaults)
             switch install(zeroPage, at: address, writeProtect: true) {
-            case .installed: region.states[page] = state.reinstalledAsZeros()
+            case .installed:
+                region.states[page] = state.reinstalledAsZeros()
+                counters.add(.zeroReinstalls)
+                let total = counters.get(.zeroReinstalls)
+                // Logged at 1, 2, 4, 8...: it must not flood the log.
+                if total & (total - 1) == 0 { logger.warning("page \(page) of region \(region.store.id) (\(state)) was gone without an event; installed as zeros (\(total) such pages)") }
             case .eventPending: deferUntilEvent(fault)
             case .alreadyThere: break
             case .gone: try? uffd.wake(address, length: 4096)
@@ -60,6 +65,7 @@ extension FaultHandler {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
             source = UnsafeMutableRawPointer(mutating: fetchedData)
+            verifier.checkFetched(region, page: page, data: source, how: "fetched")
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault, and so

@@ -80,7 +80,10 @@ extension FaultHandler {
             var run = 1
             while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
                   region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
-            for i in 0..<run { region.states[first + i] = region.states[first + i].installed(dirty: dirty) }
+            for i in 0..<run {
+                verifier.checkFetched(region, page: first + i, data: fetchedData + (slot + i) * 4096, how: "prefetched")
+                region.states[first + i] = region.states[first + i].installed(dirty: dirty)
+            }
             let copied: Int
             do {
                 copied = try uffd.copy(to: address, from: fetchedData + slot * 4096, length: run * 4096, writeProtect: !dirty) / 4096

@@ -110,7 +110,7 @@ extension FaultHandler {
         // Clean: the store (or nothing, for a zero page) already has it.
         if !dirty { counters.add(.cleanDrops) }
         batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,
-                                   stagingSlot: Int32(stagingSlot), dirty: dirty))
+                                   stagingSlot: Int32(stagingSlot), dirty: dirty, backed: state.isBacked))
         return .moved
     }
 

@@ -20,7 +20,11 @@ extension FaultHandler {
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
             guard entry.failed else {
                 // Its slot comes back (a slotsReleased report) once the evictor has emptied it.
-                guard entry.dirty, let region else { continue }
+                guard entry.dirty, let region else {
+                    if let region { verifier.checkCleanDrop(region, page: entry.page, wasBacked: entry.backed, hash: entry.hash) }
+                    continue
+                }
+                verifier.wroteBack(region, page: entry.page, hash: entry.hash)
                 outageBackoffSeconds = 1
                 if let held = kept, held.region == entry.regionSlot,
                    (0..<held.count).contains(where: { keptPages[$0] == UInt64(entry.page) }) {

@@ -104,6 +104,7 @@ final class FaultHandler: @unchecked Sendable {
     var trends: StreamPrefetcher
     var writes: WritePredictor
     var recency: Recency
+    let verifier: PageVerifier
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
@@ -128,6 +129,7 @@ final class FaultHandler: @unchecked Sendable {
         trends = StreamPrefetcher(maxWindow: window)
         writes = WritePredictor(enabled: configuration.predictsWrites)
         recency = Recency(budgetPages: budgetPages, enabled: configuration.keepsRefaultedPages)
+        verifier = PageVerifier(enabled: configuration.verifiesPages, counters: counters, logger: logger)
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
         fetchedData = UnsafeRawPointer(fetchBuffer)

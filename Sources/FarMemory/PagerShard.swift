@@ -54,7 +54,8 @@ final class PagerShard: @unchecked Sendable {
             throw .system("setting up the fault handler", error)
         }
         let handler = self.handler
-        evictor = Evictor(store: writeStore, staging: staging, counters: counters, logger: logger) { report in
+        evictor = Evictor(store: writeStore, staging: staging, counters: counters, logger: logger,
+                          verifiesPages: configuration.verifiesPages) { report in
             handler.evictorReported(report)
         }
         handler.evictor = evictor

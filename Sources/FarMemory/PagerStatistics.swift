@@ -8,6 +8,7 @@ final class PagerCounters: @unchecked Sendable {
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
         case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
+        case zeroReinstalls, verificationFailures
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -80,6 +81,12 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// times such a page was kept when FIFO order made it a victim.
     public var hotRefaults: UInt64
     public var secondChances: UInt64
+    /// Missing faults on pages FarMem believed resident that the kernel had
+    /// dropped without telling it (no REMOVE event): installed as zeros.
+    /// Expected to stay 0 (MADV_FREE's reclaim would do it).
+    public var zeroReinstalls: UInt64
+    /// With `verifiesPages`: pages whose data was not what FarMem last had.
+    public var verificationFailures: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -125,6 +132,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         heldFaultsPeak = shards.map { $0.get(.heldFaultsPeak) }.max() ?? 0
         rereadsAfterMove = sum(.rereadsAfterMove)
         hotRefaults = sum(.hotRefaults); secondChances = sum(.secondChances)
+        zeroReinstalls = sum(.zeroReinstalls); verificationFailures = sum(.verificationFailures)
         prefetched = sum(.prefetched)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
@@ -139,7 +147,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
-        hot refaults \(hotRefaults) (second chances \(secondChances)), \
+        hot refaults \(hotRefaults) (second chances \(secondChances)), zero reinstalls \(zeroReinstalls), \
+        verification failures \(verificationFailures), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
         repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """

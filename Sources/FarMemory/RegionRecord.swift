@@ -20,6 +20,9 @@ final class RegionRecord: @unchecked Sendable {
     let states: UnsafeMutablePointer<PageState>
     /// When each page was last evicted, and whether it came back soon (`Recency`).
     let recency: UnsafeMutablePointer<UInt8>
+    /// With page verification on: each backed page's hash as written back
+    /// (`PageVerifier`); nil otherwise.
+    let hashes: UnsafeMutablePointer<UInt64>?
     var extents: [Extent]
     /// The pages this shard handles; no other page of the region is ever
     /// resident or queued here (mremap moves them, never renumbers them).
@@ -29,7 +32,7 @@ final class RegionRecord: @unchecked Sendable {
 
     /// The shard's view of a region: all its page numbers, but only the pages
     /// in `chunk` are mapped through this shard's userfaultfd.
-    init(store: StoreRegion, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>) {
+    init(store: StoreRegion, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>, verifiesPages: Bool = false) {
         self.store = store
         self.pageCount = pageCount
         self.slot = slot
@@ -37,6 +40,12 @@ final class RegionRecord: @unchecked Sendable {
         states.initialize(repeating: .zeros, count: pageCount)
         recency = .allocate(capacity: pageCount)
         recency.initialize(repeating: 0, count: pageCount)
+        if verifiesPages {
+            hashes = .allocate(capacity: pageCount)
+            hashes!.initialize(repeating: 0, count: pageCount)
+        } else {
+            hashes = nil
+        }
         self.chunk = chunk
         extents = [Extent(start: base + UInt(chunk.lowerBound * 4096), pageCount: chunk.count, firstPage: chunk.lowerBound)]
         currentBase = Atomic(chunk.lowerBound == 0 ? base : 0)
@@ -45,6 +54,7 @@ final class RegionRecord: @unchecked Sendable {
     deinit {
         states.deallocate()
         recency.deallocate()
+        hashes?.deallocate()
     }
 
     /// The page at `address`, if one of this region's extents covers it.

@@ -37,6 +37,9 @@ final class ServerConnections {
         for link in faultLinks + writeLinks {
             link.onRDMAFailure = { reason in logger.error("\(reason) (\(endpoint)); this connection falls back to TCP") }
         }
+        for link in allLinks {
+            link.onRetry = { failure in logger.warning("\(endpoint): \(failure); reconnecting and trying again") }
+        }
     }
 
     private var allLinks: [ServerLink] { [control, repairLink] + faultLinks + writeLinks }

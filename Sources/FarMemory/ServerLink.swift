@@ -1,6 +1,10 @@
 import CFarMemSys
 import FarMemProtocol
 import FarMemSystem
+import Synchronization
+
+/// Numbers every link of this process (FENCE's link; unique per session too).
+private let nextLinkNumber = Atomic<UInt32>(1)
 
 /// One connection to the memory server, owned by a single thread (the fault
 /// handler, the evictor, or the control path under its lock). Request and
@@ -25,9 +29,16 @@ final class ServerLink {
     /// the link carries on over TCP.
     private(set) var rdma: RDMAChannel?
     var onRDMAFailure: ((String) -> Void)?
+    /// Told of the first network failure of a request that is then retried.
+    var onRetry: ((LinkError) -> Void)?
 
     /// Silence longer than this on a request is a network failure.
     private let timeoutSeconds: Double
+    /// FENCE: this link's number, and how many times it has connected. A
+    /// request given up on an old connection can then never change pages
+    /// after the retry on a new one (the server refuses it: FENCED).
+    private let linkNumber = nextLinkNumber.wrappingAdd(1, ordering: .relaxed).oldValue
+    private var generation: UInt32 = 0
 
     init(endpoint: TCPSocket.Endpoint, configuration: FarMemoryConfiguration, sessionKey: [UInt8], counters: PagerCounters,
          timeoutSeconds: Double? = nil) {
@@ -91,6 +102,7 @@ final class ServerLink {
                 return nil
             } catch {
                 if case .refused = error { return error }
+                if delay == 0.02 { onRetry?(error) }
                 counters.add(.retries)
                 if monotonicSeconds() + delay > deadline { return error }
                 sleepSeconds(delay)
@@ -141,6 +153,10 @@ final class ServerLink {
                                     + "\(ProtocolVersion.oldest)...\(ProtocolVersion.newest)")
             }
             helloReply = accepted
+            if accepted.version >= Opcode.fence.sinceVersion {
+                generation &+= 1
+                try exchange(.fence, Fence(link: linkNumber, generation: generation).encode())
+            }
         } catch let error as LinkError {
             close()
             throw error

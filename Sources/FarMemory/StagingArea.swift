@@ -87,6 +87,11 @@ final class EvictionBatch: @unchecked Sendable {
         /// With `failed`: no server holds the page's extent any more, so the
         /// page can only stay local (unevictable, and no outage is declared).
         var lost = false
+        /// The page store held the page when it was moved out (a clean page's
+        /// data is then there; otherwise it is zeros). For `PageVerifier`.
+        var backed = false
+        /// With page verification on: the staged page's hash, taken by the evictor.
+        var hash: UInt64 = 0
     }
     var entries: [Entry] = []
     init(capacity: Int) { entries.reserveCapacity(capacity) }

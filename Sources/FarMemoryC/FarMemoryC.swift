@@ -39,6 +39,10 @@ public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ t
         }
         configuration.metricsListen = endpoint
     }
+    // FARMEM_VERIFY_PAGES=1: page verification, a debugging aid (see FarMemoryConfiguration.verifiesPages).
+    if let verify = getenv("FARMEM_VERIFY_PAGES").map({ String(cString: $0) }), !verify.isEmpty, verify != "0" {
+        configuration.verifiesPages = true
+    }
     // FARMEM_LOG_LEVEL (default warning): a C program's stderr is its own.
     var logger = Logger(label: "farmemory")
     logger.logLevel = .warning

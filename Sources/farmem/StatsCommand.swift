@@ -9,7 +9,8 @@ struct StatsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "stats", abstract: "Show memory servers' statistics.")
 
     @Option(help: "The server, or a cluster: HOST:PORT[,HOST:PORT...].") var server = "127.0.0.1:7070"
-    @Option(help: "File with the servers' shared token, if they have one.") var tokenFile: String?
+    @Option(help: "File with the servers' shared token, or your tenant's secret on servers with a keys file (then your tenant's use is shown too).")
+    var tokenFile: String?
     @Flag(help: "Print JSON instead of text.") var json = false
 
     func run() throws {
@@ -32,7 +33,8 @@ struct StatsCommand: ParsableCommand {
                     return """
                     {"server": "\(endpoint)", "state": "up", "capacity_pages": \(stats.capacityPages), \
                     "reserved_pages": \(stats.reservedPages), "stored_pages": \(stats.storedPages), "sessions": \(stats.sessions), \
-                    "connections": \(stats.connections), "pages_read": \(stats.pagesRead), "pages_written": \(stats.pagesWritten)}
+                    "connections": \(stats.connections), "pages_read": \(stats.pagesRead), "pages_written": \(stats.pagesWritten)\
+                    \(tenantJSON(stats.tenant))}
                     """
                 case .failure(let error):
                     let reason = jsonEscaped(String(describing: error))
@@ -55,11 +57,22 @@ struct StatsCommand: ParsableCommand {
                 pages read    \(stats.pagesRead)
                 pages written \(stats.pagesWritten)
                 """)
+                if let tenant = stats.tenant {
+                    print("tenant        \(tenant.name): quota \(formatByteSize(Int(tenant.quotaPages) * 4096)), "
+                          + "reserved \(formatByteSize(Int(tenant.reservedPages) * 4096)), stored \(formatByteSize(Int(tenant.storedPages) * 4096))")
+                }
             case .failure(let error):
                 print("state         down (\(error))")
             }
         }
     }
+}
+
+/// The asking tenant's figures as a JSON member (servers with a keys file), or nothing.
+private func tenantJSON(_ tenant: ServerStats.Tenant?) -> String {
+    guard let tenant else { return "" }
+    return #", "tenant": {"name": "\#(jsonEscaped(tenant.name))", "quota_pages": \#(tenant.quotaPages), "#
+        + #""reserved_pages": \#(tenant.reservedPages), "stored_pages": \#(tenant.storedPages)}"#
 }
 
 private func jsonEscaped(_ text: String) -> String {

@@ -28,6 +28,9 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "File holding a shared secret every client must present (first line, trailing newline ignored).")
     var tokenFile: String?
 
+    @Option(help: "File of tenants, one per line: NAME SECRET QUOTA (see README, \"Tenants\"); reloaded on SIGHUP. Instead of --token-file.")
+    var keysFile: String?
+
     @Option(help: "Most simultaneous client connections.")
     var maxConnections = 1024
 
@@ -74,6 +77,11 @@ struct FarMemDaemon: ParsableCommand {
                 throw ValidationError("the token must be 1...\(ProtocolLimits.maxTokenLength) bytes")
             }
         }
+        if keysFile != nil, tokenFile != nil {
+            throw ValidationError("--keys-file and --token-file exclude each other: with a keys file each tenant's secret is its token")
+        }
+        var keys: TenantKeys?
+        if let keysFile { keys = try Self.readKeys(keysFile) }
         guard let serverTransport = ServerConfiguration.Transport(rawValue: transport) else {
             throw ValidationError("--transport must be tcp, rdma or auto")
         }
@@ -91,7 +99,8 @@ struct FarMemDaemon: ParsableCommand {
         }
         let server = try MemoryServer(configuration: ServerConfiguration(
             listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections,
-            frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort, metricsListen: metricsEndpoint))
+            frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort, metricsListen: metricsEndpoint,
+            keys: keys))
         server.start()
         func write(_ port: UInt16, to path: String, _ option: String) throws {
             guard let file = fopen(path, "w") else { throw ValidationError("cannot write \(option) \(path)") }
@@ -100,9 +109,36 @@ struct FarMemDaemon: ParsableCommand {
         }
         if let metricsPortFile, let port = server.metricsPort { try write(port, to: metricsPortFile, "--metrics-port-file") }
         if let portFile { try write(server.port, to: portFile, "--port-file") }
-        // Serve until SIGINT or SIGTERM, then disconnect everyone cleanly.
-        waitForTerminationSignal()
+        // Serve until SIGINT or SIGTERM, then disconnect everyone cleanly. SIGHUP
+        // reloads the keys file; a file with a mistake keeps the keys in use.
+        let logger = Logger(label: "farmemd")
+        if let keys { logger.info("\(keys.keys.count) tenants from \(keysFile!)") }
+        waitForTerminationSignal(onHangup: keysFile.map { path in {
+            do {
+                let summary = try server.reloadKeys(try Self.readKeys(path))
+                logger.notice("\(summary)")
+            } catch {
+                logger.error("keys file not reloaded, the keys in use stay: \(error)")
+            }
+        } })
         server.stop()
+    }
+
+    static func readKeys(_ path: String) throws -> TenantKeys {
+        guard let file = fopen(path, "r") else { throw ValidationError("cannot read --keys-file \(path): \(Errno.current)") }
+        defer { fclose(file) }
+        var text = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n == 0 { break }
+            text += chunk[0..<n]
+        }
+        do {
+            return try TenantKeys.parse(String(decoding: text, as: UTF8.self))
+        } catch {
+            throw ValidationError("--keys-file \(path), \(error)")
+        }
     }
 }
 

@@ -17,8 +17,10 @@ final class PagerStressTests: XCTestCase {
         let environment = ProcessInfo.processInfo.environment
         let operations = environment["FARMEM_STRESS_OPERATIONS"].flatMap { Int($0) } ?? 6000
         let handlers = environment["FARMEM_STRESS_HANDLERS"].flatMap { Int($0) } ?? 1
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20,
-                                                                         handlerThreads: handlers))
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20, handlerThreads: handlers)
+        // The pager checks itself too: every fetch and every clean drop.
+        configuration.verifiesPages = true
+        let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         let region = try memory.allocate(bytes: 5 << 20)   // 5x the budget
         let base = UInt(bitPattern: region.baseAddress!)
@@ -84,6 +86,8 @@ final class PagerStressTests: XCTestCase {
         XCTAssertGreaterThan(stats.writeProtectFaults, 0, stats.description)
         XCTAssertGreaterThan(stats.discards, 0, stats.description)
         XCTAssertEqual(stats.poisoned, 0)
+        XCTAssertEqual(stats.verificationFailures, 0, stats.description)
+        XCTAssertEqual(stats.zeroReinstalls, 0, stats.description)
         XCTAssertLessThanOrEqual(stats.residentPages + stats.stagedPages, 256)
     }
 

@@ -37,7 +37,7 @@ final class ProtocolVectorTests: XCTestCase {
         let (replyHeader, replyPayload) = try split(replyBytes)
         XCTAssertTrue(replyHeader.isResponse)
         let reply = try replyPayload.withUnsafeBytes { try HelloReply.decode($0) }
-        XCTAssertEqual(reply, HelloReply(version: 2, pageSize: 4096, maxBatchPages: 256,
+        XCTAssertEqual(reply, HelloReply(version: 3, pageSize: 4096, maxBatchPages: 256,
                                          maxPayload: UInt32(ProtocolLimits.maxPayload), capacityPages: 262144, unreservedPages: 262000))
         XCTAssertEqual(encodeFrame(0x81, id: 1, reply.encode()), replyBytes)
     }
@@ -68,6 +68,15 @@ final class ProtocolVectorTests: XCTestCase {
         let reserveReply = try vector("reserve_reply")
         XCTAssertEqual(try split(reserveReply).1.withUnsafeBytes { try Reservation.decodeReply($0) }, 22016)
         XCTAssertEqual(encodeFrame(0x8A, id: 17, Reservation.encodeReply(reservedPages: 22016)), reserveReply)
+
+        let fence = try vector("fence_request")
+        let fenced = try split(fence).1.withUnsafeBytes { try Fence.decode($0) }
+        XCTAssertEqual(fenced, Fence(link: 5, generation: 2))
+        XCTAssertEqual(encodeFrame(Opcode.fence.rawValue, id: 18, fenced.encode()), fence)
+        XCTAssertEqual(encodeFrame(Opcode.fence.response, id: 18, []), try vector("fence_reply"))
+        let refusal = try split(try vector("error_fenced")).0
+        XCTAssertEqual(ErrorCode(rawValue: refusal.status), .fenced)
+        XCTAssertTrue(ErrorCode.fenced.closesConnection)
 
         let drop = try vector("drop_region_request")
         let (_, dropPayload) = try split(drop)
@@ -108,7 +117,15 @@ final class ProtocolVectorTests: XCTestCase {
         let stats = try payload.withUnsafeBytes { try ServerStats.decode($0) }
         XCTAssertEqual(stats.capacityPages, 262144)
         XCTAssertEqual(stats.pagesWritten, 4000)
-        XCTAssertEqual(encodeFrame(0x87, id: 8, stats.encode()), replyBytes)
+        XCTAssertEqual(encodeFrame(0x87, id: 8, stats.encode(version: 2)), replyBytes)
+        XCTAssertNil(stats.tenant)
+        let withTenant = try vector("stats_reply_v3")
+        let tenantStats = try split(withTenant).1.withUnsafeBytes { try ServerStats.decode($0) }
+        XCTAssertEqual(tenantStats.tenant, ServerStats.Tenant(name: "alpha", quotaPages: 131072, reservedPages: 65536, storedPages: 1000))
+        XCTAssertEqual(encodeFrame(0x87, id: 20, tenantStats.encode(version: 3)), withTenant)
+        // Version 3 without tenants: an empty name and nothing more.
+        XCTAssertEqual(stats.encode(version: 3).count, 80 + 2)
+        XCTAssertNil(try stats.encode(version: 3).withUnsafeBytes { try ServerStats.decode($0) }.tenant)
 
         let errorBytes = try vector("error_out_of_capacity")
         let (errorHeader, message) = try split(errorBytes)
@@ -133,7 +150,7 @@ final class ProtocolVectorTests: XCTestCase {
         let url = BuiltProducts.repository.appendingPathComponent("protocol/vectors/vectors.json")
         let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any]
         let entries = manifest?["vectors"] as? [[String: Any]] ?? []
-        XCTAssertEqual(entries.count, 23)
+        XCTAssertEqual(entries.count, 27)
         for entry in entries {
             let file = try XCTUnwrap(entry["file"] as? String)
             let data = try Data(contentsOf: BuiltProducts.repository.appendingPathComponent("protocol/vectors/\(file)"))

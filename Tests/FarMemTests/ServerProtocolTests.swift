@@ -102,7 +102,7 @@ final class ServerProtocolTests: XCTestCase {
     func testAPartlyReservedRegionHoldsOnlyWhatItReserved() throws {
         let client = try RawClient(server.endpoint)   // 4 MiB: 1024 pages
         let hello = try client.hello()
-        XCTAssertEqual(try hello.body.withUnsafeBytes { try HelloReply.decode($0) }.version, 2)
+        XCTAssertEqual(try hello.body.withUnsafeBytes { try HelloReply.decode($0) }.version, ProtocolVersion.newest)
         XCTAssertNil(try client.call(.createRegion, RegionSpec(regionID: 1, pageCount: 4096, reservedPages: 2).encode()).error,
                      "a region larger than the server, 2 pages of it reserved")
         XCTAssertNil(try client.call(.writePages, RawClient.writePayload(region: 1, pages: [4000, 7]) { _ in 5 }).error)
@@ -143,8 +143,53 @@ final class ServerProtocolTests: XCTestCase {
         XCTAssertTrue(reserve.message.contains("version 2"), reserve.message)
         XCTAssertEqual(try client.statsEventually { _ in true }.sessionReservedPages, 10)
         let tooNew = try RawClient(server.endpoint)
-        XCTAssertEqual(try tooNew.call(.hello, Hello(minVersion: 3, maxVersion: 4, sessionKey: RawClient.randomKey()).encode()).error,
+        let newest = ProtocolVersion.newest
+        XCTAssertEqual(try tooNew.call(.hello, Hello(minVersion: newest + 1, maxVersion: newest + 2, sessionKey: RawClient.randomKey()).encode()).error,
                        .unsupportedVersion)
+    }
+
+    /// FENCE (version 3): a client gave up on a write (a time-out) and sent
+    /// it again on a new connection of the same link, which then wrote newer
+    /// data. The old connection's request, should the server only now get to
+    /// it, must not land: it is refused (FENCED) and its connection closed.
+    func testAWriteOnAReplacedConnectionIsRefusedAndTheNewerDataStays() throws {
+        let key = RawClient.randomKey()
+        let old = try RawClient(server.endpoint)
+        XCTAssertEqual(try old.hello(key: key).body.withUnsafeBytes { try HelloReply.decode($0) }.version, 3)
+        XCTAssertNil(try old.call(.fence, Fence(link: 7, generation: 1).encode()).error)
+        XCTAssertNil(try old.call(.createRegion, RegionSpec(regionID: 1, pageCount: 8).encode()).error)
+        XCTAssertNil(try old.call(.writePages, RawClient.writePayload(region: 1, pages: [3]) { _ in 0xA1 }).error)
+
+        let new = try RawClient(server.endpoint)
+        XCTAssertNil(try new.hello(key: key).error)
+        XCTAssertNil(try new.call(.fence, Fence(link: 7, generation: 2).encode()).error)
+        XCTAssertNil(try new.call(.writePages, RawClient.writePayload(region: 1, pages: [3]) { _ in 0xB2 }).error)
+        // Another link of the same session is not affected.
+        let other = try RawClient(server.endpoint)
+        XCTAssertNil(try other.hello(key: key).error)
+        XCTAssertNil(try other.call(.fence, Fence(link: 8, generation: 1).encode()).error)
+        XCTAssertNil(try other.call(.writePages, RawClient.writePayload(region: 1, pages: [4]) { _ in 0xC3 }).error)
+
+        let stale = try old.call(.writePages, RawClient.writePayload(region: 1, pages: [3]) { _ in 0xA1 })
+        XCTAssertEqual(stale.error, .fenced, stale.message)
+        XCTAssertTrue(old.isClosedByServer())
+        let read = try new.call(.readPages, PageBatchHeader(regionID: 1, pages: [3, 4]).encode())
+        XCTAssertEqual(Array(read.body[0..<4096]), [UInt8](repeating: 0xB2, count: 4096), "the newer data stays")
+        XCTAssertEqual(Array(read.body[4096...]), [UInt8](repeating: 0xC3, count: 4096))
+        // A discard from a replaced connection is refused too, and an older generation cannot fence again.
+        let older = try RawClient(server.endpoint)
+        XCTAssertNil(try older.hello(key: key).error)
+        XCTAssertEqual(try older.call(.fence, Fence(link: 7, generation: 1).encode()).error, .fenced)
+        let third = try RawClient(server.endpoint)
+        XCTAssertNil(try third.hello(key: key).error)
+        XCTAssertNil(try third.call(.fence, Fence(link: 7, generation: 3).encode()).error)
+        XCTAssertEqual(try new.call(.discard, DiscardRange(regionID: 1, firstPage: 3, pageCount: 1).encode()).error, .fenced)
+        XCTAssertEqual(try third.call(.readPages, PageBatchHeader(regionID: 1, pages: [3]).encode()).body,
+                       [UInt8](repeating: 0xB2, count: 4096))
+        // A version-2 client knows no FENCE.
+        let v2 = try RawClient(server.endpoint)
+        XCTAssertNil(try v2.hello(maxVersion: 2).error)
+        XCTAssertEqual(try v2.call(.fence, Fence(link: 1, generation: 1).encode()).error, .unknownOpcode)
     }
 
     /// Clients that connect, store a page and go (issue 13: each used to

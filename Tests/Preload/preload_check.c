@@ -76,7 +76,9 @@ static void aligned_and_zeroed(void) {
     CHECK(c && d && e && !((uintptr_t)c & 4095) && !((uintptr_t)d & 4095) && !((uintptr_t)e & 4095), "memalign/valloc/pvalloc page aligned");
     void *invalid = NULL;
     CHECK(posix_memalign(&invalid, 3, MiB) == EINVAL, "posix_memalign with alignment 3 is EINVAL");
-    free(a); free(b); free(c); free(d); free(e);
+    void *rounded = memalign(3000, 2 * MiB);   /* glibc rounds 3000 up to 4096 */
+    CHECK(rounded && !((uintptr_t)rounded & 4095), "memalign 3000 rounds up to a page: %p", rounded);
+    free(a); free(b); free(c); free(d); free(e); free(rounded);
     /* A freed far block's pages read as zeros when calloc hands them out again. */
     for (int round = 0; round < 3; round++) {
         uint8_t *dirty = malloc(8 * MiB);

@@ -9,7 +9,7 @@ import struct
 
 MAGIC = b"FM"
 VERSION = 1           # the frame format (header version byte)
-PROTOCOL_VERSION = 2  # what HELLO negotiates
+PROTOCOL_VERSION = 3  # what HELLO negotiates
 
 
 def frame(opcode, request_id, payload, status=0, version=VERSION, magic=MAGIC, length=None):
@@ -35,11 +35,16 @@ def add(name, data, description, valid=True, error=None):
 
 
 add("hello_request",
-    frame(0x01, 1, struct.pack("<HHI", 1, 2, 4096) + KEY + struct.pack("<H", 6) + b"secret"),
-    "HELLO, versions 1..2, page size 4096, session key 01..10, token 'secret'")
+    frame(0x01, 1, struct.pack("<HHI", 1, 3, 4096) + KEY + struct.pack("<H", 6) + b"secret"),
+    "HELLO, versions 1..3, page size 4096, session key 01..10, token 'secret'")
 add("hello_reply",
-    frame(0x81, 1, struct.pack("<HHIIIQQ", 2, 0, 4096, 256, 16 + 256 * 8 + 256 * 4096, 262144, 262000)),
-    "HELLO reply: version 2, 256-page batches, 1 GiB capacity, 262000 pages unreserved")
+    frame(0x81, 1, struct.pack("<HHIIIQQ", 3, 0, 4096, 256, 16 + 256 * 8 + 256 * 4096, 262144, 262000)),
+    "HELLO reply: version 3, 256-page batches, 1 GiB capacity, 262000 pages unreserved")
+add("fence_request", frame(0x0B, 18, struct.pack("<II", 5, 2)), "FENCE link 5, generation 2 (version 3)")
+add("fence_reply", frame(0x8B, 18, b""), "FENCE accepted")
+add("error_fenced",
+    frame(0x85, 19, b"link 5 reconnected", status=15),
+    "WRITE_PAGES on a replaced connection refused with FENCED (status 15); the server closes the connection")
 add("create_region_request", frame(0x02, 2, struct.pack("<QQ", 7, 65536)),
     "CREATE_REGION 7 of 65536 pages, all reserved (the version-1 form)")
 add("create_region_request_v2", frame(0x02, 16, struct.pack("<QQQ", 8, 65536, 21504)),
@@ -56,7 +61,11 @@ add("write_pages_request",
 add("discard_request", frame(0x06, 6, struct.pack("<QQQ", 7, 10, 20)), "DISCARD region 7, pages 10..29")
 add("stats_request", frame(0x07, 8, b""), "STATS")
 add("stats_reply", frame(0x87, 8, struct.pack("<10Q", 262144, 65536, 1000, 2, 6, 1, 65536, 1000, 5000, 4000)),
-    "STATS reply")
+    "STATS reply (versions 1 and 2)")
+add("stats_reply_v3",
+    frame(0x87, 20, struct.pack("<10Q", 262144, 65536, 1000, 2, 6, 1, 65536, 1000, 5000, 4000)
+          + struct.pack("<H", 5) + b"alpha" + struct.pack("<3Q", 131072, 65536, 1000)),
+    "STATS reply (version 3, a server with tenants): tenant 'alpha', quota 131072 pages, 65536 reserved, 1000 stored")
 add("error_out_of_capacity",
     frame(0x82, 9, b"server out of capacity", status=9),
     "CREATE_REGION refused with OUT_OF_CAPACITY (status 9) and a message")

@@ -136,6 +136,9 @@ int fm_die_with_parent(void);
 void fm_sink(uint64_t value);
 /// Monotonic clock in nanoseconds.
 uint64_t fm_now_ns(void);
+/// A 64-bit hash of one 4 KiB page (page verification, a debugging aid).
+/// Never 0, so 0 can mean "no hash".
+uint64_t fm_page_hash(const void *page);
 
 #ifdef __cplusplus
 }
