@@ -36,12 +36,12 @@ let package = Package(
             "FarMemProtocol", "FarMemSystem", "CFarMemSys", "CFarMemRDMA", .product(name: "Logging", package: "swift-log"),
         ]),
         // The C interface (include/farmemory.h) over FarMemory.
-        .target(name: "FarMemoryC", dependencies: ["FarMemory", "FarMemSystem", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "FarMemoryC", dependencies: ["FarMemory", "FarMemSystem", "CFarMemSys", .product(name: "Logging", package: "swift-log")]),
         // The far arena's bookkeeping (pure C: it runs inside malloc).
         .target(name: "CFarMemArena"),
         // The LD_PRELOAD library: malloc and mmap interposition in C over the C interface.
-        .target(name: "FarMemPreload", dependencies: ["FarMemoryC", "CFarMemArena"],
-                cSettings: [.headerSearchPath("../../include")]),
+        .target(name: "FarMemPreload", dependencies: ["FarMemoryC", "CFarMemArena", "CFarMemSys"],
+                cSettings: [.headerSearchPath("../../include"), .headerSearchPath("../CFarMemSys/include")]),
         // Verifiable workloads shared by `farmem demo`, the benchmarks and the tests.
         .target(name: "FarMemWorkloads", dependencies: ["CFarMemSys", "FarMemory"]),
         .executableTarget(name: "farmemd", dependencies: [
@@ -53,7 +53,7 @@ let package = Package(
         ]),
         // Runs the library in its own process for tests whose outcome is a
         // signal (SIGBUS when the server dies) or a SIGKILL of the client.
-        .executableTarget(name: "farmem-failure-probe", dependencies: ["FarMemory", "FarMemWorkloads", "FarMemSystem"],
+        .executableTarget(name: "farmem-failure-probe", dependencies: ["FarMemory", "FarMemWorkloads", "FarMemSystem", "CFarMemSys"],
                           path: "Tests/FailureProbe"),
         // The fuzz target over frame decoding and request handling (`make fuzz`;
         // a plain build is a replayer `make test` runs on the seed corpus).

@@ -211,6 +211,17 @@ uint64_t fm_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t fm_read_holding(const volatile uint64_t *address, const void *held) {
+#if defined(__x86_64__)
+    uint64_t value;
+    __asm__ volatile("mov %1, %%r12\n\tmov (%2), %0" : "=r"(value) : "r"(held), "r"(address) : "r12", "memory");
+    return value;
+#else
+    (void)held;
+    return *address;
+#endif
+}
+
 uint64_t fm_page_hash(const void *page) {
     const uint64_t *words = page;
     uint64_t hash = 0x9e3779b97f4a7c15ull;

@@ -11,6 +11,7 @@
 #include "farmem_preload.h"
 #include "farmem_arena.h"
 #include "farmemory.h"
+#include "cfarmemsys.h"
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -44,26 +45,6 @@ static void say(const char *text) {
 static const char *environment(const char *name) {
     const char *value = getenv(name);
     return value && *value ? value : NULL;
-}
-
-/// The Swift runtime, loaded with the library, installs its crash handler
-/// (which runs swift-backtrace) for SIGSEGV, SIGBUS and other fatal signals in
-/// every process it is loaded in. This program did not ask for it: its crashes
-/// are its own, as without the preload, so those handlers go back to the
-/// default unless the user set SWIFT_BACKTRACE to ask for them.
-static void restore_default_crash_handling(void) {
-    if (environment("SWIFT_BACKTRACE")) return;
-    static const int signals[] = {SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV};
-    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
-        struct sigaction current;
-        if (sigaction(signals[i], NULL, &current) != 0) continue;
-        void *handler = (current.sa_flags & SA_SIGINFO) ? (void *)current.sa_sigaction : (void *)current.sa_handler;
-        if (handler == (void *)SIG_DFL || handler == (void *)SIG_IGN) continue;
-        Dl_info where;
-        if (dladdr(handler, &where) && where.dli_fname && strstr(where.dli_fname, "libswiftCore")) {
-            signal(signals[i], SIG_DFL);
-        }
-    }
 }
 
 /// A fork's child that touches far memory gets SIGSEGV (see
@@ -139,7 +120,7 @@ static void cannot_start(const char *why) {
 __attribute__((constructor)) static void start(void) {
     parent_pid = getpid();
     fm_real();
-    restore_default_crash_handling();
+    fm_restore_default_crash_handling();   // its crashes are its own, as without the preload
     reports = environment("FARMEM_REPORT") && strcmp(environment("FARMEM_REPORT"), "0") != 0;
     if (reports) {
         int copy = fcntl(2, F_DUPFD_CLOEXEC, 100);   // high, out of the way of programs that expect low numbers

@@ -27,10 +27,23 @@ final class ServerPageStore: PageStore {
         self.onExposeFailure = onExposeFailure
     }
 
+    /// Set when a request gave up after the whole retry window; cleared by
+    /// the next success. While set, requests get one attempt, no window: a
+    /// server that is gone must not cost every later fault (or a crash
+    /// handler reading far pages on its way out) another window.
+    private var gaveUp = false
+
     /// Runs `body` with the link's retries; a failure becomes a StoreError.
     private func withRetries(_ body: () throws(ServerLink.LinkError) -> Void) throws(StoreError) {
-        guard let failure = link.withRetries(windowSeconds: retryWindowSeconds, body) else { return }
-        if case .network(let text) = failure { throw .unavailable("\(text); gave up after \(retryWindowSeconds) s") }
+        let window = gaveUp ? 0 : retryWindowSeconds
+        guard let failure = link.withRetries(windowSeconds: window, body) else {
+            gaveUp = false
+            return
+        }
+        if case .network(let text) = failure {
+            gaveUp = true
+            throw .unavailable(window > 0 ? "\(text); gave up after \(window) s" : "\(text); the server did not answer the last request either")
+        }
         throw Self.storeError(failure)
     }
 

@@ -1,3 +1,4 @@
+import CFarMemSys
 import FarMemSystem
 import FarMemory
 import Logging
@@ -29,6 +30,9 @@ public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ t
         report("\(error)", into: errorBuffer, length: errorLength)
         return nil
     }
+    // A C program's crashes are its own: the Swift runtime's crash handler,
+    // which came with this library, goes (see fm_restore_default_crash_handling).
+    _ = fm_restore_default_crash_handling()
     let tokenBytes = token.map { Array(String(cString: $0).utf8) } ?? []
     var configuration = FarMemoryConfiguration(servers: servers, budgetBytes: budgetBytes, token: tokenBytes)
     // FARMEM_METRICS=HOST:PORT serves the statistics for Prometheus.

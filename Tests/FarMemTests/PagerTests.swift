@@ -361,6 +361,25 @@ final class PagerTests: XCTestCase {
         XCTAssertTrue(log.contains("could not be fetched"), log)
     }
 
+    /// The same with the Swift runtime's crash handling on (SWIFT_BACKTRACE
+    /// unset): swift-backtrace stops "all other threads" and reads memory
+    /// around the crashed thread's registers. The pager's threads block the
+    /// signals it stops threads with, so far pages it reads are still served
+    /// (here: fail at once, the server being gone), and the probe dies of SIGBUS
+    /// after its backtrace instead of waiting for a handler that was stopped.
+    func testDeadServerSIGBUSWithTheSwiftBacktracerOnDiesPromptly() throws {
+        let probe = try FailureProbe(port: server.endpoint.port, mode: "read-evicted", watchdogSeconds: 30, backtrace: true)
+        XCTAssertTrue(probe.readyLine.hasPrefix("READY"), "probe said: \(probe.readyLine)")
+        server.kill()
+        let started = Date()
+        let log = probe.proceed()
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertEqual(probe.process.terminationStatus, SIGBUS, "killed by SIGBUS, not by the watchdog's SIGKILL: \(log.suffix(3000))")
+        XCTAssertLessThan(elapsed, 20, log.suffix(3000).description)
+        XCTAssertTrue(log.contains("Backtrace took"), "swift-backtrace ran: \(log.suffix(3000))")
+        print("Swift probe with swift-backtrace: dead after \(String(format: "%.2f", elapsed)) s")
+    }
+
     func testKilledClientsPagesAreFreedByTheServer() throws {
         let probe = try FailureProbe(port: server.endpoint.port, mode: "hold", watchdogSeconds: 60)
         XCTAssertTrue(probe.readyLine.hasPrefix("READY"), "probe said: \(probe.readyLine)")

@@ -204,8 +204,11 @@ struct FailureProbe {
     private let output = Pipe()
     let readyLine: String
 
-    init(port: UInt16, mode: String, host: String? = nil, watchdogSeconds: Double = 120) throws {
-        try self.init(arguments: [String(port), mode] + (host.map { [$0] } ?? []), watchdogSeconds: watchdogSeconds)
+    /// `backtrace`: with the Swift runtime's crash handling as it comes
+    /// (SWIFT_BACKTRACE unset: swift-backtrace runs on a crash).
+    init(port: UInt16, mode: String, host: String? = nil, watchdogSeconds: Double = 120, backtrace: Bool = false) throws {
+        try self.init(arguments: [String(port), mode] + (host.map { [$0] } ?? []), watchdogSeconds: watchdogSeconds,
+                      backtrace: backtrace)
     }
 
     /// A probe paging through a cluster ("HOST:PORT,HOST:PORT,...").
@@ -213,17 +216,21 @@ struct FailureProbe {
         try self.init(arguments: [servers, mode], watchdogSeconds: watchdogSeconds)
     }
 
-    private init(arguments: [String], watchdogSeconds: Double) throws {
+    private init(arguments: [String], watchdogSeconds: Double, backtrace: Bool = false) throws {
         process.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem-failure-probe"))
         process.arguments = arguments
         // A crash must end the process at once, not start the Swift backtracer.
-        process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = backtrace ? nil : "enable=no"
+        process.environment = environment
         process.standardOutput = output
         process.standardError = errors
         process.standardInput = input
         try process.run()
         let pid = process.processIdentifier, running = process
-        DispatchQueue.global().asyncAfter(deadline: .now() + watchdogSeconds) { if running.isRunning { kill(pid, SIGKILL) } }
+        // Its children too (a swift-backtrace it started would keep the
+        // stderr pipe open, and `finish` waiting, after it died).
+        DispatchQueue.global().asyncAfter(deadline: .now() + watchdogSeconds) { if running.isRunning { killTree(pid) } }
         readyLine = Self.readLine(output)
     }
 
@@ -254,6 +261,18 @@ struct FailureProbe {
         process.waitUntilExit()
         return String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     }
+}
+
+/// SIGKILLs a process and, first, its descendants (from /proc/PID/task/*/children).
+func killTree(_ pid: pid_t) {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    for task in tasks {
+        let children = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? ""
+        for child in children.split(separator: " ").compactMap({ pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+            killTree(child)
+        }
+    }
+    kill(pid, SIGKILL)
 }
 
 /// Polls `done` every 50 ms for up to `seconds`; on time-out the test fails,

@@ -124,6 +124,10 @@ struct fm_uffd_floor *fm_uffd_floor_start(uint64_t pages, int *err);
 void *fm_uffd_floor_base(struct fm_uffd_floor *floor);
 void fm_uffd_floor_stop(struct fm_uffd_floor *floor);
 
+/// Test support: reads the word at `address` while a callee-saved register
+/// (r12 on x86-64) holds `held`, as real code holds a base or a next pointer:
+/// a crash handler that dumps memory around the registers then reads `held`.
+uint64_t fm_read_holding(const volatile uint64_t *address, const void *held);
 /// Test support: fork; the child reads one byte at `address` and exits 0.
 /// Returns the child's raw wait status or -errno.
 int fm_fork_and_read(uint64_t address);
@@ -136,6 +140,14 @@ int fm_die_with_parent(void);
 void fm_sink(uint64_t value);
 /// Monotonic clock in nanoseconds.
 uint64_t fm_now_ns(void);
+/// The Swift runtime installs a crash handler (which runs swift-backtrace)
+/// for SIGSEGV, SIGBUS and the other fatal signals in every process it is
+/// loaded into. A C program that links the library, or gets it preloaded,
+/// did not ask for that: this puts those handlers (only the runtime's; a
+/// program's own stay) back to the default, unless SWIFT_BACKTRACE is set.
+/// The runtime's handler stops the other threads and can wait forever when
+/// several threads crash at once. Returns how many handlers it reset.
+int fm_restore_default_crash_handling(void);
 /// A 64-bit hash of one 4 KiB page (page verification, a debugging aid).
 /// Never 0, so 0 can mean "no hash".
 uint64_t fm_page_hash(const void *page);
