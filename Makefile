@@ -5,13 +5,15 @@ SWIFT        ?= swift
 # python3-numpy, sqlite3, redis-server, redis-tools: the real programs the
 # preload library is tested under (Tests/FarMemTests/PreloadTests.swift; the
 # tests start their own redis-server, and Debian's package may start its
-# service on 6379 too); bc and time: make preload-programs.
+# service on 6379 too); bc and time: make preload-programs; patchelf: make
+# install (and InstallTests) points the installed libraries at their own copy
+# of the Swift runtime.
 APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-client \
-                python3-numpy sqlite3 redis-server redis-tools bc time
+                python3-numpy sqlite3 redis-server redis-tools bc time patchelf
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release lib demo test test-rdma bench preload-programs fuzz fuzz-build clean
+.PHONY: all deps build release lib install demo test test-rdma bench preload-programs fuzz fuzz-build clean
 
 all: build
 
@@ -41,6 +43,14 @@ lib: deps
 	mkdir -p dist/lib dist/include
 	cp .build/release/libFarMemoryC.so .build/release/libfarmem-preload.so dist/lib/
 	cp include/farmemory.h dist/include/
+
+# Installs the C library, the preload library, farmemd and farmem under
+# PREFIX, with the Swift runtime they need in PREFIX/lib/farmem, so they run
+# on hosts without Swift; `pkg-config --cflags --libs farmemory` then works
+# (PKG_CONFIG_PATH=PREFIX/lib/pkgconfig unless PREFIX is a standard one).
+PREFIX ?= /usr/local
+install: lib release
+	deploy/install/install-farmem $(PREFIX) .build/release
 
 demo: release
 	.build/release/farmem demo $(DEMO_ARGS)

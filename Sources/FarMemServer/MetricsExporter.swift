@@ -38,6 +38,18 @@ struct MetricsExporter: Sendable {
             sample(name, "", value)
         }
 
+        if let rdma = context.rdma {
+            let registered = context.sessions.all.map(\.registrations).reduce((0, 0)) { ($0.0 + $1.count, $0.1 + $1.bytes) }
+            let rdmaFigures: [(String, String, Int)] = [
+                ("farmemd_rdma_connections", "RDMA connections (queue pairs) open.", rdma.connectionCount),
+                ("farmemd_rdma_registrations", "Regions registered for one-sided RDMA.", registered.0),
+                ("farmemd_rdma_registered_bytes", "Memory registered for RDMA (pinned: it cannot be swapped or freed until its session ends).", registered.1),
+            ]
+            for (name, help, value) in rdmaFigures {
+                family(name, "gauge", help)
+                sample(name, "", value)
+            }
+        }
         if let tenants = context.tenants?.accounts {
             // Per tenant (servers with a keys file): quota and use.
             let perTenant: [(String, String, (TenantAccount) -> UInt64)] = [

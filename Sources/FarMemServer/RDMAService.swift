@@ -62,6 +62,9 @@ final class RDMAService: @unchecked Sendable {
     }
 
     /// The session's ticket (made on first use).
+    /// RDMA connections (queue pairs) open now, for metrics.
+    var connectionCount: Int { withBook { $0.connections.count } }
+
     func ticket(for session: Session) -> [UInt8] {
         withBook { book in
             if let ticket = book.tickets[ObjectIdentifier(session)] { return ticket }

@@ -214,6 +214,13 @@ final class Session: @unchecked Sendable {
         }
     }
 
+    /// Regions registered for RDMA now, and their bytes (pinned), for metrics.
+    var registrations: (count: Int, bytes: Int) {
+        locked { state in
+            state.regions.values.reduce((0, 0)) { $1.pinned ? ($0.0 + 1, $0.1 + $1.length) : $0 }
+        }
+    }
+
     func fill(_ stats: inout ServerStats) {
         locked { state in
             stats.sessionRegions = UInt64(state.regions.count)
@@ -271,4 +278,7 @@ final class SessionTable: Sendable {
     }
 
     var count: Int { sessions.withLock { $0.count } }
+
+    /// The live sessions now (a snapshot, for metrics).
+    var all: [Session] { sessions.withLock { Array($0.values) } }
 }

@@ -119,9 +119,16 @@ final class MetricsTests: XCTestCase {
         XCTAssertNil(try client.call(.readPages, PageBatchHeader(regionID: 1, pages: [0, 1]).encode()).error)
         XCTAssertEqual(try client.call(.readPages, PageBatchHeader(regionID: 9, pages: [0]).encode()).error, .noSuchRegion)
 
-        let (status, body) = try get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        XCTAssertEqual(status, "HTTP/1.1 200 OK")
-        let samples = try parse(body)
+        // A request is counted once its reply is sent, which the client may
+        // see first: scrape until the last one is in (bounded, 5 s).
+        var samples: [String: Double] = [:]
+        for _ in 0..<100 {
+            let (status, body) = try get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            XCTAssertEqual(status, "HTTP/1.1 200 OK")
+            samples = try parse(body)
+            if samples["farmemd_request_errors_total{code=\"NO_SUCH_REGION\"}"] == 1 { break }
+            usleep(50_000)
+        }
         XCTAssertEqual(samples["farmemd_capacity_bytes"], 4 * 1024 * 1024)
         XCTAssertEqual(samples["farmemd_reserved_bytes"], 10 * 4096)
         XCTAssertEqual(samples["farmemd_stored_bytes"], 3 * 4096)

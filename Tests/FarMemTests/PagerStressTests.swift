@@ -106,8 +106,9 @@ final class PagerStressTests: XCTestCase {
         let iterations = environment["FARMEM_RACE_ITERATIONS"].flatMap { Int($0) } ?? 3000
         let seconds = environment["FARMEM_RACE_SECONDS"].flatMap { Double($0) } ?? 20
         // The smallest budget: a short eviction queue, so a page's old entry is soon at its head.
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 64 * 4096,
-                                                                         prefetchPages: 0))
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 64 * 4096, prefetchPages: 0)
+        configuration.verifiesPages = true   // should it fail: which step served the old data
+        let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         let region = try memory.allocate(bytes: 2 << 20)
         let base = UInt(bitPattern: region.baseAddress!)

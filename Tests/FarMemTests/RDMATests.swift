@@ -110,17 +110,33 @@ final class RDMATests: XCTestCase {
     }
 
     func testSessionEndDropsItsRDMAConnectionsAndFreesPinnedMemory() throws {
-        let server = try ServerProcess(capacity: "16MiB", host: address, extra: ["--transport", "rdma"])
+        let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: portFile) }
+        let server = try ServerProcess(capacity: "16MiB", host: address, extra: ["--transport", "rdma", "--metrics-listen",
+                                                                                "127.0.0.1:0", "--metrics-port-file", portFile])
         defer { server.stop() }
+        let metricsPort = try XCTUnwrap(UInt16(try String(contentsOfFile: portFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         let (client, channel, exposed) = try attach(server, writeByte: 0x11)
         XCTAssertNotNil(exposed)
         _ = channel
+        // /metrics shows the queue pair and the pinned registration.
+        var samples: [String: Double] = [:]
+        _ = waitUntil("the queue pair shows in /metrics", seconds: 10, context: { "\(samples)" }) {
+            samples = (try? scrapeMetrics(port: metricsPort)) ?? [:]
+            return samples["farmemd_rdma_connections"] == 1
+        }
+        XCTAssertEqual(samples["farmemd_rdma_registrations"], 1, "\(samples)")
+        XCTAssertGreaterThan(samples["farmemd_rdma_registered_bytes"] ?? 0, 0, "\(samples)")
         client.socket.shutdown()   // the session's only TCP connection goes
         let observer = try RawClient(server.endpoint)
         XCTAssertNil(try observer.hello().error)
         let stats = try observer.statsEventually { $0.reservedPages == 0 && $0.sessions == 1 }
         XCTAssertEqual(stats.reservedPages, 0, "the pinned region was freed with its session")
         XCTAssertEqual(stats.sessions, 1, "only the observer's session is left")
+        _ = waitUntil("the queue pair and the registration are gone from /metrics", seconds: 10, context: { "\(samples)" }) {
+            samples = (try? scrapeMetrics(port: metricsPort)) ?? [:]
+            return samples["farmemd_rdma_connections"] == 0 && samples["farmemd_rdma_registered_bytes"] == 0
+        }
     }
 
     func testLostServerOverRDMAIsSIGBUSNotAHang() throws {

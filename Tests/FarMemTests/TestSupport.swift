@@ -263,6 +263,24 @@ struct FailureProbe {
     }
 }
 
+/// One GET /metrics from a metrics endpoint: the samples without labels, and
+/// with them, as "name{labels}" -> value (comments skipped; a plain parser
+/// for figures a test reads; MetricsTests checks the format with Prometheus' own).
+func scrapeMetrics(host: String = "127.0.0.1", port: UInt16) throws -> [String: Double] {
+    let socket = try TCPSocket.connect(to: TCPSocket.Endpoint(host: host, port: port), timeoutSeconds: 5)
+    defer { socket.close() }
+    try Array("GET /metrics HTTP/1.1\r\n\r\n".utf8).withUnsafeBytes { try socket.writeAll($0.baseAddress!, count: $0.count) }
+    var reply: [UInt8] = []
+    var byte: UInt8 = 0
+    while (try? socket.readExactly(into: &byte, count: 1)) != nil { reply.append(byte) }
+    var samples: [String: Double] = [:]
+    for line in String(decoding: reply, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+        let parts = line.split(separator: " ")
+        if parts.count == 2, let value = Double(parts[1]) { samples[String(parts[0])] = value }
+    }
+    return samples
+}
+
 /// SIGKILLs a process and, first, its descendants (from /proc/PID/task/*/children).
 func killTree(_ pid: pid_t) {
     let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
