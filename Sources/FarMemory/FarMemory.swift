@@ -285,6 +285,9 @@ public final class FarMemory: @unchecked Sendable {
     }
 
     /// What the pager has done so far (all shards together).
+    /// Debugging: every shard's record of `configuration.tracedPages` (of one page, or all).
+    func pageTrace(page: Int? = nil) -> [String] { shards.flatMap { $0.pageTrace(page: page) } }
+
     public var statistics: PagerStatistics {
         var statistics = PagerStatistics(shards.map(\.counters), faultService: histogram)
         statistics.servers = UInt64(configuration.servers.count)

@@ -59,6 +59,9 @@ public struct FarMemoryConfiguration: Sendable {
     /// mismatch is logged (critical) and counted as `verificationFailures`.
     /// The C interface and the preload library turn it on with FARMEM_VERIFY_PAGES=1.
     public var verifiesPages = false
+    /// Debugging: pages (of every region) whose every step the fault handler
+    /// records (`PageTrace`; -1: every page); read with `FarMemory.pageTrace` (internal).
+    var tracedPages: [Int] = []
     /// Serve the pager's statistics at `http://HOST:PORT/metrics` (Prometheus
     /// text format) while the FarMemory is open; nil: not served.
     public var metricsListen: TCPSocket.Endpoint?

@@ -18,6 +18,7 @@ extension FaultHandler {
                 var discardStart: Int?
                 for page in run {
                     let state = region.states[page]
+                    defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
                     if state.isInFlight {
                         region.states[page] = state.discardedWhileInFlight()
                         continue

@@ -27,6 +27,10 @@ extension FaultHandler {
             }
             return
         }
+        let before = region.states[page]
+        defer {
+            trace.record(page, fault.isWriteProtect ? .writeProtectFault : .fault, before, region.states[page], extra: fault.isWrite ? 1 : 0)
+        }
         if fault.isWriteProtect {
             if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
             return
@@ -65,7 +69,7 @@ extension FaultHandler {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
             source = UnsafeMutableRawPointer(mutating: fetchedData)
-            verifier.checkFetched(region, page: page, data: source, how: "fetched")
+            verifier.checkFetched(region, page: page, data: source, how: "fetched", source: self.store.lastReadSource)
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault, and so
@@ -89,6 +93,7 @@ extension FaultHandler {
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
             if fetched > 1 { installPrefetched(region: region, count: fetched - 1, dirty: predictsWrite) }
         case .alreadyThere:
+            trace.record(page, .installMetEEXIST, state, state)
             // Mapped, yet not by us: the application discarded the page and the
             // kernel has not zapped it yet (MADV_DONTNEED's thread resumes when
             // we read REMOVE, then takes mmap_lock and zaps). Never adopt it:
@@ -99,6 +104,7 @@ extension FaultHandler {
             budget.resident -= 1
             counters.add(.discardWindowFaults)
         case .eventPending:
+            trace.record(page, .installMetEAGAIN, state, state, extra: fromServer ? 1 : 0)
             region.states[page] = state
             budget.resident -= 1
             if fromServer {

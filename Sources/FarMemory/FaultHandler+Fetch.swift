@@ -13,6 +13,7 @@ extension FaultHandler {
         // A kept batch waits for its own page (another thread's fault may come
         // first); its invalidation rules hold however long it waits.
         if let held = kept, held.region == region.slot, keptPages[0] == UInt64(page) {
+            trace.record(page, .servedFromKept, extra: held.count)
             kept = nil
             swap(&fetchBuffer, &keptBuffer)
             swap(&fetchPages, &keptPages)
@@ -46,6 +47,7 @@ extension FaultHandler {
         }
         do {
             fetchedData = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
+            trace.record(page, .fetched, extra: count - 1)
             return count
         } catch {
             // The prefetched pages may be what failed (another extent, its copies
@@ -81,7 +83,8 @@ extension FaultHandler {
             while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
                   region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
             for i in 0..<run {
-                verifier.checkFetched(region, page: first + i, data: fetchedData + (slot + i) * 4096, how: "prefetched")
+                verifier.checkFetched(region, page: first + i, data: fetchedData + (slot + i) * 4096, how: "prefetched",
+                                      source: self.store.lastReadSource)
                 region.states[first + i] = region.states[first + i].installed(dirty: dirty)
             }
             let copied: Int
@@ -97,6 +100,7 @@ extension FaultHandler {
             }
             for i in 0..<run {
                 let page = first + i
+                trace.record(page, i < copied ? .prefetchInstalled : .prefetchStopped, extra: dirty ? 1 : 0)
                 if i >= copied { region.states[page] = region.states[page].notInstalled(); continue }
                 budget.resident += 1
                 if !region.states[page].isQueued {

@@ -53,6 +53,7 @@ extension FaultHandler {
                 queue.push(entry)
             case .notMapped:
                 // Not mapped after all (discarded in a race): it reads as zeros now.
+                trace.record(page, .moveFoundNothing, state, state.foundUnmapped())
                 region.states[page] = state.foundUnmapped()
                 queue.push(entry)
                 budget.resident -= 1
@@ -107,6 +108,7 @@ extension FaultHandler {
         recency.evicted(region.recency, page)
         let dirty = state.isDirty
         region.states[page] = state.movedOut()
+        trace.record(page, .movedOut, state, region.states[page], extra: Int(stagingSlot))
         // Clean: the store (or nothing, for a zero page) already has it.
         if !dirty { counters.add(.cleanDrops) }
         batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,

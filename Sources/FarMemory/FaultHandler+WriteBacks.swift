@@ -22,6 +22,7 @@ extension FaultHandler {
                 // Its slot comes back (a slotsReleased report) once the evictor has emptied it.
                 guard entry.dirty, let region else {
                     if let region { verifier.checkCleanDrop(region, page: entry.page, wasBacked: entry.backed, hash: entry.hash) }
+                    trace.record(entry.page, .cleanDropDone, extra: Int(entry.stagingSlot))
                     continue
                 }
                 verifier.wroteBack(region, page: entry.page, hash: entry.hash)
@@ -31,6 +32,7 @@ extension FaultHandler {
                     kept = nil   // the server has newer data for a kept page
                 }
                 let state = region.states[entry.page]
+                defer { trace.record(entry.page, .writeBackLanded, state, region.states[entry.page], extra: Int(entry.stagingSlot)) }
                 if state.wasDiscardedInFlight {
                     region.states[entry.page] = state.discarded()
                     evictor.submit(.discard(region.store, first: entry.page, count: 1))
@@ -62,6 +64,7 @@ extension FaultHandler {
     func restore(_ entry: EvictionBatch.Entry) -> Bool {
         guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot] else { return false }
         let state = region.states[entry.page]
+        defer { trace.record(entry.page, .restored, state, region.states[entry.page]) }
         guard !state.wasDiscardedInFlight, let address = region.address(of: entry.page) else {
             // Discarded or unmapped while in flight: it reads as zeros (or is gone). Faults go on.
             region.states[entry.page] = state.discarded()

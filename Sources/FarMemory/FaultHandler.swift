@@ -105,6 +105,7 @@ final class FaultHandler: @unchecked Sendable {
     var writes: WritePredictor
     var recency: Recency
     let verifier: PageVerifier
+    let trace: PageTrace
     /// A fetched batch whose first page's install met EAGAIN, kept (buffers
     /// swapped, no copy) for the retry so the deferred fault crosses the network
     /// once. Dropped if any of its pages is written back or discarded meanwhile.
@@ -130,6 +131,8 @@ final class FaultHandler: @unchecked Sendable {
         writes = WritePredictor(enabled: configuration.predictsWrites)
         recency = Recency(budgetPages: budgetPages, enabled: configuration.keepsRefaultedPages)
         verifier = PageVerifier(enabled: configuration.verifiesPages, counters: counters, logger: logger)
+        trace = PageTrace(pages: configuration.tracedPages)
+        (store as? ReplicatedPageStore)?.recordsReadSource = configuration.verifiesPages
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
         fetchPages = .allocate(capacity: window + 1)
         fetchedData = UnsafeRawPointer(fetchBuffer)
@@ -286,6 +289,9 @@ final class FaultHandler: @unchecked Sendable {
     /// Holds a fault for later; never serves it here (that once recursed
     /// without bound while an event was pending).
     func deferFault(_ fault: PageFault) {
+        if !configuration.tracedPages.isEmpty, let (_, page) = locate(fault.page) {
+            trace.record(page, .deferred, extra: fault.isWrite ? 1 : 0)
+        }
         guard deferred.append(fault) else { return counters.add(.duplicateFaults) }
         if deferred.count > heldFaultsPeak {
             heldFaultsPeak = deferred.count

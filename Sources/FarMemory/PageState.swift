@@ -15,6 +15,10 @@ struct PageState: Equatable, CustomStringConvertible {
 
     private init(bits: UInt8) { self.bits = bits }
 
+    /// For `PageTrace` only: the state as one byte, and back.
+    var rawBits: UInt8 { bits }
+    init(rawBits: UInt8) { bits = rawBits }
+
     /// Never written, or discarded: reads as zeros, nothing to fetch.
     static let zeros = PageState(bits: 0)
 

@@ -81,4 +81,11 @@ protocol PageStore: AnyObject {
 
     /// Closes every connection (the owning thread has stopped).
     func closeConnections()
+
+    /// Debugging (page verification): where the last read's pages came from.
+    var lastReadSource: String { get }
+}
+
+extension PageStore {
+    var lastReadSource: String { "" }
 }

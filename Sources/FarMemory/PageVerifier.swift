@@ -38,12 +38,13 @@ struct PageVerifier {
     }
 
     /// `data` is about to be installed as `page`, read from the store.
-    func checkFetched(_ region: RegionRecord, page: Int, data: UnsafeRawPointer, how: StaticString) {
+    func checkFetched(_ region: RegionRecord, page: Int, data: UnsafeRawPointer, how: StaticString, source: @autoclosure () -> String = "") {
         guard enabled, let hashes = region.hashes else { return }
         let actual = fm_page_hash(data)
         guard actual != hashes[page] else { return }
+        let from = source()
         fail("page \(page) of region \(region.store.id) (\(how)) is not the data last written back: hash \(hex(actual)), "
-             + "expected \(hex(hashes[page]))\(actual == zeroHash ? " (it reads as zeros)" : "")")
+             + "expected \(hex(hashes[page]))\(actual == zeroHash ? " (it reads as zeros)" : "")\(from.isEmpty ? "" : "; read \(from)")")
     }
 
     /// A clean page was dropped; the evictor hashed its data.

@@ -83,6 +83,9 @@ final class PagerShard: @unchecked Sendable {
         return extents.withLock { $0 }
     }
 
+    /// The fault handler's record of the traced pages (`PageTrace`).
+    func pageTrace(page: Int?) -> [String] { handler.trace.lines(page: page) }
+
     func stop() {
         // No new eviction rounds, then the evictor (it finishes what it has; its
         // staging madvise needs the handler still reading events), then the handler.

@@ -11,6 +11,10 @@ final class ReplicatedPageStore: PageStore {
     private var members: MemberStores
     private let membership: ClusterMembership
     private let placement: Placement
+    /// Debugging (page verification): the copy the last read used, and what
+    /// it chose among; kept only while `recordsReadSource` (it allocates).
+    private(set) var lastReadSource = ""
+    var recordsReadSource = false
 
     init(members: [ServerPageStore], membership: ClusterMembership, placement: Placement,
          makeMember: @escaping MemberStores.Make) {
@@ -90,6 +94,11 @@ final class ReplicatedPageStore: PageStore {
                     failed(copies[i], error, region, incarnation: incarnation)
                     failure = error
                     continue
+                }
+                if recordsReadSource, let now = region.copies {
+                    lastReadSource = "extent \(extent) from server \(copies[i]) (incarnation \(incarnation)) of \(copies.count) copies; "
+                        + "holders \(String(now.holders(extent), radix: 2)) joining \(String(now.joining(extent), radix: 2)) "
+                        + "live \(String(membership.live, radix: 2)) rejoins \(epoch)->\(membership.rejoinCount) moves \(moves)->\(now.moves(extent))"
                 }
                 // A rebalance moved a copy meanwhile: this one may have been
                 // discarded before the read reached it. Read again from where

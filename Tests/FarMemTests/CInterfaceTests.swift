@@ -1,25 +1,32 @@
 import Foundation
 import XCTest
 
+/// Compiles Tests/CInterface/NAME.c against include/farmemory.h and the
+/// built libFarMemoryC.so (run path set); returns the binary's path.
+func compileCProgram(_ name: String) throws -> String {
+    let library = BuiltProducts.directory.appendingPathComponent("libFarMemoryC.so").path
+    XCTAssertTrue(FileManager.default.fileExists(atPath: library), "build it first: swift build --product FarMemoryC")
+    let repository = BuiltProducts.repository
+    let binary = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(getpid())").path
+    let compile = Process()
+    compile.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    compile.arguments = ["cc", "-Wall", "-Werror", "-I", repository.appendingPathComponent("include").path,
+                         repository.appendingPathComponent("Tests/CInterface/\(name).c").path,
+                         "-o", binary, "-lpthread", "-L", BuiltProducts.directory.path, "-lFarMemoryC",
+                         "-Wl,-rpath," + BuiltProducts.directory.path]
+    try compile.run()
+    compile.waitUntilExit()
+    XCTAssertEqual(compile.terminationStatus, 0, "\(name).c compiles against include/farmemory.h")
+    return binary
+}
+
 /// include/farmemory.h and libFarMemoryC.so from C: compiles
 /// Tests/CInterface/farmem_c_example.c with the system C compiler, links it to
 /// the built shared library and runs it against a real farmemd.
 final class CInterfaceTests: XCTestCase {
     func testCProgramPagesARegionThroughTheSharedLibrary() throws {
-        let library = BuiltProducts.directory.appendingPathComponent("libFarMemoryC.so").path
-        XCTAssertTrue(FileManager.default.fileExists(atPath: library), "build it first: swift build --product FarMemoryC")
-        let repository = BuiltProducts.repository
-        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("farmem-c-example-\(getpid())").path
+        let binary = try compileCProgram("farmem_c_example")
         defer { try? FileManager.default.removeItem(atPath: binary) }
-        let compile = Process()
-        compile.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compile.arguments = ["cc", "-Wall", "-Werror", "-I", repository.appendingPathComponent("include").path,
-                             repository.appendingPathComponent("Tests/CInterface/farmem_c_example.c").path,
-                             "-o", binary, "-L", BuiltProducts.directory.path, "-lFarMemoryC",
-                             "-Wl,-rpath," + BuiltProducts.directory.path]
-        try compile.run()
-        compile.waitUntilExit()
-        XCTAssertEqual(compile.terminationStatus, 0, "the C example compiles against include/farmemory.h")
 
         let server = try ServerProcess(capacity: "64MiB")
         defer { server.stop() }
@@ -46,20 +53,8 @@ final class CInterfaceTests: XCTestCase {
 /// point at, and it hangs by itself when several threads crash at once.
 final class CProgramCrashTests: XCTestCase {
     func testACProgramWhoseServerDiedAlwaysDiesOfSIGBUSWithinSeconds() throws {
-        let library = BuiltProducts.directory.appendingPathComponent("libFarMemoryC.so").path
-        XCTAssertTrue(FileManager.default.fileExists(atPath: library), "build it first: swift build --product FarMemoryC")
-        let repository = BuiltProducts.repository
-        let binary = FileManager.default.temporaryDirectory.appendingPathComponent("farmem-c-crash-\(getpid())").path
+        let binary = try compileCProgram("farmem_c_crash")
         defer { try? FileManager.default.removeItem(atPath: binary) }
-        let compile = Process()
-        compile.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compile.arguments = ["cc", "-Wall", "-Werror", "-I", repository.appendingPathComponent("include").path,
-                             repository.appendingPathComponent("Tests/CInterface/farmem_c_crash.c").path,
-                             "-o", binary, "-lpthread", "-L", BuiltProducts.directory.path, "-lFarMemoryC",
-                             "-Wl,-rpath," + BuiltProducts.directory.path]
-        try compile.run()
-        compile.waitUntilExit()
-        XCTAssertEqual(compile.terminationStatus, 0)
 
         // FARMEM_CRASH_RUNS=N for a longer trial by hand.
         let runs = ProcessInfo.processInfo.environment["FARMEM_CRASH_RUNS"].flatMap { Int($0) } ?? 4

@@ -205,7 +205,13 @@ final class ClusterTests: XCTestCase {
     /// wrote the round before): a read that raced a move never returns the
     /// moved-away copy after its discard, and no write is lost.
     func testMovingExtentsBackUnderLoadLosesNothing() throws {
-        let memory = try makeMemory()
+        var configuration = FarMemoryConfiguration(servers: servers.map(\.endpoint), budgetBytes: 2 << 20, failoverTimeoutSeconds: 2)
+        // FARMEM_TRACE=1: the fault handler records every page's steps, printed for a page that read back wrong.
+        if ProcessInfo.processInfo.environment["FARMEM_TRACE"] == "1" {
+            configuration.tracedPages = [-1]
+            configuration.verifiesPages = true
+        }
+        let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         let region = try memory.allocate(bytes: 16 << 20)
         fill(region, PagePattern(seed: 0))
@@ -258,6 +264,11 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(memory.statistics.serverRejoins, 1, "no write was refused by the rejoined server (it would be marked down and rejoin again)")
         XCTAssertGreaterThan(rounds.load(ordering: .relaxed), 1, "the rewriting ran across the moves")
         XCTAssertEqual(bad.withLock { $0 }, [], "every page read back what was written")
+        if let first = bad.withLock({ $0.first }), !configuration.tracedPages.isEmpty {
+            let page = Int(first.split(separator: " ")[1])!
+            print("the fault handler's steps with page \(page):")
+            for line in memory.pageTrace(page: page).suffix(80) { print("  \(line)") }
+        }
         XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 

@@ -1,7 +1,7 @@
 import CFarMemSys
 import FarMemSystem
 import FarMemWorkloads
-import FarMemory
+@testable import FarMemory
 import Foundation
 import Synchronization
 import XCTest
@@ -107,7 +107,9 @@ final class PagerStressTests: XCTestCase {
         let seconds = environment["FARMEM_RACE_SECONDS"].flatMap { Double($0) } ?? 20
         // The smallest budget: a short eviction queue, so a page's old entry is soon at its head.
         var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 64 * 4096, prefetchPages: 0)
-        configuration.verifiesPages = true   // should it fail: which step served the old data
+        // Should it fail: which step served the old data (FARMEM_RACE_VERIFY=0: without the hashing's cost).
+        configuration.verifiesPages = environment["FARMEM_RACE_VERIFY"] != "0"
+        configuration.tracedPages = [0, 1]   // and what the handler did with the race pages
         let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         let region = try memory.allocate(bytes: 2 << 20)
@@ -170,6 +172,10 @@ final class PagerStressTests: XCTestCase {
             // Word 0 was written before the discard: it must never be seen again.
             if words[0] != 0 {
                 failures.append("iteration \(ran), page \(page): data written before MADV_DONTNEED came back (\(String(words[0], radix: 16)))")
+                if failures.count == 1 {
+                    print("the handler's last steps with the race pages (the failing one is page \(page)):")
+                    for line in memory.pageTrace(page: page).suffix(60) { print("  \(line)") }
+                }
             }
             ran += 1
         }
