@@ -128,47 +128,60 @@ final class ReplicatedPageStore: PageStore {
         try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
             region.copies?.beginWrite(extent)
             defer { region.copies?.endWrite(extent) }
-            let epoch = membership.rejoinCount
-            let copies = writeTargets(region, extent)
-            var written = 0
-            var failure: StoreError?
-            // All copies on their way first, then every reply: the copies are
-            // written in parallel, in about the time of one. Each copy's store is
-            // taken once, so its reply is read on the link its request went out on.
-            var pending: [(store: ServerPageStore, incarnation: UInt64, request: UInt32?)?] = [nil, nil, nil, nil]
-            for i in 0..<copies.count where membership.isUp(copies[i]) {
-                let (store, incarnation) = storeAndIncarnation(copies[i])
-                // A rejoin since the targets were taken: this server is empty now; the
-                // repair (which waits for this write) fills it.
-                guard membership.rejoinCount == epoch else { continue }
-                do throws(StoreError) {
-                    let request = try store.startWrite(region, pages: run) { source(first + $0) }
-                    pending[i] = (store, incarnation, request)
-                } catch {
-                    failed(copies[i], error, region, incarnation: incarnation)
-                    failure = error
+            // A rejoin while the copies are on their way makes the targets stale:
+            // send again to the targets taken afresh (the rejoined server is no
+            // target then; the repair, which waits for this write, fills it).
+            // Skipping the copies still to send instead, as this once did, left a
+            // holder without the write: a stale copy, served later.
+            var attempt = 0
+            while true {
+                attempt += 1
+                let epoch = membership.rejoinCount
+                let copies = writeTargets(region, extent)
+                var written = 0
+                var failure: StoreError?
+                var rejoined = false
+                // All copies on their way first, then every reply: the copies are
+                // written in parallel, in about the time of one. Each copy's store is
+                // taken once, so its reply is read on the link its request went out on.
+                var pending: [(store: ServerPageStore, incarnation: UInt64, request: UInt32?)?] = [nil, nil, nil, nil]
+                for i in 0..<copies.count where membership.isUp(copies[i]) {
+                    let (store, incarnation) = storeAndIncarnation(copies[i])
+                    guard membership.rejoinCount == epoch else {
+                        rejoined = true
+                        break
+                    }
+                    do throws(StoreError) {
+                        let request = try store.startWrite(region, pages: run) { source(first + $0) }
+                        pending[i] = (store, incarnation, request)
+                    } catch {
+                        failed(copies[i], error, region, incarnation: incarnation)
+                        failure = error
+                    }
                 }
-            }
-            for i in 0..<copies.count {
-                guard let (store, incarnation, request) = pending[i] else { continue }
-                do throws(StoreError) {
-                    if let request { try store.finishWrite(request, count: run.count) }
-                    // Only a copy reads can reach counts: not a server a repair is
-                    // still filling, nor one another thread fenced meanwhile.
-                    let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
-                    if holds, membership.isUp(copies[i]), membership.incarnation(copies[i]) == incarnation { written += 1 }
-                } catch {
-                    // A rebalance moved the copy away meanwhile (and may have given
-                    // back its room): the server's answer no longer matters.
-                    if error.refusal != nil, let moved = region.copies, moved.writeTargets(extent) & (1 << UInt64(copies[i])) == 0 { continue }
-                    failed(copies[i], error, region, incarnation: incarnation)
-                    failure = error
+                for i in 0..<copies.count {
+                    guard let (store, incarnation, request) = pending[i] else { continue }
+                    do throws(StoreError) {
+                        if let request { try store.finishWrite(request, count: run.count) }
+                        // Only a copy reads can reach counts: not a server a repair is
+                        // still filling, nor one another thread fenced meanwhile.
+                        let holds = region.copies.map { $0.holders(extent) & (1 << UInt64(copies[i])) != 0 } ?? true
+                        if holds, membership.isUp(copies[i]), membership.incarnation(copies[i]) == incarnation { written += 1 }
+                    } catch {
+                        // A rebalance moved the copy away meanwhile (and may have given
+                        // back its room): the server's answer no longer matters.
+                        if error.refusal != nil, let moved = region.copies, moved.writeTargets(extent) & (1 << UInt64(copies[i])) == 0 { continue }
+                        failed(copies[i], error, region, incarnation: incarnation)
+                        failure = error
+                    }
                 }
-            }
-            guard written > 0 else {
-                // No live server holds the extent any more: its pages can only stay local.
-                if replicas(region, extent).count == 0 { throw .lost("every copy of extent \(extent) of region \(region.id) is on servers marked down") }
-                throw failure ?? .unavailable("no live server for extent \(extent) of region \(region.id)")
+                if rejoined, attempt < 8 { continue }
+                guard written > 0 else {
+                    // No live server holds the extent any more: its pages can only stay local.
+                    if replicas(region, extent).count == 0 { throw .lost("every copy of extent \(extent) of region \(region.id) is on servers marked down") }
+                    throw failure ?? .unavailable("no live server for extent \(extent) of region \(region.id)")
+                }
+                return
             }
         }
     }
@@ -179,14 +192,24 @@ final class ReplicatedPageStore: PageStore {
             let extent = Placement.extent(of: page)
             let end = min(first + count, (extent + 1) * Placement.extentPages)
             region.copies?.beginWrite(extent)
-            let epoch = membership.rejoinCount
-            let copies = writeTargets(region, extent)
-            for i in 0..<copies.count where membership.isUp(copies[i]) {
-                let (store, incarnation) = storeAndIncarnation(copies[i])
-                guard membership.rejoinCount == epoch else { continue }   // empty since it rejoined
-                do { try store.discard(region, first: page, count: end - page) } catch {
-                    failed(copies[i], error, region, incarnation: incarnation)
+            // As in `write`: a rejoin meanwhile sends the discard again to the
+            // targets taken afresh, never skips a holder (its copy would keep
+            // data the application discarded).
+            for _ in 0..<8 {
+                let epoch = membership.rejoinCount
+                let copies = writeTargets(region, extent)
+                var rejoined = false
+                for i in 0..<copies.count where membership.isUp(copies[i]) {
+                    let (store, incarnation) = storeAndIncarnation(copies[i])
+                    guard membership.rejoinCount == epoch else {
+                        rejoined = true
+                        break
+                    }
+                    do { try store.discard(region, first: page, count: end - page) } catch {
+                        failed(copies[i], error, region, incarnation: incarnation)
+                    }
                 }
+                if !rejoined { break }
             }
             region.copies?.endWrite(extent)
             page = end
