@@ -125,17 +125,9 @@ struct FarMemDaemon: ParsableCommand {
     }
 
     static func readKeys(_ path: String) throws -> TenantKeys {
-        guard let file = fopen(path, "r") else { throw ValidationError("cannot read --keys-file \(path): \(Errno.current)") }
-        defer { fclose(file) }
-        var text = [UInt8]()
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n == 0 { break }
-            text += chunk[0..<n]
-        }
+        guard let text = readTextFile(path) else { throw ValidationError("cannot read --keys-file \(path): \(Errno.current)") }
         do {
-            return try TenantKeys.parse(String(decoding: text, as: UTF8.self))
+            return try TenantKeys.parse(text)
         } catch {
             throw ValidationError("--keys-file \(path), \(error)")
         }
