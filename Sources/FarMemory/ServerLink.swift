@@ -29,7 +29,7 @@ final class ServerLink {
     /// the link carries on over TCP.
     private(set) var rdma: RDMAChannel?
     var onRDMAFailure: ((String) -> Void)?
-    /// Told of the first network failure of a request that is then retried.
+    /// Told of a request's first network failure, when it is then tried again.
     var onRetry: ((LinkError) -> Void)?
 
     /// Silence longer than this on a request is a network failure.
@@ -96,15 +96,17 @@ final class ServerLink {
     func withRetries(windowSeconds: Double, _ body: () throws(LinkError) -> Void) -> LinkError? {
         let deadline = monotonicSeconds() + windowSeconds
         var delay = 0.02
+        var retried = false
         while true {
             do {
                 try body()
                 return nil
             } catch {
                 if case .refused = error { return error }
-                if delay == 0.02 { onRetry?(error) }
                 counters.add(.retries)
                 if monotonicSeconds() + delay > deadline { return error }
+                if !retried { onRetry?(error) }   // said once, and only when it does try again
+                retried = true
                 sleepSeconds(delay)
                 delay = min(delay * 2, 0.5)
             }
