@@ -13,7 +13,7 @@ APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-clien
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release lib install demo test test-rdma bench preload-programs fuzz fuzz-build clean
+.PHONY: all deps build release lib install demo test test-rdma bench server-load preload-programs fuzz fuzz-build clean
 
 all: build
 
@@ -93,6 +93,11 @@ test-rdma: deps
 # Every workload and baseline (see README, Performance).
 bench: release
 	.build/release/farmem bench --all
+
+# What 1,000 connections cost farmemd and how fast it answers 1, 64 and 1,000
+# (README, "Connections"); FARMEMDS="a b" compares builds in one run.
+server-load: release
+	deploy/load/connection-load $(FARMEMDS)
 
 # python3 + numpy, sort, sqlite3 and redis-server under the preload library at
 # sizes beyond the budget, against local memory and kernel swap (see README).

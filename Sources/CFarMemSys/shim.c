@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/ioctl.h>
@@ -236,6 +238,43 @@ uint64_t fm_page_hash(const void *page) {
 int fm_accept(int listener) {
     int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     return fd < 0 ? neg_errno() : fd;
+}
+
+int fm_accept_nonblocking(int listener) {
+    int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int fm_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return neg_errno();
+    return 0;
+}
+
+int fm_usable_cpus(void) {
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;
+}
+
+int fm_epoll_create(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int fm_epoll_control(int epfd, int op, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event = { .events = events, .data.u64 = token };
+    return epoll_ctl(epfd, op, fd, &event) < 0 ? neg_errno() : 0;
+}
+
+int fm_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, int timeout_ms) {
+    struct epoll_event ready[64];
+    int n = epoll_wait(epfd, ready, capacity < 64 ? capacity : 64, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : neg_errno();
+    for (int i = 0; i < n; i++) {
+        tokens[i] = ready[i].data.u64;
+        events[i] = ready[i].events;
+    }
+    return n;
 }
 
 void fm_set_thread_name(const char *name) {

@@ -13,9 +13,13 @@ final class ServerContext: Sendable {
     let logger: Logger
     let stopping = Atomic<Bool>(false)
     let connections = Atomic<Int>(0)
+    /// Numbers connections for the log ("connection 12").
+    let connectionNumbers = Atomic<Int>(0)
+    let connectionsClosed = Atomic<Int>(0)
     let pagesRead = Atomic<UInt64>(0)
     let pagesWritten = Atomic<UInt64>(0)
     let metrics = ServerMetrics()
+    let bufferGauges = BufferGauges()
     /// Present when RDMA is served.
     let rdma: RDMAService?
 
@@ -49,16 +53,13 @@ final class ServerContext: Sendable {
     }
 }
 
-/// A FarMem memory server over TCP: a listener thread and one thread per
-/// connection, all sharing one page pool. Used by `farmemd` and embedded by
-/// `farmem demo`.
+/// A FarMem memory server over TCP: a few event loops (about one per core)
+/// accepting from one listener and serving every connection, all sharing one
+/// page pool. Used by `farmemd` and embedded by `farmem demo`.
 public final class MemoryServer: Sendable {
     private let context: ServerContext
     private let listener: TCPSocket
-    private let acceptThread = Mutex<PosixThread?>(nil)
-    /// Open connections by a number of their own (not the fd, which the kernel
-    /// reuses as soon as it is closed).
-    private let liveSockets = Mutex<(next: Int, sockets: [Int: TCPSocket])>((0, [:]))
+    private let loops: [EventLoop]
     private let metricsEndpoint: MetricsEndpoint?
 
     /// The port actually bound (useful with port 0).
@@ -77,6 +78,10 @@ public final class MemoryServer: Sendable {
             throw StartError(description: "cannot listen on \(configuration.listen): \(error)")
         }
         port = listener.localPort
+        do { try listener.setNonBlocking() } catch {
+            listener.close()
+            throw StartError(description: "cannot make the listener non-blocking: \(error)")
+        }
         var rdma: RDMAService?
         if configuration.transport != .tcp {
             do {
@@ -103,6 +108,20 @@ public final class MemoryServer: Sendable {
         } else {
             metricsEndpoint = nil
         }
+        let listener = self.listener
+        let loopCount = configuration.resolvedEventLoops
+        let buffersPerLoop = max(configuration.bufferMemoryBytes / FrameBufferPool.bufferLength / loopCount, 1)
+        context.bufferGauges.limit.store(buffersPerLoop * loopCount, ordering: .relaxed)
+        do {
+            loops = try (0..<loopCount).map { index throws(Errno) in
+                try EventLoop(context: context, listener: listener, name: "farmemd-loop\(index)", bufferLimit: buffersPerLoop)
+            }
+        } catch {
+            listener.close()
+            rdma?.stop()
+            metricsEndpoint?.stop()
+            throw StartError(description: "cannot start the event loops: \(error)")
+        }
     }
 
     /// The port `/metrics` is served on, when it is.
@@ -111,10 +130,9 @@ public final class MemoryServer: Sendable {
     /// The RDMA-CM port, when RDMA is served.
     public var rdmaPort: UInt16? { context.rdma?.port }
 
-    /// Starts accepting connections on a background thread.
+    /// Starts accepting and serving connections on the event loops' threads.
     public func start() {
-        let thread = PosixThread.spawn(name: "farmemd-accept") { [self] in acceptLoop() }
-        acceptThread.withLock { $0 = thread }
+        for loop in loops { loop.start() }
         let context = self.context
         context.rdma?.start()
         metricsEndpoint?.start()
@@ -122,43 +140,7 @@ public final class MemoryServer: Sendable {
             context.logger.info("serving metrics on http://\(listen.host):\(metricsEndpoint.port)/metrics")
         }
         if let rdma = context.rdma { context.logger.info("serving RDMA on \(context.configuration.listen.host):\(rdma.port)") }
-        context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages")
-    }
-
-    private func acceptLoop() {
-        while !context.stopping.load(ordering: .relaxed) {
-            let socket: TCPSocket
-            do { socket = try listener.accept() } catch {
-                if context.stopping.load(ordering: .relaxed) { return }
-                context.logger.warning("accept failed: \(error)")
-                continue
-            }
-            if context.connections.load(ordering: .relaxed) >= context.configuration.maxConnections {
-                context.logger.warning("refusing connection: \(context.configuration.maxConnections) connections already open")
-                context.metrics.connectionsRefused.add()
-                socket.close()
-                continue
-            }
-            try? socket.setTimeouts(seconds: context.configuration.frameTimeoutSeconds)
-            // A client host that dies silently is noticed in about a minute, and its session freed.
-            try? socket.setKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
-            context.connections.add(1, ordering: .relaxed)
-            context.metrics.connectionsAccepted.add()
-            let key = liveSockets.withLock { live -> Int in
-                live.next += 1
-                live.sockets[live.next] = socket
-                return live.next
-            }
-            let connection = ServerConnection(socket: socket, context: context, peer: "connection \(key)")
-            // Detached: nobody joins it (stop() waits for the connection count instead).
-            PosixThread.spawnDetached(name: "farmemd-conn") { [self, context] in
-                connection.run()
-                // Out of the table before the fd is closed, so stop() never shuts down a reused fd.
-                liveSockets.withLock { _ = $0.sockets.removeValue(forKey: key) }
-                socket.close()
-                context.connections.subtract(1, ordering: .relaxed)
-            }
-        }
+        context.logger.info("serving on \(context.configuration.listen.host):\(port), capacity \(context.ledger.capacityPages) pages, \(loops.count) event loops")
     }
 
     public var stats: ServerStats { context.stats() }
@@ -180,16 +162,11 @@ public final class MemoryServer: Sendable {
     /// Stops accepting, disconnects every client and frees their sessions.
     public func stop() {
         guard !context.stopping.exchange(true, ordering: .relaxed) else { return }
-        listener.shutdown()
+        // Each loop closes its connections as it ends; the last connection of
+        // each session frees its regions and RDMA resources.
+        for loop in loops { loop.stop() }
         listener.close()
-        acceptThread.withLock { $0 }?.join()
         metricsEndpoint?.stop()
-        liveSockets.withLock { live in for socket in live.sockets.values { socket.shutdown() } }
-        // Connection threads exit on their own once their sockets are shut down;
-        // the last one of each session frees its regions and RDMA resources.
-        for _ in 0..<200 where context.connections.load(ordering: .relaxed) > 0 {
-            sleepSeconds(0.01)
-        }
         // RDMA last: its listener keeps the device open while the sessions above
         // release their registrations and protection domains on it.
         context.rdma?.stop()

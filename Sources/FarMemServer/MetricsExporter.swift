@@ -32,6 +32,14 @@ struct MetricsExporter: Sendable {
             ("farmemd_pages_written_total", "counter", "Pages stored by WRITE_PAGES.", stats.pagesWritten),
             ("farmemd_received_bytes_total", "counter", "Request bytes received (headers and payloads).", metrics.bytesReceived.current),
             ("farmemd_sent_bytes_total", "counter", "Reply bytes sent (headers and payloads).", metrics.bytesSent.current),
+            ("farmemd_frame_buffers", "gauge", "Frame buffers (about 1 MiB each) held by connections for a request still arriving or a reply not yet taken.",
+             UInt64(max(context.bufferGauges.inUse.load(ordering: .relaxed), 0))),
+            ("farmemd_frame_buffer_limit", "gauge", "Frame buffers connections may hold together (--buffer-memory).",
+             UInt64(context.bufferGauges.limit.load(ordering: .relaxed))),
+            ("farmemd_frame_buffer_overdrafts_total", "counter", "Frame buffers taken over the limit (for a reply already built).",
+             UInt64(context.bufferGauges.overdrafts.load(ordering: .relaxed))),
+            ("farmemd_connections_waiting_for_buffer", "gauge", "Connections whose frame waits, unread, for a frame buffer.",
+             UInt64(max(context.bufferGauges.waiting.load(ordering: .relaxed), 0))),
         ]
         for (name, type, help, value) in single {
             family(name, type, help)

@@ -11,6 +11,12 @@ public struct ServerConfiguration: Sendable {
     /// `token`: a client's HELLO token must be one of these secrets.
     public var keys: TenantKeys?
     public var maxConnections: Int
+    /// Threads serving connections; 0 picks one per online CPU, at most 8.
+    public var eventLoops: Int
+    /// Memory for frames that cannot be finished at once (a request still
+    /// arriving, a reply not yet taken), for all connections together; about
+    /// 1 MiB a frame. Past it, connections wait (see `FrameBufferPool`).
+    public var bufferMemoryBytes: Int
     /// A peer that stops mid-frame for this long is disconnected.
     public var frameTimeoutSeconds: Double
     /// Which transports to serve: TCP always; RDMA with `.rdma` (required) or `.auto` (if a device is there).
@@ -20,6 +26,10 @@ public struct ServerConfiguration: Sendable {
     /// Where to serve `/metrics` (Prometheus text format); nil: not served.
     public var metricsListen: TCPSocket.Endpoint?
 
+    var resolvedEventLoops: Int {
+        eventLoops > 0 ? eventLoops : min(max(onlineProcessorCount(), 1), 8)
+    }
+
     public enum Transport: String, Sendable, CaseIterable {
         case tcp, rdma, auto
     }
@@ -28,8 +38,10 @@ public struct ServerConfiguration: Sendable {
                 capacityBytes: Int = 1 << 30, token: [UInt8]? = nil,
                 maxConnections: Int = 1024, frameTimeoutSeconds: Double = 10,
                 transport: Transport = .auto, rdmaPort: UInt16? = nil, metricsListen: TCPSocket.Endpoint? = nil,
-                keys: TenantKeys? = nil) {
+                keys: TenantKeys? = nil, eventLoops: Int = 0, bufferMemoryBytes: Int = 64 << 20) {
+        self.bufferMemoryBytes = bufferMemoryBytes
         self.keys = keys
+        self.eventLoops = eventLoops
         self.listen = listen
         self.capacityBytes = capacityBytes
         self.token = token

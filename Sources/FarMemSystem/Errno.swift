@@ -30,6 +30,8 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
     public static let wouldBlock = Errno(rawValue: EWOULDBLOCK)
     public static let outOfMemory = Errno(rawValue: ENOMEM)
     public static let notImplemented = Errno(rawValue: ENOSYS)
+    public static let connectionAborted = Errno(rawValue: ECONNABORTED)
+    public static let tooManyOpenFiles = Errno(rawValue: EMFILE)
 
     public var description: String {
         guard let text = strerror(rawValue) else { return "errno \(rawValue)" }

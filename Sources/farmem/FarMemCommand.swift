@@ -6,5 +6,5 @@ struct FarMemCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "farmem",
         abstract: "FarMem remote memory: run a server, a demo, or read statistics.",
-        subcommands: [DemoCommand.self, BenchCommand.self, ServeCommand.self, StatsCommand.self, TopCommand.self, BenchWorkerCommand.self])
+        subcommands: [DemoCommand.self, BenchCommand.self, ServeCommand.self, StatsCommand.self, TopCommand.self, LoadCommand.self, BenchWorkerCommand.self])
 }

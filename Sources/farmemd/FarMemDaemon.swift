@@ -31,8 +31,14 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "File of tenants, one per line: NAME SECRET QUOTA (see README, \"Tenants\"); reloaded on SIGHUP. Instead of --token-file.")
     var keysFile: String?
 
-    @Option(help: "Most simultaneous client connections.")
-    var maxConnections = 1024
+    @Option(help: "Most simultaneous client connections (each costs one descriptor; the soft descriptor limit is raised to the hard one).")
+    var maxConnections = 4096
+
+    @Option(help: "Threads serving connections (event loops); 0: one per CPU this process may use, at most 8.")
+    var eventLoops = 0
+
+    @Option(help: "Memory for frames that cannot be finished at once (a request still arriving, a reply not yet taken), for all connections together; about 1 MiB a frame. Past it, connections wait their turn.")
+    var bufferMemory = "64MiB"
 
     @Option(help: "Seconds a client may stall in the middle of a frame before it is disconnected.")
     var frameTimeout = 10.0
@@ -85,10 +91,25 @@ struct FarMemDaemon: ParsableCommand {
         guard let serverTransport = ServerConfiguration.Transport(rawValue: transport) else {
             throw ValidationError("--transport must be tcp, rdma or auto")
         }
+        guard let bufferBytes = parseByteSize(bufferMemory), bufferBytes >= 1 << 20 else {
+            throw ValidationError("--buffer-memory must be a size of at least 1MiB such as 64MiB, got '\(bufferMemory)'")
+        }
+        guard maxConnections >= 1, eventLoops >= 0 else {
+            throw ValidationError("--max-connections must be at least 1 and --event-loops at least 0")
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
+        }
+        // Descriptors: one per connection, and some for the listener, the
+        // event loops, RDMA and metrics.
+        let descriptors = raiseDescriptorLimit()
+        if descriptors < maxConnections + 64 {
+            Logger(label: "farmemd").warning("""
+                the descriptor limit is \(descriptors): fewer than --max-connections \(maxConnections) + 64; \
+                connections past it wait in the listen backlog (raise LimitNOFILE= or ulimit -Hn)
+                """)
         }
         var metricsEndpoint: TCPSocket.Endpoint?
         if let metricsListen, !metricsListen.isEmpty {   // empty: none (a service file's unset variable)
@@ -100,7 +121,7 @@ struct FarMemDaemon: ParsableCommand {
         let server = try MemoryServer(configuration: ServerConfiguration(
             listen: endpoint, capacityBytes: bytes, token: token, maxConnections: maxConnections,
             frameTimeoutSeconds: frameTimeout, transport: serverTransport, rdmaPort: rdmaPort, metricsListen: metricsEndpoint,
-            keys: keys))
+            keys: keys, eventLoops: eventLoops, bufferMemoryBytes: bufferBytes))
         server.start()
         func write(_ port: UInt16, to path: String, _ option: String) throws {
             guard let file = fopen(path, "w") else { throw ValidationError("cannot write \(option) \(path)") }

@@ -10,7 +10,7 @@ import Logging
 /// A coverage-guided fuzz target (libFuzzer) over the frame decoder and the
 /// server's request handling: the input is the byte stream a client sends on
 /// one connection (a canned HELLO is put in front unless it starts with
-/// one), served by a real `ServerConnection` over a socket pair, replies
+/// one), served by a real server event loop over a socket pair, replies
 /// drained. After each input the connection's session must be gone and the
 /// server must hold nothing: reserved and stored pages back to zero. A
 /// crash, a hang (libFuzzer's -timeout) or a leak of capacity is a finding.
@@ -26,6 +26,20 @@ enum FuzzHarness {
         return ServerContext(configuration: configuration, ledger: CapacityLedger(capacityPages: 16384),
                              logger: Logger(label: "fuzz"), rdma: nil)
     }()
+
+    /// Event loops as a server runs them, without a listener: one with
+    /// frame buffers to spare, and one whose only buffer is taken for good,
+    /// so that it reads whole frames only and parks the rest (a server whose
+    /// --buffer-memory is all in use). Inputs alternate between them.
+    static let loops: [EventLoop] = {
+        let roomy = try! EventLoop(context: context, listener: nil, name: "fuzz-loop", bufferLimit: 4)
+        let starved = try! EventLoop(context: context, listener: nil, name: "fuzz-starved", bufferLimit: 1)
+        _ = starved.buffers.pool.take()
+        roomy.start()
+        starved.start()
+        return [roomy, starved]
+    }()
+    nonisolated(unsafe) static var inputs = 0
 
     static let hello: [UInt8] = {
         let payload = Hello(sessionKey: Array(1...16)).encode()
@@ -60,10 +74,12 @@ enum FuzzHarness {
             }
             shutdown(client, Int32(SHUT_WR))
         }
-        context.connections.add(1, ordering: .relaxed)
-        ServerConnection(socket: server, context: context, peer: "fuzz").run()
-        context.connections.subtract(1, ordering: .relaxed)
-        server.close()
+        // The server's event loop serves the socket until the connection ends
+        // (the loop closes the socket then).
+        let closedBefore = context.connectionsClosed.load(ordering: .relaxed)
+        inputs += 1
+        loops[inputs % 2].adopt(server)
+        while context.connectionsClosed.load(ordering: .relaxed) == closedBefore { usleep(20) }
         feeder.join()
         drain.join()
         close(client)

@@ -89,6 +89,17 @@ int fm_poll2(int fd0, int fd1, int timeout_ms);
 
 /// accept4 with SOCK_CLOEXEC (a GNU extension Swift's Glibc does not expose).
 int fm_accept(int listener);
+
+/* epoll, unpacked: struct epoll_event is packed on x86-64, so Swift gets
+   plain arrays of tokens and event masks instead. */
+int fm_epoll_create(void);
+int fm_epoll_control(int epfd, int op, int fd, uint32_t events, uint64_t token);
+int fm_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, int timeout_ms);
+/* Non-blocking accept (the listener may be shared by several event loops). */
+int fm_accept_nonblocking(int listener);
+int fm_set_nonblocking(int fd);
+/* CPUs this process may run on (its affinity mask), or 0 if unknown. */
+int fm_usable_cpus(void);
 /// pthread_setname_np for the calling thread.
 void fm_set_thread_name(const char *name);
 
