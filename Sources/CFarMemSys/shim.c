@@ -251,6 +251,11 @@ int fm_set_nonblocking(int fd) {
     return 0;
 }
 
+int fm_queued_bytes(int fd) {
+    int queued = 0;
+    return ioctl(fd, FIONREAD, &queued) < 0 ? neg_errno() : queued;
+}
+
 int fm_usable_cpus(void) {
     cpu_set_t set;
     return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 0;

@@ -57,15 +57,23 @@ final class ClientChannel {
     /// Waiting for a pool buffer to finish a frame that has not arrived whole.
     private(set) var parked = false
 
-    /// Since when a frame or a reply has waited on the peer without progress (0: nothing waits).
-    private var stalledSince: UInt64 = 0
+    /// Since when the frame at the front of `input` has been arriving, and
+    /// since when a reply has been stuck (0: none). Each must be done within
+    /// the frame time-out from its start, however slowly it moves: a peer
+    /// trickling a byte at a time does not keep a pool buffer for long.
+    private var inputSince: UInt64 = 0
+    private var outputSince: UInt64 = 0
 
-    enum Outcome { case open, close, park }
+    /// Before HELLO a frame may be at most this long (HELLO itself is a few
+    /// hundred bytes): an unauthenticated peer does not get a frame buffer's worth.
+    static let preHelloFrameLimit = FrameHeader.size + 4096
 
-    /// What the loop must watch the socket for.
-    enum Interest { case readable, writable, nothing }
+    enum Outcome { case open, close }
+
+    /// What the loop must watch the socket for (`parked`: only new data or the peer leaving).
+    enum Interest { case readable, writable, parked }
     var interest: Interest {
-        if parked { return .nothing }
+        if parked { return .parked }
         return outputEnd > outputStart ? .writable : .readable
     }
 
@@ -84,6 +92,7 @@ final class ClientChannel {
     /// The socket has data (or an error, or the peer's end).
     func readable(_ buffers: LoopBuffers, now: UInt64) -> Outcome {
         if interest != .readable { return .open }
+        defer { noteWaiting(now) }
         if inputEnd > inputStart { return continueBuffered(buffers, now: now) }
         // With every buffer taken, only frames that are here whole are read.
         if buffers.pool.exhausted { return readWholeFramesOnly(buffers, now: now) }
@@ -103,7 +112,7 @@ final class ClientChannel {
                 inputStart = 0
                 inputEnd = n - consumed
             }
-            noteProgress(now)
+            noteWaiting(now)
             return .open
         case .wouldBlock:
             return .open
@@ -115,21 +124,34 @@ final class ClientChannel {
         }
     }
 
-    /// No buffer to spare: look at what has arrived, answer the frames that
-    /// are whole and take only their bytes; a frame still arriving stays in
-    /// the kernel, and the connection waits for a buffer (`park`).
+    /// No buffer to spare: answer the frames that have arrived whole and take
+    /// only their bytes; a frame still arriving stays in the kernel, and the
+    /// connection waits (`parked`) for a buffer or for the rest of its frame.
     private func readWholeFramesOnly(_ buffers: LoopBuffers, now: UInt64) -> Outcome {
+        // From the header and the bytes queued, whether a frame is whole,
+        // before copying any of it.
+        switch socket.receiveSome(into: buffers.input, count: FrameHeader.size, peek: true) {
+        case .moved(let n):
+            let header = UnsafeRawBufferPointer(start: buffers.input, count: n)
+            if n < FrameHeader.size { return waitForBuffer() }
+            if handler.session != nil, case .needs(let length) = FrameSplitter.split(header), socket.queuedBytes() < length {
+                return waitForBuffer()
+            }
+        case .wouldBlock:
+            return .open
+        case .closed:
+            return .close
+        case .failed(let error):
+            handler.logger.debug("connection failed: \(error)")
+            return .close
+        }
         switch socket.receiveSome(into: buffers.input, count: FrameBufferPool.bufferLength, peek: true) {
         case .moved(let n):
             let (consumed, outcome) = answer(UnsafeRawBufferPointer(start: buffers.input, count: n), buffers)
             if consumed > 0 { socket.discard(consumed, scratch: buffers.input) }
             if outcome == .close { return .close }
-            noteProgress(now)
-            if consumed == 0 && interest == .readable && !closesWhenSent {
-                parked = true
-                stalledSince = 0   // waiting on us, not on the peer
-                return .park
-            }
+            noteWaiting(now)
+            if consumed == 0 && interest == .readable && !closesWhenSent { return waitForBuffer() }
             return .open
         case .wouldBlock:
             return .open
@@ -139,6 +161,20 @@ final class ClientChannel {
             handler.logger.debug("connection failed: \(error)")
             return .close
         }
+    }
+
+    private func waitForBuffer() -> Outcome {
+        parked = true
+        return .open
+    }
+
+    /// Parked, and the socket has news: more of the frame (answer it if it
+    /// is whole now) or the peer leaving (then it can never be finished).
+    func parkedEvent(_ buffers: LoopBuffers, now: UInt64, peerLeft: Bool) -> Outcome {
+        parked = false
+        defer { noteWaiting(now) }
+        if readWholeFramesOnly(buffers, now: now) == .close { return .close }
+        return parked && peerLeft ? .close : .open
     }
 
     /// A buffer came back: read again (the loop watches the socket again).
@@ -148,23 +184,20 @@ final class ClientChannel {
     /// answer what was read meanwhile.
     func writable(_ buffers: LoopBuffers, now: UInt64) -> Outcome {
         guard let output, outputEnd > outputStart else { return .open }
+        defer { noteWaiting(now) }
         let pending = UnsafeRawBufferPointer(start: output + outputStart, count: outputEnd - outputStart)
         switch socket.sendSome(pending, UnsafeRawBufferPointer(start: nil, count: 0)) {
         case .moved(let n):
             outputStart += n
-            noteProgress(now)
             guard outputStart == outputEnd else { return .open }
             outputStart = 0
             outputEnd = 0
             buffers.pool.give(output, now: now)
             self.output = nil
             if closesWhenSent { return .close }
-            if inputEnd > inputStart {
-                let outcome = answerBuffered(buffers, now: now)
-                noteProgress(now)
-                return outcome
-            }
-            return .open
+            let outcome = inputEnd > inputStart ? answerBuffered(buffers, now: now) : .open
+            noteWaiting(now)
+            return outcome
         case .wouldBlock:
             return .open
         case .closed, .failed:
@@ -172,17 +205,17 @@ final class ClientChannel {
         }
     }
 
-    /// The loop's periodic check: a frame or reply stuck on the peer for
-    /// `timeout`, or a peer that never said HELLO.
+    /// The loop's periodic check: a reply not taken or a frame not finished
+    /// within `timeout` of its start, or a peer that has not said HELLO.
     func check(now: UInt64, timeoutNanoseconds: UInt64, timeoutSeconds: Double, _ buffers: LoopBuffers) -> Outcome {
-        if stalledSince != 0 && now - stalledSince > timeoutNanoseconds {
-            if outputEnd > outputStart {
-                handler.logger.warning("closing connection: the peer took no reply data for \(timeoutSeconds) s")
-                return .close
-            }
+        if outputSince != 0 && now - outputSince > timeoutNanoseconds {
+            handler.logger.warning("closing connection: the peer did not take a reply within \(timeoutSeconds) s")
+            return .close
+        }
+        if inputSince != 0 && now - inputSince > timeoutNanoseconds {
             let error: ProtocolError
             if case .needs(let length) = FrameSplitter.split(buffered), length > FrameHeader.size {
-                error = ProtocolError(.malformedFrame, "truncated frame: payload of \(length - FrameHeader.size) bytes did not arrive within \(timeoutSeconds) s")
+                error = ProtocolError(.malformedFrame, "truncated frame: a payload of \(length - FrameHeader.size) bytes did not arrive within \(timeoutSeconds) s")
             } else {
                 error = ProtocolError(.malformedFrame, "truncated frame header: the rest did not arrive within \(timeoutSeconds) s")
             }
@@ -190,7 +223,7 @@ final class ClientChannel {
             refuse(error, requestID: requestIDOfBufferedFrame(), buffers)
             return .close
         }
-        if handler.session == nil && stalledSince == 0 && !parked && now - acceptedAt > timeoutNanoseconds {
+        if handler.session == nil && now - acceptedAt > timeoutNanoseconds {
             refuse(ProtocolError(.helloRequired, "no HELLO within \(timeoutSeconds) s"), requestID: 0, buffers)
             return .close
         }
@@ -227,7 +260,6 @@ final class ClientChannel {
             switch socket.receiveSome(into: base + inputEnd, count: missing) {
             case .moved(let n):
                 inputEnd += n
-                noteProgress(now)
                 if n == missing, answerBuffered(buffers, now: now) == .close { return .close }
                 if n < missing { return .open }
             case .wouldBlock:
@@ -240,12 +272,13 @@ final class ClientChannel {
                 return .close
             }
         }
-        noteProgress(now)
+        noteWaiting(now)
         return .open
     }
 
     private func answerBuffered(_ buffers: LoopBuffers, now: UInt64) -> Outcome {
         let (consumed, outcome) = answer(buffered, buffers)
+        if consumed > 0 { inputSince = 0 }   // the next frame's clock starts now
         inputStart += consumed
         if inputStart == inputEnd, let input {
             buffers.pool.give(input, now: now)
@@ -263,7 +296,19 @@ final class ClientChannel {
         var offset = 0
         while offset < bytes.count && interest == .readable && !closesWhenSent {
             let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
-            switch FrameSplitter.split(rest) {
+            let split = FrameSplitter.split(rest)
+            if handler.session == nil {
+                switch split {
+                case .needs(let length) where length > Self.preHelloFrameLimit, .complete(_, let length) where length > Self.preHelloFrameLimit:
+                    let error = ProtocolError(.helloRequired, "a frame of \(length) bytes before HELLO: the first request must be HELLO")
+                    handler.logger.warning("closing connection: \(error)")
+                    refuse(error, requestID: requestIDOfFrame(at: rest), buffers)
+                    return (offset, .close)
+                default:
+                    break
+                }
+            }
+            switch split {
             case .needs:
                 return (offset, .open)
             case .invalid(let requestID, let error):
@@ -325,13 +370,17 @@ final class ClientChannel {
         _ = send(reply, requestID: requestID, buffers)
     }
 
-    private func requestIDOfBufferedFrame() -> UInt32 {
-        guard let input, inputEnd - inputStart >= 8 else { return 0 }
-        return UInt32(littleEndian: (input + inputStart).loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+    private func requestIDOfBufferedFrame() -> UInt32 { requestIDOfFrame(at: buffered) }
+
+    private func requestIDOfFrame(at bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard bytes.count >= 8 else { return 0 }
+        return UInt32(littleEndian: bytes.baseAddress!.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
     }
 
-    /// Restarts the stall clock when something moved, stops it when nothing waits.
-    private func noteProgress(_ now: UInt64) {
-        stalledSince = (inputEnd > inputStart || outputEnd > outputStart) ? now : 0
+    /// Starts the clock of a frame that began arriving or a reply that got
+    /// stuck; stops it once nothing waits.
+    private func noteWaiting(_ now: UInt64) {
+        if inputEnd == inputStart { inputSince = 0 } else if inputSince == 0 { inputSince = now }
+        if outputEnd == outputStart { outputSince = 0 } else if outputSince == 0 { outputSince = now }
     }
 }

@@ -118,16 +118,18 @@ final class EventLoop: @unchecked Sendable {
         switch before {
         case .writable: outcome = channel.writable(buffers, now: now)
         case .readable: outcome = channel.readable(buffers, now: now)
-        // Parked, and yet the peer closed or failed: its frame can never be finished.
-        case .nothing: outcome = events.isDisjoint(with: [.error, .hangUp, .peerClosed]) ? .open : .close
+        case .parked:
+            outcome = channel.parkedEvent(buffers, now: now, peerLeft: !events.isDisjoint(with: [.error, .hangUp, .peerClosed]))
         }
         if outcome == .close {
             close(slot: slot, now: now)
             return
         }
-        if outcome == .park {
+        if channel.parked && before != .parked {
             parkedSlots.append((slot, generations[slot]))
             context.bufferGauges.waiting.add(1, ordering: .relaxed)
+        } else if !channel.parked && before == .parked {
+            context.bufferGauges.waiting.subtract(1, ordering: .relaxed)   // its entry in parkedSlots goes stale
         }
         if channel.interest != before { watch(channel, slot: slot, modify: true) }
     }
@@ -143,7 +145,12 @@ final class EventLoop: @unchecked Sendable {
         buffers.pool.trim(now: now, idleNanoseconds: timeoutNanoseconds)
         if acceptPausedUntil != 0 && now >= acceptPausedUntil, let listener {
             acceptPausedUntil = 0
-            try? epoll.add(listener.descriptor, for: [.readable, .exclusive], token: Self.listenerToken)
+            do {
+                try epoll.add(listener.descriptor, for: [.readable, .exclusive], token: Self.listenerToken)
+            } catch {
+                context.logger.error("\(name) cannot watch the listener again (\(error)); trying at the next check")
+                acceptPausedUntil = now + UInt64(tickMilliseconds) * 1_000_000
+            }
         }
     }
 
@@ -186,6 +193,7 @@ final class EventLoop: @unchecked Sendable {
         for socket in adopted.withLock({ sockets in defer { sockets.removeAll() }; return sockets }) {
             do { try socket.setNonBlocking() } catch {
                 socket.close()
+                context.connectionsClosed.add(1, ordering: .relaxed)   // an adopter waiting for it to end
                 continue
             }
             register(socket, now: now)
@@ -232,7 +240,8 @@ final class EventLoop: @unchecked Sendable {
         switch channel.interest {
         case .readable: events = .readable
         case .writable: events = .writable
-        case .nothing: events = .peerClosed   // reads nothing, but notices the peer leaving
+        // Told once of each new arrival (whether its frame is whole now) and of the peer leaving.
+        case .parked: events = [.readable, .edgeTriggered, .peerClosed]
         }
         do {
             if modify {

@@ -18,6 +18,8 @@ public struct Epoll: Sendable {
         public static let peerClosed = Events(rawValue: 0x2000)    // EPOLLRDHUP
         /// Wake only one of the loops waiting on a shared descriptor (a listener).
         public static let exclusive = Events(rawValue: 1 << 28)    // EPOLLEXCLUSIVE
+        /// Report a change once, not for as long as the state holds.
+        public static let edgeTriggered = Events(rawValue: 1 << 31) // EPOLLET
     }
 
     private enum Operation: Int32 {

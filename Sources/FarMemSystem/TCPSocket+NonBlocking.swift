@@ -49,6 +49,9 @@ extension TCPSocket {
         }
     }
 
+    /// Bytes received and not yet read (FIONREAD).
+    public func queuedBytes() -> Int { Int(max(fm_queued_bytes(descriptor.rawValue), 0)) }
+
     /// Drops `count` queued bytes already looked at with `peek`. On TCP,
     /// MSG_TRUNC discards them without copying; other stream sockets (a
     /// socket pair) ignore the flag and copy them into `scratch`, which must

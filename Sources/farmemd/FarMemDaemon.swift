@@ -94,6 +94,9 @@ struct FarMemDaemon: ParsableCommand {
         guard let bufferBytes = parseByteSize(bufferMemory), bufferBytes >= 1 << 20 else {
             throw ValidationError("--buffer-memory must be a size of at least 1MiB such as 64MiB, got '\(bufferMemory)'")
         }
+        guard frameTimeout >= 0.05, frameTimeout <= 3600 else {
+            throw ValidationError("--frame-timeout must be 0.05...3600 seconds, got \(frameTimeout)")
+        }
         guard maxConnections >= 1, eventLoops >= 0 else {
             throw ValidationError("--max-connections must be at least 1 and --event-loops at least 0")
         }

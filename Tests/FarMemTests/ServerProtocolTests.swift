@@ -330,6 +330,43 @@ final class ServerProtocolTests: XCTestCase {
         XCTAssertTrue(client.isClosedByServer())
     }
 
+    /// A frame must be whole within the frame time-out of its first byte,
+    /// however steadily it trickles: a peer sending a byte every 200 ms does
+    /// not keep a frame buffer (issue 13, review of the event loops).
+    func testATricklingFrameIsCutOffAfterTheFrameTimeoutFromItsStart() throws {
+        server.stop()
+        server = try ServerProcess(capacity: "4MiB", extra: ["--frame-timeout", "1"])
+        let client = try RawClient(server.endpoint)
+        XCTAssertNil(try client.hello().error)
+        let frame = RawClient.frame(Opcode.writePages.rawValue, id: 12, RawClient.writePayload(region: 1, pages: [0]) { _ in 9 })
+        let started = Date()
+        try client.sendRaw(Array(frame.prefix(100)))
+        var sent = 100
+        while Date().timeIntervalSince(started) < 4, sent < frame.count - 1 {
+            usleep(200_000)
+            guard (try? client.sendRaw([frame[sent]])) != nil else { break }
+            sent += 1
+        }
+        try client.socket.setTimeouts(seconds: 3)
+        let reply = try client.receive()
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertEqual(reply.error, .malformedFrame, reply.message)
+        XCTAssertLessThan(elapsed, 3, "cut off about a frame time-out after the frame began, not when the trickle stops")
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
+    /// Before HELLO only small frames are read: an unauthenticated peer
+    /// announcing a big one is told to say HELLO and disconnected.
+    func testABigFrameBeforeHelloIsRefused() throws {
+        let client = try RawClient(server.endpoint)
+        let frame = RawClient.frame(Opcode.writePages.rawValue, id: 3, RawClient.writePayload(region: 1, pages: [0, 1]) { _ in 1 })
+        try client.sendRaw(Array(frame.prefix(64)))
+        let reply = try client.receive()
+        XCTAssertEqual(reply.error, .helloRequired, reply.message)
+        XCTAssertEqual(reply.header.requestID, 3)
+        XCTAssertTrue(client.isClosedByServer())
+    }
+
     func testTokenIsRequiredWhenConfigured() throws {
         server.stop()
         server = try ServerProcess(capacity: "4MiB", token: "s3cret")

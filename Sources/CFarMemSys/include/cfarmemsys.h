@@ -98,6 +98,8 @@ int fm_epoll_wait(int epfd, uint64_t *tokens, uint32_t *events, int capacity, in
 /* Non-blocking accept (the listener may be shared by several event loops). */
 int fm_accept_nonblocking(int listener);
 int fm_set_nonblocking(int fd);
+/* Bytes queued for reading on a socket (FIONREAD), or -errno. */
+int fm_queued_bytes(int fd);
 /* CPUs this process may run on (its affinity mask), or 0 if unknown. */
 int fm_usable_cpus(void);
 /// pthread_setname_np for the calling thread.
