@@ -138,7 +138,7 @@ final class ClientChannel {
                 return waitForBuffer()
             }
         case .wouldBlock:
-            return .open
+            return waitForBuffer()   // nothing new: keep its place in the line
         case .closed:
             return .close
         case .failed(let error):

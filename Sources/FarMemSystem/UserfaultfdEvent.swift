@@ -38,6 +38,12 @@ public enum UserfaultfdEvent: Sendable, Equatable {
     /// An event this code does not know (a newer kernel's).
     case unknown(UInt8)
 
+    /// A fault, not one of the events about the address space.
+    public var isPageFault: Bool {
+        if case .pageFault = self { return true }
+        return false
+    }
+
     init(_ message: fm_uffd_msg) {
         switch message.event {
         case UInt8(FM_UFFD_EVENT_PAGEFAULT):

@@ -62,6 +62,8 @@ public struct FarMemoryConfiguration: Sendable {
     /// Debugging: pages (of every region) whose every step the fault handler
     /// records (`PageTrace`; -1: every page); read with `FarMemory.pageTrace` (internal).
     var tracedPages: [Int] = []
+    /// Testing: see `HandlerTestHooks`.
+    var testHooks: HandlerTestHooks?
     /// Serve the pager's statistics at `http://HOST:PORT/metrics` (Prometheus
     /// text format) while the FarMemory is open; nil: not served.
     public var metricsListen: TCPSocket.Endpoint?

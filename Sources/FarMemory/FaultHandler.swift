@@ -245,25 +245,34 @@ final class FaultHandler: @unchecked Sendable {
     }
 
     /// Reads and handles every pending message; returns how many there were.
+    ///
+    /// A batch's events are handled before its faults. The kernel counts an
+    /// event as done when read() hands it out: the thread behind a REMOVE
+    /// goes on and zaps its pages while the batch is still being handled. A
+    /// fault read in the same batch (faults come first) but handled before
+    /// the REMOVE would install the page's data from before the discard after
+    /// the zap, where nothing removes it again: discarded data served back.
+    /// Handled after the event, it finds the page discarded (zeros). The
+    /// faulting threads are blocked meanwhile, so no access is reordered.
     @discardableResult
     func readMessages() -> Int {
         var total = 0
         while true {
+            configuration.testHooks?.waitWhileHeld { running }
             let count: Int
             do { count = try uffd.read(into: messages) } catch {
                 fatalError("FarMemory: reading userfaultfd failed: \(error)")
             }
             if count == 0 { return total }
             total += count
+            if let hooks = configuration.testHooks, (0..<count).contains(where: { !messages[$0].isPageFault }) {
+                hooks.readBatchWithEvent()
+            }
+            var faults = 0
             for i in 0..<count {
                 switch messages[i] {
-                case .pageFault(let fault):
-                    // A write-protect fault needs no budget: only a pending event holds it.
-                    if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
-                        deferFault(fault)
-                    } else {
-                        handleFault(fault)
-                    }
+                case .pageFault:
+                    faults += 1
                 case .remove(let start, let end):
                     awaitingEvent = false
                     handleRemove(start: start, end: end, unmapped: false)
@@ -278,6 +287,17 @@ final class FaultHandler: @unchecked Sendable {
                     logger.warning("unexpected userfaultfd fork event")
                 case .unknown(let event):
                     logger.warning("unexpected userfaultfd event \(event)")
+                }
+            }
+            if faults > 0 {
+                for i in 0..<count {
+                    guard case .pageFault(let fault) = messages[i] else { continue }
+                    // A write-protect fault needs no budget: only a pending event holds it.
+                    if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
+                        deferFault(fault)
+                    } else {
+                        handleFault(fault)
+                    }
                 }
             }
             // Keep the budget even while a burst of faults is being served.

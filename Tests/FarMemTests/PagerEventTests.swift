@@ -5,7 +5,7 @@ import Glibc
 import CFarMemTestSupport
 import FarMemSystem
 import FarMemWorkloads
-import FarMemory
+@testable import FarMemory
 import Foundation
 import Synchronization
 import XCTest
@@ -105,6 +105,56 @@ final class PagerEventTests: XCTestCase {
         if !released { memory.close() }   // closing the userfaultfd frees the stuck thread (and unmaps the region)
         reader.join()
         return released ? reader.result.load(ordering: .acquiring) : nil
+    }
+
+    /// A fault and a REMOVE of the same page read in one batch (the handler
+    /// was busy while both were queued; the kernel hands faults out first).
+    /// The kernel counts the REMOVE as done when it is read, and the
+    /// madvising thread zaps the page while the handler is still on the
+    /// batch. Handled in the order read, the fault fetched the page from
+    /// before the discard and installed it after the zap, where nothing
+    /// removes it again: the discarded data came back for good (the rare
+    /// failure of the discard race test, and a freed far block that a
+    /// preloaded program's calloc finds dirty). The hooks hold the handler
+    /// while both are queued and stretch the moment after the read, so the
+    /// old order fails every time.
+    func testAFaultReadInOneBatchWithARemoveOfItsPageNeverBringsTheDataBack() throws {
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 64 * 4096,
+                                                   requestTimeoutSeconds: 30, retryWindowSeconds: 30, prefetchPages: 0)
+        let hooks = HandlerTestHooks()
+        configuration.testHooks = hooks
+        let memory = try FarMemory(configuration: configuration)
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 256 * 4096)
+        let base = region.baseAddress!
+        base.storeBytes(of: 0x5EED_5EED, as: UInt64.self)
+        // Page 0 goes first (FIFO); write on until it is out and its write-back landed.
+        var next = 1
+        while isResident(base) || memory.statistics.writeBacks == 0, next < region.pageCount {
+            (base + next * 4096).storeBytes(of: UInt64(next), as: UInt64.self)
+            next += 1
+        }
+        XCTAssertFalse(isResident(base), "page 0 evicted")
+        guard waitFor("every write-back to land", { memory.statistics.stagedPages == 0 }) else { return }
+
+        hooks.eventBatchDelayNanoseconds.store(50_000_000, ordering: .relaxed)
+        hooks.holdsReads.store(true, ordering: .releasing)
+        let address = UInt(bitPattern: base)
+        let reader = PosixThread.spawn(name: "reader") {
+            fm_sink(UnsafePointer<UInt64>(bitPattern: address)!.pointee)   // a fault on page 0
+        }
+        usleep(50_000)
+        let discarder = PosixThread.spawn(name: "discarder") {
+            madvise(UnsafeMutableRawPointer(bitPattern: address), 4096, MADV_DONTNEED)   // its REMOVE, behind the fault
+        }
+        usleep(50_000)
+        let batches = hooks.eventBatches.load(ordering: .relaxed)
+        hooks.holdsReads.store(false, ordering: .releasing)
+        discarder.join()
+        reader.join()
+        XCTAssertGreaterThan(hooks.eventBatches.load(ordering: .relaxed), batches, "the REMOVE was read")
+        XCTAssertEqual(base.load(as: UInt64.self), 0, "MADV_DONTNEED has returned: the page reads as zeros")
+        XCTAssertEqual(memory.statistics.verificationFailures, 0)
     }
 
     /// Issue 8, part 2: a thread parked on a page whose write-back is in
