@@ -98,7 +98,8 @@ final class ClientChannel {
         if buffers.pool.exhausted { return readWholeFramesOnly(buffers, now: now) }
         // Nothing held: receive as much as a frame into the loop's buffer, and
         // answer what is whole there without copying it.
-        switch socket.receiveSome(into: buffers.input, count: FrameBufferPool.bufferLength) {
+        let received = socket.receiveSome(into: buffers.input, count: FrameBufferPool.bufferLength)
+        switch received {
         case .moved(let n):
             let bytes = UnsafeRawBufferPointer(start: buffers.input, count: n)
             let (consumed, outcome) = answer(bytes, buffers)
@@ -116,11 +117,8 @@ final class ClientChannel {
             return .open
         case .wouldBlock:
             return .open
-        case .closed:
-            return .close
-        case .failed(let error):
-            handler.logger.debug("connection failed: \(error)")
-            return .close
+        case .closed, .failed:
+            return over(received)
         }
     }
 
@@ -130,7 +128,8 @@ final class ClientChannel {
     private func readWholeFramesOnly(_ buffers: LoopBuffers, now: UInt64) -> Outcome {
         // From the header and the bytes queued, whether a frame is whole,
         // before copying any of it.
-        switch socket.receiveSome(into: buffers.input, count: FrameHeader.size, peek: true) {
+        let peeked = socket.receiveSome(into: buffers.input, count: FrameHeader.size, peek: true)
+        switch peeked {
         case .moved(let n):
             let header = UnsafeRawBufferPointer(start: buffers.input, count: n)
             if n < FrameHeader.size { return waitForBuffer() }
@@ -139,13 +138,11 @@ final class ClientChannel {
             }
         case .wouldBlock:
             return waitForBuffer()   // nothing new: keep its place in the line
-        case .closed:
-            return .close
-        case .failed(let error):
-            handler.logger.debug("connection failed: \(error)")
-            return .close
+        case .closed, .failed:
+            return over(peeked)
         }
-        switch socket.receiveSome(into: buffers.input, count: FrameBufferPool.bufferLength, peek: true) {
+        let whole = socket.receiveSome(into: buffers.input, count: FrameBufferPool.bufferLength, peek: true)
+        switch whole {
         case .moved(let n):
             let (consumed, outcome) = answer(UnsafeRawBufferPointer(start: buffers.input, count: n), buffers)
             if consumed > 0 { socket.discard(consumed, scratch: buffers.input) }
@@ -155,12 +152,15 @@ final class ClientChannel {
             return .open
         case .wouldBlock:
             return .open
-        case .closed:
-            return .close
-        case .failed(let error):
-            handler.logger.debug("connection failed: \(error)")
-            return .close
+        case .closed, .failed:
+            return over(whole)
         }
+    }
+
+    /// The peer closed or the socket failed: the connection is over.
+    private func over(_ transfer: TCPSocket.Transfer) -> Outcome {
+        if case .failed(let error) = transfer { handler.logger.debug("connection failed: \(error)") }
+        return .close
     }
 
     private func waitForBuffer() -> Outcome {
@@ -257,7 +257,8 @@ final class ClientChannel {
                 inputStart = 0
             }
             let missing = length - (inputEnd - inputStart)
-            switch socket.receiveSome(into: base + inputEnd, count: missing) {
+            let received = socket.receiveSome(into: base + inputEnd, count: missing)
+            switch received {
             case .moved(let n):
                 inputEnd += n
                 if n == missing, answerBuffered(buffers, now: now) == .close { return .close }
@@ -267,9 +268,8 @@ final class ClientChannel {
             case .closed:
                 handler.logger.info("connection closed by the peer mid-frame")
                 return .close
-            case .failed(let error):
-                handler.logger.debug("connection failed: \(error)")
-                return .close
+            case .failed:
+                return over(received)
             }
         }
         noteWaiting(now)
