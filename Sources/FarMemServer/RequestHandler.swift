@@ -15,8 +15,10 @@ final class RequestHandler {
     private var version = ProtocolVersion.oldest
     /// The link and generation this connection fenced (FENCE), if any.
     private var fence: Fence?
-    /// Where the reply payload goes; the loop's, shared by its connections.
-    private var reply: UnsafeMutableRawPointer
+    /// Where the reply payload goes: the loop's buffer, shared by its
+    /// connections, set by each `respond` (nil outside one).
+    private var replyBuffer: UnsafeMutableRawPointer?
+    private var reply: UnsafeMutableRawPointer { replyBuffer! }
 
     /// A reply ready to send: its payload is the first `length` bytes of the reply buffer.
     struct Reply {
@@ -32,7 +34,6 @@ final class RequestHandler {
         var logger = context.logger
         logger[metadataKey: "peer"] = "\(peer)"
         self.logger = logger
-        reply = UnsafeMutableRawPointer(bitPattern: 1)!
     }
 
     /// The connection ended: the last connection of a session frees its regions.
@@ -47,14 +48,15 @@ final class RequestHandler {
     /// Answers one frame, writing the reply payload into `replyBuffer` (at
     /// least `ProtocolLimits.maxPayload` bytes).
     func respond(to frame: FrameHeader, body: UnsafeRawBufferPointer, replyBuffer: UnsafeMutableRawPointer) -> Reply {
-        reply = replyBuffer
+        self.replyBuffer = replyBuffer
+        defer { self.replyBuffer = nil }
         let started = monotonicNanoseconds()
         let metrics = context.metrics
         metrics.bytesReceived.add(UInt64(FrameHeader.size) + UInt64(frame.payloadLength))
         guard let opcode = Opcode(rawValue: frame.opcode) else {
             metrics.errors[Int(ErrorCode.unknownOpcode.rawValue)].add()
             return refusal(ProtocolError(.unknownOpcode, "unknown opcode 0x\(String(frame.opcode, radix: 16))"),
-                           opcode: frame.opcode | 0x80)
+                           opcode: frame.opcode | 0x80, replyBuffer: replyBuffer)
         }
         do {
             let replyLength = try dispatch(opcode, body)
@@ -65,15 +67,15 @@ final class RequestHandler {
             if error.code != .noSuchRegion && error.code != .pageOutOfRange {
                 logger.info("request \(frame.requestID) \(opcode) refused: \(error)")
             }
-            return refusal(error, opcode: opcode.response)
+            return refusal(error, opcode: opcode.response, replyBuffer: replyBuffer)
         }
     }
 
     /// An error reply: its message is the payload. Some errors end the connection.
-    func refusal(_ error: ProtocolError, opcode: UInt8, replyBuffer: UnsafeMutableRawPointer? = nil) -> Reply {
-        if let replyBuffer { reply = replyBuffer }
-        let length = copyToReply(Array(error.message.utf8.prefix(ProtocolLimits.maxErrorMessage)))
-        return Reply(opcode: opcode, status: error.code.rawValue, length: length, closes: error.code.closesConnection)
+    func refusal(_ error: ProtocolError, opcode: UInt8, replyBuffer: UnsafeMutableRawPointer) -> Reply {
+        let message = Array(error.message.utf8.prefix(ProtocolLimits.maxErrorMessage))
+        message.withUnsafeBytes { if let bytes = $0.baseAddress { replyBuffer.copyMemory(from: bytes, byteCount: $0.count) } }
+        return Reply(opcode: opcode, status: error.code.rawValue, length: message.count, closes: error.code.closesConnection)
     }
 
     /// Runs a request; writes the reply payload into `reply` and returns its length.
