@@ -79,7 +79,26 @@ final class ServerProcess {
 
     /// SIGSTOP: the server hangs mid-request, as a host in a long stall would;
     /// requests already sent wait (write-backs stay in flight) until `resume`.
-    func pause() { Foundation.kill(process.processIdentifier, SIGSTOP) }
+    /// Returns once every thread of the server is stopped: on a loaded
+    /// machine a thread that is not scheduled yet would otherwise still answer
+    /// a request sent right after the signal.
+    func pause() {
+        let pid = process.processIdentifier
+        Foundation.kill(pid, SIGSTOP)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            let stopped = tasks.allSatisfy { task in
+                // The state follows the command name in parentheses: "T" or "t" once stopped.
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return true }
+                let state = stat[stat.index(close, offsetBy: 2)]
+                return state == "T" || state == "t"
+            }
+            if stopped { return }
+            usleep(1_000)
+        }
+    }
     func resume() { Foundation.kill(process.processIdentifier, SIGCONT) }
 
     func stop() {
