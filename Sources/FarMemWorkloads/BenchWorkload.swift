@@ -7,7 +7,7 @@ import FarMemory
 /// the clock starts; each access's first touch of its page is timed.
 public struct BenchWorkload: Sendable {
     public enum Kind: String, CaseIterable, Sendable, Codable {
-        case sequential, strided, random, zipfian, rwmix, sort, introsort
+        case sequential, strided, random, zipfian, rwmix, sort, introsort, hashtable
 
         /// The in-place sorts: `sort` (heapsort) and `introsort` (like std::sort).
         public var isSort: Bool { self == .sort || self == .introsort }
@@ -44,9 +44,12 @@ public struct BenchWorkload: Sendable {
 
     private var pattern: PagePattern { PagePattern(seed: seed) }
 
-    /// Untimed: gives every page its content (the pattern, or random keys to sort).
+    /// Untimed: gives every page its content (the pattern, random keys to
+    /// sort, or a filled hash table).
     public func prepare(_ base: UnsafeMutableRawPointer) {
-        if kind.isSort {
+        if kind == .hashtable {
+            prepareHashtable(base)
+        } else if kind.isSort {
             var state = seed
             let words = base.assumingMemoryBound(to: UInt64.self)
             for i in 0..<pages * 512 { words[i] = splitmix(&state) }
@@ -90,6 +93,8 @@ public struct BenchWorkload: Sendable {
             }
         case .sort, .introsort:
             return []
+        case .hashtable:
+            return hashtableSequence()
         }
     }
 
@@ -97,6 +102,7 @@ public struct BenchWorkload: Sendable {
     public func run(_ base: UnsafeMutableRawPointer, sequence: [Int], deadlineSeconds: Double) -> Result {
         if kind == .sort { return runSort(base, deadlineSeconds: deadlineSeconds) }
         if kind == .introsort { return runIntrosort(base, deadlineSeconds: deadlineSeconds) }
+        if kind == .hashtable { return runHashtable(base, sequence: sequence, deadlineSeconds: deadlineSeconds) }
         let histogram = LatencyHistogram()
         var ok = true
         var checksum: UInt64 = 0

@@ -19,10 +19,11 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench", abstract: "Benchmark FarMem against local memory, plain userfaultfd and kernel swap.")
 
     @Flag(help: "Every workload at every budget (25%, 50%, 100%).") var all = false
-    @Option(help: "Workloads, comma-separated: sequential,strided,random,zipfian,rwmix,sort (heapsort),introsort (like std::sort).") var workloads = "sequential,random"
+    @Option(help: "Workloads, comma-separated: sequential,strided,random,zipfian,rwmix,sort (heapsort),introsort (like std::sort),hashtable (64-byte entries, zipfian keys, 90% gets).") var workloads = "sequential,random"
     @Option(help: "Budgets as percentages of the region, comma-separated.") var budgets = "25"
     @Option(help: "Region size for every workload but sort.") var size = "128MiB"
-    @Option(help: "Array size for the in-place sorts (heapsort, introsort).") var sortSize = "16MiB"
+    @Option(help: "Array size for heapsort (sort).") var sortSize = "16MiB"
+    @Option(help: "Array size for introsort.") var introsortSize = "256MiB"
     @Option(help: "Zipf skew.") var zipfSkew = 0.99
     @Option(help: "Longest time one run may take before it is stopped and reported as timed out.") var runDeadline = 30.0
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
@@ -47,17 +48,20 @@ struct BenchCommand: ParsableCommand {
             return value
         }
         guard let regionBytes = parseByteSize(size), regionBytes >= 4 << 20,
-              let sortBytes = parseByteSize(sortSize), sortBytes >= 1 << 20 else {
-            throw ValidationError("--size must be at least 4MiB and --sort-size at least 1MiB")
+              let sortBytes = parseByteSize(sortSize), sortBytes >= 1 << 20,
+              let introsortBytes = parseByteSize(introsortSize), introsortBytes >= 1 << 20 else {
+            throw ValidationError("--size must be at least 4MiB, --sort-size and --introsort-size at least 1MiB")
         }
 
-        let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, zipfSkew: zipfSkew,
-                             deadline: runDeadline, rdmaAddress: rdmaAddress)
+        let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, introsortPages: introsortBytes / 4096,
+                             zipfSkew: zipfSkew, deadline: runDeadline, rdmaAddress: rdmaAddress)
         defer { bench.stopServer() }   // also when start-up fails half-way
-        try bench.startServer(capacityBytes: max(regionBytes, sortBytes) * 2 + (64 << 20), cluster: !noCluster)
+        // Only the workloads asked for count: a 256 MiB introsort needs no room when it does not run.
+        let largest = kinds.map { bench.pages(for: $0) * 4096 }.max() ?? regionBytes
+        try bench.startServer(capacityBytes: largest * 2 + (64 << 20), cluster: !noCluster)
         var swap: KernelSwapSandbox?
         if !noSwap {
-            do { swap = try KernelSwapSandbox(swapBytes: max(regionBytes, sortBytes) * 2) } catch {
+            do { swap = try KernelSwapSandbox(swapBytes: largest * 2) } catch {
                 FileHandle.standardError.write("kernel-swap baseline skipped: \(error)\n".data(using: .utf8)!)
             }
         }
@@ -82,7 +86,7 @@ struct BenchCommand: ParsableCommand {
         }
         let roundTrips = bench.measureRoundTrips()
         let report = BenchReport(rows: bench.rows, tcpRoundTripP50: roundTrips.tcp, uffdRoundTripP50: roundTrips.uffd,
-                                 uffdSpinningP50: roundTrips.spin, uffdInThreadP50: roundTrips.sigbus, regionBytes: regionBytes, sortBytes: sortBytes, zipfSkew: zipfSkew,
+                                 uffdSpinningP50: roundTrips.spin, uffdInThreadP50: roundTrips.sigbus, regionBytes: regionBytes, sortBytes: sortBytes, introsortBytes: introsortBytes, zipfSkew: zipfSkew,
                                  seconds: Date().timeIntervalSince(started), command: CommandLine.arguments.joined(separator: " "))
         print(report.table())
         try report.writeJSON(to: json)
@@ -100,6 +104,16 @@ struct BenchCommand: ParsableCommand {
 final class BenchRun {
     let regionPages: Int
     let sortPages: Int
+    let introsortPages: Int
+
+    /// The region or array size a workload runs over.
+    func pages(for kind: BenchWorkload.Kind) -> Int {
+        switch kind {
+        case .sort: return sortPages
+        case .introsort: return introsortPages
+        default: return regionPages
+        }
+    }
     let zipfSkew: Double
     let deadline: Double
     let rdmaAddress: String?
@@ -111,7 +125,8 @@ final class BenchRun {
     private var rdmaServer: MemoryServer?
     private var progress = 0
 
-    init(regionPages: Int, sortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?) {
+    init(regionPages: Int, sortPages: Int, introsortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?) {
+        self.introsortPages = introsortPages
         self.regionPages = regionPages
         self.sortPages = sortPages
         self.zipfSkew = zipfSkew
@@ -168,7 +183,7 @@ final class BenchRun {
     }
 
     func runWorkload(_ kind: BenchWorkload.Kind, percents: [Int], swap: KernelSwapSandbox?) {
-        let pages = kind.isSort ? sortPages : regionPages
+        let pages = pages(for: kind)
         let workload = BenchWorkload(kind: kind, pages: pages, zipfSkew: zipfSkew)
         let sequence = workload.accessSequence()
 
@@ -182,7 +197,8 @@ final class BenchRun {
 
         // (2) the uffd floor: every first touch a fault served from local memory
         var floorSeconds: Double?
-        if !kind.isSort {
+        // Not for workloads whose data must be prepared: the floor's pages are zeros.
+        if !kind.isSort && kind != .hashtable {
             var err: Int32 = 0
             if let floor = fm_uffd_floor_start(UInt64(pages), &err) {
                 var result = workload.run(fm_uffd_floor_base(floor), sequence: sequence, deadlineSeconds: deadline)
@@ -249,7 +265,7 @@ final class BenchRun {
     /// FarMem's budget.
     private func runKernelSwap(_ swap: KernelSwapSandbox, worker: [String], kind: BenchWorkload.Kind, percent: Int,
                                budgetPages: Int, overhead: Int) {
-        let workloadPages = kind.isSort ? sortPages : regionPages
+        let workloadPages = pages(for: kind)
         let arguments = worker + ["--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
         var killedAt: [Int] = []
         for margin in [2 << 20, 4 << 20, 8 << 20, 16 << 20] {
@@ -422,6 +438,7 @@ struct BenchReport: Codable {
     var uffdInThreadP50: UInt64
     var regionBytes: Int
     var sortBytes: Int
+    var introsortBytes: Int
     var zipfSkew: Double
     var seconds: Double
     var command: String
