@@ -127,12 +127,8 @@ public struct BenchWorkload: Sendable {
             done += 1
             if done & 1023 == 0, fm_now_ns() > deadline { break }
         }
-        let seconds = Double(fm_now_ns() - start) / 1e9
         fm_sink(checksum)
-        return Result(seconds: seconds, pagesAccessed: done,
-                      latencyP50: histogram.value(atPercentile: 50), latencyP90: histogram.value(atPercentile: 90),
-                      latencyP99: histogram.value(atPercentile: 99), latencyP999: histogram.value(atPercentile: 99.9),
-                      verified: ok && done == sequence.count, timedOut: done < sequence.count)
+        return Result(since: start, accesses: done, histogram, verified: ok && done == sequence.count, timedOut: done < sequence.count)
     }
 
     /// In-place heapsort of the region as UInt64 keys (no second buffer, unlike
@@ -172,6 +168,16 @@ public struct BenchWorkload: Sendable {
         if sorted { for j in 1..<n where a[j - 1] > a[j] { sorted = false; break } }
         return Result(seconds: seconds, pagesAccessed: pages, latencyP50: 0, latencyP90: 0, latencyP99: 0, latencyP999: 0,
                       verified: sorted, timedOut: timedOut)
+    }
+}
+
+extension BenchWorkload.Result {
+    /// A timed run that began at `start` (fm_now_ns) and just ended.
+    init(since start: UInt64, accesses: Int, _ histogram: LatencyHistogram, verified: Bool, timedOut: Bool) {
+        self.init(seconds: Double(fm_now_ns() - start) / 1e9, pagesAccessed: accesses,
+                  latencyP50: histogram.value(atPercentile: 50), latencyP90: histogram.value(atPercentile: 90),
+                  latencyP99: histogram.value(atPercentile: 99), latencyP999: histogram.value(atPercentile: 99.9),
+                  verified: verified, timedOut: timedOut)
     }
 }
 

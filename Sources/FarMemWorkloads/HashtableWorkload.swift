@@ -120,11 +120,7 @@ extension BenchWorkload {
             done += 1
             if done & 1023 == 0, fm_now_ns() > deadline { break }
         }
-        let seconds = Double(fm_now_ns() - start) / 1e9
         fm_sink(checksum)
-        return Result(seconds: seconds, pagesAccessed: done,
-                      latencyP50: histogram.value(atPercentile: 50), latencyP90: histogram.value(atPercentile: 90),
-                      latencyP99: histogram.value(atPercentile: 99), latencyP999: histogram.value(atPercentile: 99.9),
-                      verified: ok && done == sequence.count, timedOut: ok && done < sequence.count)
+        return Result(since: start, accesses: done, histogram, verified: ok && done == sequence.count, timedOut: ok && done < sequence.count)
     }
 }
