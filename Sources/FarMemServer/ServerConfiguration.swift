@@ -17,7 +17,8 @@ public struct ServerConfiguration: Sendable {
     /// arriving, a reply not yet taken), for all connections together; about
     /// 1 MiB a frame. Past it, connections wait (see `FrameBufferPool`).
     public var bufferMemoryBytes: Int
-    /// A peer that stops mid-frame for this long is disconnected.
+    /// A frame not whole (or a reply not taken) this long after its first
+    /// byte, or no HELLO this long after connecting, disconnects the peer.
     public var frameTimeoutSeconds: Double
     /// Which transports to serve: TCP always; RDMA with `.rdma` (required) or `.auto` (if a device is there).
     public var transport: Transport

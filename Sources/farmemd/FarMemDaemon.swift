@@ -40,7 +40,7 @@ struct FarMemDaemon: ParsableCommand {
     @Option(help: "Memory for frames that cannot be finished at once (a request still arriving, a reply not yet taken), for all connections together; about 1 MiB a frame. Past it, connections wait their turn.")
     var bufferMemory = "64MiB"
 
-    @Option(help: "Seconds a client may stall in the middle of a frame before it is disconnected.")
+    @Option(help: "Seconds a frame may take to arrive whole, and a reply to be taken, from its first byte; also the time a new client has to say HELLO. Past it the client is disconnected.")
     var frameTimeout = 10.0
 
     @Option(help: "Transports to serve: tcp, rdma (required) or auto (RDMA too when the listen address has an RDMA device).")
