@@ -98,8 +98,10 @@ final class LoadConnection: @unchecked Sendable {   // each used by one thread a
         readFrame = Self.frame(.readPages, batch.encode())
         writeFrame = Self.frame(.writePages, batch.encode() + [UInt8](repeating: UInt8(truncatingIfNeeded: region), count: pages * ProtocolLimits.pageSize))
         if createsRegion {   // so that reads have data to return
+            let reply = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size + ProtocolLimits.maxPayload, alignment: 8)
+            defer { reply.deallocate() }
             try writeFrame.withUnsafeBytes { try socket.writeAll($0.baseAddress!, count: $0.count) }
-            _ = try receiveReply(into: UnsafeMutableRawPointer.allocate(byteCount: 16 + ProtocolLimits.maxPayload, alignment: 8), deallocate: true)
+            _ = try receiveReply(into: reply)
         }
     }
 
@@ -119,8 +121,7 @@ final class LoadConnection: @unchecked Sendable {   // each used by one thread a
     }
 
     /// Reads one whole reply; true if it reports success.
-    func receiveReply(into buffer: UnsafeMutableRawPointer, deallocate: Bool = false) throws -> Bool {
-        defer { if deallocate { buffer.deallocate() } }
+    func receiveReply(into buffer: UnsafeMutableRawPointer) throws -> Bool {
         try socket.readExactly(into: buffer, count: FrameHeader.size)
         let header = try FrameHeader.decode(buffer)
         if header.payloadLength > 0 { try socket.readExactly(into: buffer + FrameHeader.size, count: Int(header.payloadLength)) }
