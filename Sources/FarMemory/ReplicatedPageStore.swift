@@ -123,39 +123,50 @@ final class ReplicatedPageStore: PageStore {
         return (store, members.incarnations[server])
     }
 
+    /// Rounds of a write or discard that a rejoin cut short before one went out whole.
+    private static let rejoinRetries = 8
+
+    /// One round of a write or discard: hands each live write target of the
+    /// extent to `send` (its index among the targets, the server, its store
+    /// and incarnation) while no server rejoins. A rejoin makes the targets
+    /// stale: the round stops (`rejoined`) and the caller sends again to the
+    /// targets taken afresh (the rejoined server is no target then; the
+    /// repair, which waits for this write, fills it). Skipping the targets
+    /// still to send instead, as this once did, left a holder without the
+    /// write or discard: a stale copy, served later.
+    private func sendRound(_ region: StoreRegion, _ extent: Int,
+                           _ send: (_ index: Int, _ server: Int, ServerPageStore, _ incarnation: UInt64) -> Void)
+        -> (targets: ReplicaList, rejoined: Bool) {
+        let epoch = membership.rejoinCount
+        let copies = writeTargets(region, extent)
+        for i in 0..<copies.count where membership.isUp(copies[i]) {
+            let (store, incarnation) = storeAndIncarnation(copies[i])
+            guard membership.rejoinCount == epoch else { return (copies, true) }
+            send(i, copies[i], store, incarnation)
+        }
+        return (copies, false)
+    }
+
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
                source: (Int) -> UnsafeRawPointer) throws(StoreError) {
         try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
             region.copies?.beginWrite(extent)
             defer { region.copies?.endWrite(extent) }
-            // A rejoin while the copies are on their way makes the targets stale:
-            // send again to the targets taken afresh (the rejoined server is no
-            // target then; the repair, which waits for this write, fills it).
-            // Skipping the copies still to send instead, as this once did, left a
-            // holder without the write: a stale copy, served later.
             var attempt = 0
             while true {
                 attempt += 1
-                let epoch = membership.rejoinCount
-                let copies = writeTargets(region, extent)
                 var written = 0
                 var failure: StoreError?
-                var rejoined = false
                 // All copies on their way first, then every reply: the copies are
                 // written in parallel, in about the time of one. Each copy's store is
                 // taken once, so its reply is read on the link its request went out on.
                 var pending: [(store: ServerPageStore, incarnation: UInt64, request: UInt32?)?] = [nil, nil, nil, nil]
-                for i in 0..<copies.count where membership.isUp(copies[i]) {
-                    let (store, incarnation) = storeAndIncarnation(copies[i])
-                    guard membership.rejoinCount == epoch else {
-                        rejoined = true
-                        break
-                    }
+                let (copies, rejoined) = sendRound(region, extent) { i, server, store, incarnation in
                     do throws(StoreError) {
                         let request = try store.startWrite(region, pages: run) { source(first + $0) }
                         pending[i] = (store, incarnation, request)
                     } catch {
-                        failed(copies[i], error, region, incarnation: incarnation)
+                        failed(server, error, region, incarnation: incarnation)
                         failure = error
                     }
                 }
@@ -175,7 +186,7 @@ final class ReplicatedPageStore: PageStore {
                         failure = error
                     }
                 }
-                if rejoined, attempt < 8 { continue }
+                if rejoined, attempt < Self.rejoinRetries { continue }
                 guard written > 0 else {
                     // No live server holds the extent any more: its pages can only stay local.
                     if replicas(region, extent).count == 0 { throw .lost("every copy of extent \(extent) of region \(region.id) is on servers marked down") }
@@ -192,21 +203,11 @@ final class ReplicatedPageStore: PageStore {
             let extent = Placement.extent(of: page)
             let end = min(first + count, (extent + 1) * Placement.extentPages)
             region.copies?.beginWrite(extent)
-            // As in `write`: a rejoin meanwhile sends the discard again to the
-            // targets taken afresh, never skips a holder (its copy would keep
-            // data the application discarded).
-            for _ in 0..<8 {
-                let epoch = membership.rejoinCount
-                let copies = writeTargets(region, extent)
-                var rejoined = false
-                for i in 0..<copies.count where membership.isUp(copies[i]) {
-                    let (store, incarnation) = storeAndIncarnation(copies[i])
-                    guard membership.rejoinCount == epoch else {
-                        rejoined = true
-                        break
-                    }
-                    do { try store.discard(region, first: page, count: end - page) } catch {
-                        failed(copies[i], error, region, incarnation: incarnation)
+            // A holder skipped would keep data the application discarded.
+            for _ in 0..<Self.rejoinRetries {
+                let (_, rejoined) = sendRound(region, extent) { _, server, store, incarnation in
+                    do throws(StoreError) { try store.discard(region, first: page, count: end - page) } catch {
+                        failed(server, error, region, incarnation: incarnation)
                     }
                 }
                 if !rejoined { break }
