@@ -54,6 +54,18 @@ farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token
  * copies): a full server or cluster fails here, not at a later fault. */
 void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *error, size_t error_len);
 
+/* Grows the region to at least `bytes` (whole pages) without reading any of
+ * its pages: evicted pages stay on the servers, resident ones move with
+ * their page tables (mremap, no copy), and the new pages read as zeros. If
+ * the address space after the region is taken, the region moves to where
+ * all of it fits, unless `may_move` is 0. Only a region still whole where
+ * it was put (not partly unmapped, not split by mremap) can grow. `*base`
+ * (if not NULL) gets where the region starts now, after a failure too: a
+ * failed grow never changes the region's data but may have moved it.
+ * 0, or -1 with the reason in `error`. Not concurrently with farmem_free or
+ * another farmem_grow of the same region. */
+int farmem_grow(farmem_t *fm, farmem_region_t *region, size_t bytes, int may_move, void **base, char *error, size_t error_len);
+
 /* Unmaps the region and frees its pages on the server. */
 void farmem_free(farmem_t *fm, farmem_region_t *region);
 

@@ -143,3 +143,27 @@ int fm_arena_grow_in_place(fm_arena_t *arena, uintptr_t address, uint64_t old_pa
     region->free_pages -= new_pages - old_pages;
     return 0;
 }
+
+int fm_arena_regrow_dedicated(fm_arena_t *arena, size_t index, uintptr_t base, uint64_t pages, uint64_t block_pages) {
+    fm_far_region_t region = arena->regions[index];
+    if (!region.dedicated || region.blocks.count != 1 || region.blocks.runs[0].start != 0 || block_pages > pages ||
+        block_pages < region.blocks.runs[0].count) {
+        return -1;
+    }
+    region.base = base;
+    region.pages = pages;
+    region.blocks.runs[0].count = block_pages;
+    region.free.count = 0;   // its memory is kept for the tail below
+    region.free_pages = 0;
+    if (pages > block_pages && fm_runs_insert(&region.free, block_pages, pages - block_pages, true) == 0) {
+        region.free_pages = pages - block_pages;
+    }   // else the tail stays unusable until the block is freed: no harm
+    // Out of its place, then back in by base (a moved region may sort elsewhere).
+    memmove(&arena->regions[index], &arena->regions[index + 1], (arena->count - index - 1) * sizeof region);
+    size_t at = 0;
+    while (at < arena->count - 1 && arena->regions[at].base < base) at++;
+    memmove(&arena->regions[at + 1], &arena->regions[at], (arena->count - 1 - at) * sizeof region);
+    arena->regions[at] = region;
+    update_bounds(arena);
+    return 0;
+}

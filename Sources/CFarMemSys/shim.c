@@ -291,6 +291,22 @@ int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, in
     return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
 }
 
+int fm_mremap_fixed(uint64_t old_address, uint64_t size, uint64_t new_address) {
+    void *p = mremap((void *)(uintptr_t)old_address, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)(uintptr_t)new_address);
+    return p == MAP_FAILED ? neg_errno() : 0;
+}
+
+int64_t fm_map_anonymous_at(uint64_t address, uint64_t size, int no_reserve) {
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE | (no_reserve ? MAP_NORESERVE : 0);
+    void *p = mmap((void *)(uintptr_t)address, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (p == MAP_FAILED) return neg_errno();
+    if ((uintptr_t)p != address) {   // a kernel before 4.17 takes the flag as a hint
+        munmap(p, size);
+        return -EEXIST;
+    }
+    return (int64_t)(uintptr_t)p;
+}
+
 int fm_die_with_parent(void) {
     pid_t parent = getppid();
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return neg_errno();

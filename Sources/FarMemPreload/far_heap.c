@@ -237,6 +237,40 @@ static bool resized_in_place(fm_arena_t *arena, void *address, uint64_t old_page
     return done;
 }
 
+/// Grows a block that has a dedicated region to itself past that region's
+/// end without reading a page of it: the library extends the region (a new
+/// part after it, the old pages moved with mremap if the address space
+/// after it is taken; see FarRegion.grow). Its address, or NULL if it
+/// cannot: the block is then unchanged and where it was.
+static void *grown_dedicated(fm_arena_t *arena, void *address, uint64_t new_pages, bool may_move) {
+    // Under the lock throughout: until the arena knows the new place, the old
+    // one must not look free to anyone (a mapping the kernel puts there
+    // meanwhile would be taken for far memory). Safe: the library's threads
+    // never take it, and the pager reads the mremap's event without it.
+    pthread_mutex_lock(&lock);
+    long index = fm_arena_find(arena, (uintptr_t)address);
+    fm_far_region_t *region = index >= 0 ? &arena->regions[index] : NULL;
+    if (!region || !region->dedicated || region->base != (uintptr_t)address || region->pages >= new_pages) {
+        pthread_mutex_unlock(&lock);
+        return NULL;
+    }
+    uint64_t block_pages = fm_arena_block_pages(arena, (uintptr_t)address);
+    char why[256] = "";
+    void *base = NULL;
+    fm_internal_enter();
+    int grown = farmem_grow(fm_library, region->handle, new_pages * PAGE, may_move, &base, why, sizeof why);
+    fm_internal_leave();
+    // A failed grow leaves the region where it was (the library moves it back).
+    if (grown == 0 && fm_arena_regrow_dedicated(arena, (size_t)index, (uintptr_t)base, new_pages, new_pages) == 0) {
+        note_grown(new_pages - block_pages);
+    } else {
+        base = NULL;
+    }
+    pthread_mutex_unlock(&lock);
+    if (grown != 0) warn_once(why, new_pages * PAGE);
+    return base;
+}
+
 void *fm_far_reallocate(void *address, size_t bytes) {
     fm_arena_t *arena = &arenas[fm_far_block];
     size_t old_bytes = fm_far_block_size(address);
@@ -245,6 +279,8 @@ void *fm_far_reallocate(void *address, size_t bytes) {
     uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(bytes ? bytes : 1);
     if (fm_state == fm_state_far && bytes >= fm_min_alloc) {
         if (resized_in_place(arena, address, old_pages, new_pages)) return address;
+        void *grown = grown_dedicated(arena, address, new_pages, true);
+        if (grown) return grown;
     }
     // Moves: to a new far block, or to local memory below the threshold.
     void *moved = fm_goes_far(bytes) ? fm_far_allocate(bytes, 0, fm_far_block) : NULL;
@@ -317,6 +353,8 @@ void *fm_far_remap(void *address, size_t old_length, size_t new_length, int flag
     if (new_length > FM_LARGEST_FAR) { errno = ENOMEM; return MAP_FAILED; }
     uint64_t old_pages = old_bytes / PAGE, new_pages = pages_for(new_length);
     if (resized_in_place(arena, address, old_pages, new_pages)) return address;
+    void *grown = grown_dedicated(arena, address, new_pages, flags & MREMAP_MAYMOVE);
+    if (grown) return grown;
     if (!(flags & MREMAP_MAYMOVE)) { errno = ENOMEM; return MAP_FAILED; }
     void *moved = fm_far_allocate(new_length, 0, fm_far_mapping);
     if (!moved) { errno = ENOMEM; return MAP_FAILED; }

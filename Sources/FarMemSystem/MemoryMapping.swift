@@ -16,6 +16,25 @@ public enum MemoryMapping {
         return UInt(bitPattern: pointer)
     }
 
+    /// Maps `length` bytes of anonymous memory exactly at `address`, or
+    /// throws `.exists` if anything is mapped there (MAP_FIXED_NOREPLACE:
+    /// never replaces a mapping).
+    public static func anonymous(at address: UInt, length: Int, noReserve: Bool = false) throws(Errno) -> UInt {
+        while true {
+            let result = fm_map_anonymous_at(UInt64(address), UInt64(length), noReserve ? 1 : 0)
+            if result >= 0 { return UInt(result) }
+            if result != -Int64(EINTR) { throw Errno(rawValue: Int32(-result)) }
+        }
+    }
+
+    /// Moves the pages of [from, from + length) to `to`, replacing what was
+    /// mapped there (mremap with MREMAP_MAYMOVE | MREMAP_FIXED): page tables
+    /// move, no byte is copied. On a range registered with userfaultfd the
+    /// monitor gets a REMAP event and the caller waits until it is read.
+    public static func move(_ from: UInt, length: Int, to: UInt) throws(Errno) {
+        _ = try checkedShim { fm_mremap_fixed(UInt64(from), UInt64(length), UInt64(to)) }
+    }
+
     public static func unmap(_ address: UInt, length: Int) {
         _ = munmap(UnsafeMutableRawPointer(bitPattern: address), length)
     }

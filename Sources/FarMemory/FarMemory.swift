@@ -26,10 +26,10 @@ public final class FarMemory: @unchecked Sendable {
     private let membership: ClusterMembership
     /// A cluster's: copies lost extents to the servers the hash now picks.
     private var repair: RepairWorker?
-    private let shards: [PagerShard]
+    let shards: [PagerShard]
     /// Fault service time, one histogram shared by every shard.
     private let histogram: LatencyHistogram
-    private let logger: Logger
+    let logger: Logger
     private let sessionKey: [UInt8]
     /// Whether the pager threads' data path is RDMA (regions are then exposed for one-sided access).
     public let usesRDMA: Bool
@@ -37,14 +37,17 @@ public final class FarMemory: @unchecked Sendable {
     private var metricsEndpoint: MetricsEndpoint?
     /// The port the statistics are served on, when they are.
     public var metricsPort: UInt16? { metricsEndpoint?.port }
-    private struct Book {
+    struct Book {
         var nextRegionSlot = 0
         var nextRegionID: UInt64 = 1
-        var open: [UInt64: [RegionRecord]] = [:]
+        /// By the id of each region's first part.
+        var open: [UInt64: [RegionPart]] = [:]
         var closed = false
     }
-    private let book = Mutex(Book())
-    private let lifecycle = Lock()
+    let book = Mutex(Book())
+    /// Serializes allocate, grow and close, so a region is never half set
+    /// up with stopped shards.
+    let lifecycle = Lock()
 
     /// Userfaultfd features FarMem needs, and the kernel that brought each.
     static let requiredFeatures: [(Userfaultfd.Features, String)] = [
@@ -208,7 +211,7 @@ public final class FarMemory: @unchecked Sendable {
     }
 
     private func openStoreRegions() -> [StoreRegion] {
-        book.withLock { book in book.open.values.compactMap { $0.first?.store } }
+        book.withLock { book in book.open.values.flatMap { $0.map(\.store) } }
     }
 
     /// Allocates a far region of at least `bytes` (rounded up to whole pages),
@@ -226,21 +229,48 @@ public final class FarMemory: @unchecked Sendable {
         let pages = (bytes + 4095) / 4096
         // Eviction-queue entries carry the page number in 32 bits.
         guard pages <= Int(UInt32.max) else { throw .invalidArgument("a region is at most 16 TiB, got \(bytes) bytes") }
+        let part = try makePart(pages: pages, mappedAt: nil)
+        book.withLock { _ = $0.open[part.store.id] = [part] }
+        return FarRegion(memory: self, id: part.store.id, head: part.records[0].record, pageCount: pages)
+    }
+
+    /// A store region of `pages` pages, mapped (at `mappedAt`, where the
+    /// caller mapped them, or anywhere), registered with every shard's
+    /// userfaultfd and known to its handler. Undone wholly if a step fails.
+    func makePart(pages: Int, mappedAt: UInt?) throws(FarMemoryError) -> RegionPart {
         let length = pages * 4096
-        let (slot, id): (Int, UInt64) = try book.withLock { book throws(FarMemoryError) in
-            guard !book.closed else { throw .closed }
-            defer { book.nextRegionSlot += 1; book.nextRegionID += 1 }
-            return (book.nextRegionSlot, book.nextRegionID)
+        let storeRegion: StoreRegion
+        let slot: Int
+        do throws(FarMemoryError) {
+            let id: UInt64
+            (slot, id) = try book.withLock { book throws(FarMemoryError) in
+                guard !book.closed else { throw .closed }
+                defer { book.nextRegionSlot += 1; book.nextRegionID += 1 }
+                return (book.nextRegionSlot, book.nextRegionID)
+            }
+            storeRegion = try withControl { store throws(StoreError) in try store.createRegion(id: id, pageCount: pages) }
+        } catch {
+            if let mappedAt { MemoryMapping.unmap(mappedAt, length: length) }
+            throw error
         }
-        let storeRegion = try withControl { store throws(StoreError) in try store.createRegion(id: id, pageCount: pages) }
         let base: UInt
+        if let mappedAt {
+            base = mappedAt
+        } else {
+            do throws(Errno) {
+                base = try MemoryMapping.anonymous(length: length, noReserve: true)
+            } catch {
+                dropOnServer(storeRegion)
+                throw .system("mapping a \(length)-byte region", error)
+            }
+        }
         do {
-            base = try MemoryMapping.anonymous(length: length, noReserve: true)
             // 4 KiB pages only (UFFDIO_COPY installs small pages), and never
             // inherited by a child: see README, "fork".
             try MemoryMapping.advise(base, length: length, .noHugePage)
             try MemoryMapping.advise(base, length: length, .dontFork)
         } catch {
+            MemoryMapping.unmap(base, length: length)
             dropOnServer(storeRegion)
             throw .system("mapping a \(length)-byte region", error)
         }
@@ -256,31 +286,24 @@ public final class FarMemory: @unchecked Sendable {
             dropOnServer(storeRegion)
             throw .system("registering the region with userfaultfd", error)
         }
-        var records: [RegionRecord] = []
-        for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
+        var records: [(shard: Int, record: RegionRecord)] = []
+        for (index, chunk) in chunks.enumerated() where !chunk.isEmpty {
             let record = RegionRecord(store: storeRegion, pageCount: pages, slot: slot, base: base, chunk: chunk,
                                       verifiesPages: configuration.verifiesPages)
-            shard.add(record)
-            records.append(record)
+            shards[index].add(record)
+            records.append((index, record))
         }
-        book.withLock { _ = $0.open[id] = records }
-        return FarRegion(memory: self, records: records, length: length)
+        return RegionPart(store: storeRegion, pageCount: pages, records: records)
     }
 
     func close(regionID id: UInt64) {
-        guard let records = book.withLock({ $0.open.removeValue(forKey: id) }) else { return }
-        for (shard, record) in zip(shards, records) {
-            // Unregistered first, so this munmap sends no event and waits for no one.
-            for extent in shard.remove(record) {
-                MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
-            }
-        }
-        dropOnServer(records[0].store)
+        guard let parts = book.withLock({ $0.open.removeValue(forKey: id) }) else { return }
+        closeParts(parts)
     }
 
     /// Frees a region on the server. Best effort: if the server cannot be
     /// reached, the session's end frees it anyway.
-    private func dropOnServer(_ region: StoreRegion) {
+    func dropOnServer(_ region: StoreRegion) {
         control.withLock { $0.store.dropRegion(region) }
     }
 
@@ -365,7 +388,7 @@ public final class FarMemory: @unchecked Sendable {
 
     deinit { close() }
 
-    private func withControl<T>(_ body: (PageStore) throws(StoreError) -> T) throws(FarMemoryError) -> T {
+    func withControl<T>(_ body: (PageStore) throws(StoreError) -> T) throws(FarMemoryError) -> T {
         do {
             return try control.withLock { box throws(StoreError) in try body(box.store) }
         } catch {
@@ -387,26 +410,50 @@ struct ControlStoreBox: @unchecked Sendable {
 /// A far-memory region: ordinary memory to the application, paged by FarMemory.
 public final class FarRegion: @unchecked Sendable {
     private let memory: FarMemory
-    /// One per shard; the first holds page 0.
-    private let records: [RegionRecord]
-    /// Bytes, a multiple of the page size.
-    public let length: Int
+    /// The id of its first part: how FarMemory knows it.
+    let id: UInt64
+    /// The first shard's record of the first part: it holds page 0.
+    private let head: RegionRecord
+    private let pages: Atomic<Int>
 
-    init(memory: FarMemory, records: [RegionRecord], length: Int) {
+    init(memory: FarMemory, id: UInt64, head: RegionRecord, pageCount: Int) {
         self.memory = memory
-        self.records = records
-        self.length = length
+        self.id = id
+        self.head = head
+        pages = Atomic(pageCount)
     }
 
-    /// Where the region starts now. It follows mremap (nil once page 0 was unmapped).
+    /// Where the region starts now. It follows mremap and `grow` (nil once
+    /// page 0 was unmapped).
     public var baseAddress: UnsafeMutableRawPointer? {
-        UnsafeMutableRawPointer(bitPattern: records[0].currentBase.load(ordering: .acquiring))
+        UnsafeMutableRawPointer(bitPattern: head.currentBase.load(ordering: .acquiring))
     }
 
     /// Unmaps the region and frees its pages on the server.
-    public func close() { memory.close(regionID: records[0].store.id) }
+    public func close() { memory.close(regionID: id) }
 
-    public var pageCount: Int { records[0].pageCount }
+    public var pageCount: Int { pages.load(ordering: .acquiring) }
+
+    /// Bytes, a multiple of the page size.
+    public var length: Int { pageCount * 4096 }
+
+    /// Grows the region to at least `bytes` (whole pages) without reading a
+    /// page: evicted pages stay on the servers, resident ones move with
+    /// their page tables (mremap), and the new pages read as zeros. Where
+    /// the address space after the region is taken, the region moves
+    /// (unless `mayMove` is false: then it throws `.system(_, .outOfMemory)`,
+    /// as mremap would) and the new base is returned. Only a region that is
+    /// still whole where it was put (not partly unmapped, not split by
+    /// mremap) can grow. On an error the region is unchanged, except that
+    /// it may have moved: `baseAddress` says where it is.
+    /// Must not race with `close` or another `grow` of the same region.
+    @discardableResult
+    public func grow(to bytes: Int, mayMove: Bool = true) throws(FarMemoryError) -> UnsafeMutableRawPointer {
+        let newPages = (bytes + 4095) / 4096
+        let base = try memory.grow(regionID: id, toPages: newPages, mayMove: mayMove)
+        pages.store(max(newPages, pageCount), ordering: .releasing)
+        return UnsafeMutableRawPointer(bitPattern: base)!
+    }
 }
 
 extension ServerStats {

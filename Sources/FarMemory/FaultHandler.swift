@@ -31,6 +31,10 @@ final class FaultHandler: @unchecked Sendable {
         case suspendEviction(DispatchSemaphore)
         /// Unregister and forget a region; `done` gets the extents to unmap.
         case remove(RegionRecord, @Sendable ([Extent]) -> Void)
+        /// Where a region's pages are mapped now. Answered after every event
+        /// already read (an mremap that returned before the question was sent
+        /// is applied), so it doubles as a barrier.
+        case extents(RegionRecord, @Sendable ([Extent]) -> Void)
         case stop
     }
 
@@ -381,6 +385,8 @@ final class FaultHandler: @unchecked Sendable {
             setAside.rebuild(capacity: setAside.capacity) { EvictionQueue.unpack($0).slot != slot }
             counters.set(.residentPages, UInt64(budget.resident))
             done(region.extents)
+        case .extents(let region, let answer):
+            answer(region.extents)
         case .suspendEviction(let done):
             evictionSuspended = true
             done.signal()

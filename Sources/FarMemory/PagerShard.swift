@@ -83,6 +83,18 @@ final class PagerShard: @unchecked Sendable {
         return extents.withLock { $0 }
     }
 
+    /// Where the chunk's pages are mapped now, once every event already read is applied.
+    func extents(of record: RegionRecord) -> [Extent] {
+        let done = DispatchSemaphore(value: 0)
+        let extents = Mutex<[Extent]>([])
+        handler.send(.extents(record) { current in
+            extents.withLock { $0 = current }
+            done.signal()
+        })
+        done.wait()
+        return extents.withLock { $0 }
+    }
+
     /// The fault handler's record of the traced pages (`PageTrace`).
     func pageTrace(page: Int?) -> [String] { handler.trace.lines(page: page) }
 

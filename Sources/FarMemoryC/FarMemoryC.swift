@@ -82,6 +82,22 @@ public func farmem_alloc(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ reg
     }
 }
 
+@_cdecl("farmem_grow")
+public func farmem_grow(_ handle: UnsafeMutableRawPointer?, _ region: UnsafeMutableRawPointer?, _ bytes: Int, _ mayMove: Int32,
+                        _ baseOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                        _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> Int32 {
+    guard handle != nil, let region else { report("no FarMemory handle or region", into: errorBuffer, length: errorLength); return -1 }
+    let grown = Unmanaged<FarRegion>.fromOpaque(region).takeUnretainedValue()
+    defer { baseOut?.pointee = grown.baseAddress }
+    do {
+        try grown.grow(to: bytes, mayMove: mayMove != 0)
+        return 0
+    } catch {
+        report("\(error)", into: errorBuffer, length: errorLength)
+        return -1
+    }
+}
+
 @_cdecl("farmem_free")
 public func farmem_free(_ handle: UnsafeMutableRawPointer?, _ region: UnsafeMutableRawPointer?) {
     guard let region else { return }

@@ -86,6 +86,28 @@ final class FarArenaTests: XCTestCase {
         while arena.count > 0 { fm_arena_remove_region(&arena, 0) }
     }
 
+    func testADedicatedRegionThatGrewIsFoundAtItsNewPlaceWithItsBlockAndTail() {
+        var arena = fm_arena_t()
+        defer { while arena.count > 0 { fm_arena_remove_region(&arena, 0) } }
+        let low: UInt = 0x5000_0000_0000, middle: UInt = 0x6000_0000_0000, high: UInt = 0x7000_0000_0000
+        XCTAssertEqual(fm_arena_add_region(&arena, middle, 512, nil, true), 0)
+        XCTAssertEqual(fm_arena_add_region(&arena, high, 1024, nil, false), 0)
+        XCTAssertEqual(fm_arena_allocate_dedicated(&arena, 0), middle)
+        XCTAssertEqual(fm_arena_regrow_dedicated(&arena, 1, high, 2048, 2048), -1, "a shared region is not regrown")
+        // Shrunk to 100 pages, then grown (moved below the others) to 3,000 pages of which the block takes 2,000.
+        XCTAssertEqual(fm_arena_release(&arena, middle + 100 * 4096, 412, nil, nil), -1)
+        XCTAssertEqual(fm_arena_regrow_dedicated(&arena, 0, low, 3000, 2000), 0)
+        XCTAssertEqual(fm_arena_find(&arena, middle), -1, "nothing at the old place")
+        XCTAssertEqual(fm_arena_find(&arena, low + 2999 * 4096), 0, "kept in order by base")
+        XCTAssertEqual(fm_arena_find(&arena, high), 1)
+        XCTAssertEqual(arena.low, low)
+        XCTAssertEqual(fm_arena_block_pages(&arena, low), 2000)
+        XCTAssertEqual(arena.regions[0].free_pages, 1000)
+        XCTAssertEqual(fm_arena_grow_in_place(&arena, low, 2000, 3000), 0, "its free tail is usable")
+        XCTAssertEqual(fm_arena_regrow_dedicated(&arena, 0, low, 3000, 10), -1, "the block never shrinks here")
+        XCTAssertEqual(fm_arena_release(&arena, low, 3000, nil, nil), 0, "emptied: back to the server")
+    }
+
     func testByteCountsAcceptUnitsAndRefuseNonsense() {
         var bytes: UInt64 = 0
         for (text, expected) in [("4096", 4096), ("64KiB", 65536), ("256MiB", 256 << 20), ("2G", 2 << 30), ("1mb", 1 << 20), ("3TiB", 3 << 40)] as [(String, UInt64)] {

@@ -274,6 +274,81 @@ final class PagerTests: XCTestCase {
         XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 
+    /// Pages fetched from the server so far (on faults and ahead of them).
+    private func fetched(_ memory: FarMemory) -> UInt64 { memory.statistics.fetches + memory.statistics.prefetched }
+
+    func testGrowingARegionReadsNoPageInPlaceOrMovedAndKeepsEveryOne() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pages = region.pageCount, length = region.length
+        let pattern = PagePattern(seed: 9)
+        fill(region, pattern)
+        XCTAssertGreaterThan(memory.statistics.evictions, 0)
+        // Put the region where 2 more lengths after it are free.
+        let place = UInt(bitPattern: mmap(nil, 3 * length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!)
+        XCTAssertEqual(fm_mremap(UInt64(UInt(bitPattern: region.baseAddress!)), UInt64(length), UInt64(length), 3 /* MAYMOVE | FIXED */,
+                                 UInt64(place)), Int64(place))
+        munmap(UnsafeMutableRawPointer(bitPattern: place + UInt(length)), 2 * length)
+        let before = fetched(memory)
+
+        XCTAssertEqual(UInt(bitPattern: try region.grow(to: 2 * length, mayMove: false)), place, "grown where it is")
+        XCTAssertEqual(region.pageCount, 2 * pages)
+        // Now something right after it: growing must move it, or fail if it may not.
+        let blocker = mmap(UnsafeMutableRawPointer(bitPattern: place + UInt(2 * length)), 4096, PROT_NONE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        XCTAssertNotEqual(blocker, MAP_FAILED)
+        defer { munmap(blocker, 4096) }
+        XCTAssertThrowsError(try region.grow(to: 3 * length, mayMove: false)) { error in
+            guard case .system(_, .outOfMemory) = error as? FarMemoryError else { return XCTFail("\(error)") }
+        }
+        XCTAssertEqual(region.pageCount, 2 * pages, "a refused grow changes nothing")
+        let moved = UInt(bitPattern: try region.grow(to: 3 * length))
+        XCTAssertNotEqual(moved, place)
+        XCTAssertEqual(region.baseAddress.map { UInt(bitPattern: $0) }, moved)
+        XCTAssertEqual(region.pageCount, 3 * pages)
+        XCTAssertEqual(fetched(memory), before, "growing read no page from the server")
+        // The old place is free again: the region left nothing behind.
+        let old = mmap(UnsafeMutableRawPointer(bitPattern: place), 2 * length, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        XCTAssertEqual(old.map { UInt(bitPattern: $0) }, place)
+        munmap(old, 2 * length)
+
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<pages)), [], "evicted and resident pages kept their data")
+        XCTAssertEqual((pages..<3 * pages).filter { !isZero(address(region, $0)) }, [], "new pages read as zeros")
+        // The new pages page like the old ones, and closing frees every part on the server.
+        let second = PagePattern(seed: 10)
+        fill(region, second)
+        XCTAssertEqual(mismatches(region, second), [])
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+        region.close()
+        try waitFor("every part's pages to be freed") { try serverStats().storedPages == 0 }
+    }
+
+    func testGrowingARegionSplitBetweenHandlerThreadsKeepsEveryPage() throws {
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget, handlerThreads: 2))
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes)
+        let pages = region.pageCount
+        let pattern = PagePattern(seed: 11)
+        fill(region, pattern, threads: 2)
+        let end = UInt(bitPattern: region.baseAddress!) + UInt(region.length)
+        let blocker = mmap(UnsafeMutableRawPointer(bitPattern: end), 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
+        defer { if blocker != MAP_FAILED { munmap(blocker, 4096) } }
+        let before = fetched(memory)
+        try region.grow(to: 2 * regionBytes + 4096)   // each handler's chunk of each part moves on its own
+        XCTAssertEqual(fetched(memory), before)
+        XCTAssertEqual(mismatches(region, pattern, pages: Array(0..<pages), threads: 2), [])
+        let second = PagePattern(seed: 12)
+        fill(region, second, threads: 2)
+        XCTAssertEqual(mismatches(region, second, threads: 2), [])
+        // A region cut by munmap no longer grows: its pages are not all where the grown part would follow.
+        munmap(address(region, 1), 4096)
+        XCTAssertThrowsError(try region.grow(to: 3 * regionBytes)) { error in
+            guard case .invalidArgument = error as? FarMemoryError else { return XCTFail("\(error)") }
+        }
+    }
+
     func testForkedChildCannotReachFarMemoryAndParentIsUnharmed() throws {
         let memory = try makeMemory()
         defer { memory.close() }

@@ -42,6 +42,22 @@ final class PreloadTests: XCTestCase {
               + "without the preload: \(local.stdout.firstMatch(of: /far allocation: .*/).map { String($0.0) } ?? "?")")
     }
 
+    func testReallocOfABigBlockReadsNoneOfItsPages() throws {
+        let binary = try PreloadRun.compile("Tests/Preload/preload_check.c")
+        let run = try PreloadRun.run([binary, "grow", "48"], environment: far(budget: "8MiB"), seconds: 120)
+        XCTAssertEqual(run.status, 0, run.description)
+        XCTAssertTrue(run.stdout.contains("grown 48 MiB to 192 MiB, 0 bad"), run.description)
+        assertPagedBeyondBudget(run)
+        // 48 MiB written under an 8 MiB budget, then grown twice: copying would
+        // fetch its 10,000 evicted pages for each move. Only the 48 pages checked come back.
+        let report = run.stderr.split(separator: "\n").last { $0.hasPrefix("farmem: far ") } ?? ""
+        let fetched = report.firstMatch(of: /(\d+) fetches \(\+(\d+) prefetched\)/).flatMap { match in
+            Int(match.1).flatMap { fetches in Int(match.2).map { fetches + $0 } }
+        }
+        XCTAssertNotNil(fetched, run.stderr)
+        XCTAssertLessThan(fetched ?? .max, 200, "\(report)")
+    }
+
     func testPythonWithNumpySortsAnArrayFourTimesTheBudget() throws {
         let python = try PreloadRun.tool("/usr/bin/python3", package: "python3-numpy")
         let script = """

@@ -43,6 +43,14 @@ final class RDMATests: XCTestCase {
         XCTAssertGreaterThan(stats.evictions, UInt64(region.pageCount), stats.description)
         XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
         XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
+        // Grown (the new part is a region of its own, exposed for RDMA too) and
+        // paged again: old pages kept, new ones over RDMA as well.
+        let pages = region.pageCount
+        try region.grow(to: 8 << 20)
+        XCTAssertEqual((0..<pages).filter { !pattern.verify(page: $0, at: region.baseAddress! + $0 * 4096).ok }, [])
+        let second = PagePattern(seed: 12)
+        writeAll(region, second)
+        XCTAssertEqual(verifyAll(region, second), 0)
         // One-sided: the server's own counters saw no page move over TCP.
         let server_ = try memory.serverStatistics()
         XCTAssertEqual(server_.pagesRead, 0)

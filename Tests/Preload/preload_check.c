@@ -67,6 +67,53 @@ static void reallocs(void) {
     CHECK(reallocarray(NULL, huge, 4) == NULL && errno == ENOMEM, "reallocarray overflow is ENOMEM");
 }
 
+/* A big block grows without its pages being read (the library extends its
+ * region): where the address space after it is taken (it moves) and where
+ * it is free. */
+static void big_growth(void) {
+    uint8_t *p = malloc(24 * MiB);   /* over 16 MiB: a far region of its own */
+    CHECK(p, "malloc 24 MiB");
+    if (!p) return;
+    fill(p, 24 * MiB, 13);
+    /* Something right after it: growing must move it. */
+    void *blocker = mmap(p + 24 * MiB, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    uint8_t *q = realloc(p, 48 * MiB);
+    CHECK(q && differs(q, 24 * MiB, 13) == 0, "a big block that had to move kept its data");
+    CHECK(q && q[40 * MiB] == 0 && q[48 * MiB - 1] == 0, "its new pages read as zeros");
+    CHECK(malloc_usable_size(q) >= 48 * MiB, "usable size %zu after growing", malloc_usable_size(q));
+    if (blocker != MAP_FAILED) munmap(blocker, 4096);
+    if (!q) return;
+    fill(q, 48 * MiB, 17);
+    uint8_t *r = realloc(q, 100 * MiB);
+    CHECK(r && differs(r, 48 * MiB, 17) == 0, "a big block grown again kept its data");
+    if (r) {
+        fill(r, 100 * MiB, 19);
+        r = realloc(r, 30 * MiB);   /* shrinks in place, then grows into its own tail and past it */
+        CHECK(r && differs(r, 30 * MiB, 19) == 0, "a big block shrunk kept its data");
+        r = r ? realloc(r, 120 * MiB) : NULL;
+        CHECK(r && differs(r, 30 * MiB, 19) == 0 && r[60 * MiB] == 0, "regrown past its tail: data kept, the rest zeros");
+    }
+    free(r);
+}
+
+/* `preload_check grow N`: an N MiB block written, grown to 2N and 4N, then
+ * one byte per MiB checked: the report's fetches show whether growing read
+ * the pages (a copy would fetch every evicted page). */
+static int grow_only(size_t total) {
+    uint8_t *p = malloc(total);
+    if (!p) return 1;
+    fill(p, total, 23);
+    for (int step = 2; step <= 4; step *= 2) {
+        uint8_t *q = realloc(p, step * total);
+        if (!q) { printf("realloc to %zu MiB failed\n", step * total / MiB); return 1; }
+        p = q;
+    }
+    size_t bad = 0;
+    for (size_t i = 0; i < total; i += MiB) bad += p[i] != (uint8_t)(23 + i / 512 * 31);
+    printf("grown %zu MiB to %zu MiB, %zu bad\n", total / MiB, 4 * total / MiB, bad);
+    return bad != 0;
+}
+
 static void aligned_and_zeroed(void) {
     void *a = NULL;
     CHECK(posix_memalign(&a, 1 << 16, 3 * MiB) == 0 && ((uintptr_t)a & 0xFFFF) == 0, "posix_memalign 64 KiB alignment: %p", a);
@@ -176,9 +223,11 @@ static void throughput(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "grow") == 0) return grow_only(strtoull(argv[2], NULL, 10) * MiB);
     size_t total = argc > 1 ? strtoull(argv[1], NULL, 10) * MiB : 96 * MiB;
     big_blocks(total);
     reallocs();
+    big_growth();
     aligned_and_zeroed();
     mappings();
     threads();

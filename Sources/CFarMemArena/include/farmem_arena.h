@@ -85,6 +85,12 @@ long fm_arena_release(fm_arena_t *arena, uintptr_t address, uint64_t pages, fm_a
 /// pages after it are free. 0, or -1 (the caller moves the block).
 int fm_arena_grow_in_place(fm_arena_t *arena, uintptr_t address, uint64_t old_pages, uint64_t new_pages);
 
+/// A dedicated region grew (and may have moved): it now starts at `base`
+/// and has `pages` pages, the first `block_pages` of them its one block, the
+/// rest free. 0, or -1 if the region is not a dedicated one with one block
+/// at its start.
+int fm_arena_regrow_dedicated(fm_arena_t *arena, size_t index, uintptr_t base, uint64_t pages, uint64_t block_pages);
+
 /// Parses a byte count: "1048576", "64KiB", "256MiB", "2GiB" (also K, M, G,
 /// KB, MB, GB, all powers of 1024). 0 with *bytes set, or -1.
 int fm_parse_bytes(const char *text, uint64_t *bytes);

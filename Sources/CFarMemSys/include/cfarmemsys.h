@@ -124,6 +124,12 @@ int fm_baseline_uffd_roundtrip(uint64_t pages, uint64_t *latencies_ns, uint64_t 
 
 /// mremap(2) (variadic in glibc). Returns the new address or -errno.
 int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, int flags, uint64_t new_address);
+/// mremap(old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, new): moves the
+/// pages, replacing what is at `new_address`. 0 or -errno.
+int fm_mremap_fixed(uint64_t old_address, uint64_t size, uint64_t new_address);
+/// mmap of anonymous private read-write memory exactly at `address`
+/// (MAP_FIXED_NOREPLACE, plus MAP_NORESERVE if asked). The address or -errno.
+int64_t fm_map_anonymous_at(uint64_t address, uint64_t size, int no_reserve);
 
 /// Handler placement at the floor: mode 1 = a handler thread spinning on a
 /// non-blocking read; mode 2 = the faulting thread itself (UFFD_FEATURE_SIGBUS

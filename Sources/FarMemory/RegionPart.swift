@@ -1,0 +1,10 @@
+/// One store region of a far region, and its records in the shards that
+/// handle its pages. A region starts as one part; each `FarRegion.grow`
+/// appends a part for the new pages, mapped right after the others, so
+/// growing never renames or copies a page that is already stored.
+struct RegionPart {
+    let store: StoreRegion
+    let pageCount: Int
+    /// One per shard with a non-empty chunk of the part, in page order.
+    let records: [(shard: Int, record: RegionRecord)]
+}
