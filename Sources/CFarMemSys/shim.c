@@ -122,6 +122,41 @@ int fm_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len, int allow_src
     return rc < 0 ? err : (int)m.move;
 }
 
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
+
+int fm_uffd_continue(int fd, uint64_t start, uint64_t len, int write_protect, int dont_wake, int64_t *mapped) {
+    struct uffdio_continue c = {
+        .range = {start, len},
+        .mode = (write_protect ? UFFDIO_CONTINUE_MODE_WP : 0) | (dont_wake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0),
+    };
+    int rc = ioctl(fd, UFFDIO_CONTINUE, &c);
+    int err = rc < 0 ? neg_errno() : 0;
+    if (mapped) *mapped = c.mapped;
+    return rc < 0 ? err : (int)c.mapped;
+}
+
+int fm_memfd_create(const char *name, uint64_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return neg_errno();
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int err = neg_errno();
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+int64_t fm_map_shared(int fd, uint64_t size) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
+}
+
+int fm_punch_hole(int fd, uint64_t offset, uint64_t len) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) < 0 ? neg_errno() : 0;
+}
+
 int fm_uffd_read(int fd, fm_uffd_msg *out, int max) {
     struct uffd_msg msgs[64];
     if (max > 64) max = 64;

@@ -18,6 +18,8 @@ public struct Userfaultfd: Sendable {
         public static let threadID = Features(rawValue: FM_UFFD_FEATURE_THREAD_ID)
         public static let minorShmem = Features(rawValue: FM_UFFD_FEATURE_MINOR_SHMEM)
         public static let wpUnpopulated = Features(rawValue: FM_UFFD_FEATURE_WP_UNPOPULATED)
+        /// Write-protect on shmem and hugetlbfs mappings (Linux 5.19).
+        public static let wpSharedMemory = Features(rawValue: FM_UFFD_FEATURE_WP_HUGETLBFS_SHMEM)
         public static let poison = Features(rawValue: FM_UFFD_FEATURE_POISON)
         public static let wpAsync = Features(rawValue: FM_UFFD_FEATURE_WP_ASYNC)
         public static let move = Features(rawValue: FM_UFFD_FEATURE_MOVE)
@@ -94,6 +96,17 @@ public struct Userfaultfd: Sendable {
                                   writeProtect ? 1 : 0, wake ? 0 : 1, &copied)
         if result >= 0 { return Int(result) }
         if copied > 0 { return Int(copied) }
+        throw Errno(negated: result)
+    }
+
+    /// UFFDIO_CONTINUE: maps pages the page cache of a shared mapping already
+    /// holds (write-protected if asked). Returns the bytes mapped; throws
+    /// `.badAddress` when the page cache lacks a page.
+    public func continueMapping(_ start: UInt, length: Int, writeProtect: Bool, wake: Bool = true) throws(Errno) -> Int {
+        var mapped: Int64 = 0
+        let result = fm_uffd_continue(descriptor.rawValue, UInt64(start), UInt64(length), writeProtect ? 1 : 0, wake ? 0 : 1, &mapped)
+        if result >= 0 { return Int(result) }
+        if mapped > 0 { return Int(mapped) }
         throw Errno(negated: result)
     }
 

@@ -1,3 +1,4 @@
+import Dispatch
 import FarMemProtocol
 import FarMemSystem
 import Logging
@@ -16,6 +17,9 @@ final class Evictor: @unchecked Sendable {
         case release([Int32])
         /// Ask the server one cheap question (after a failed write-back: is it back?).
         case probe
+        /// Signalled once every job submitted before it is done (a memfd
+        /// region's second mapping is unmapped only after that: write-backs read it).
+        case barrier(DispatchSemaphore)
         case stop
     }
 
@@ -98,6 +102,8 @@ final class Evictor: @unchecked Sendable {
                     releaseAndHandBack(slots)
                 case .probe:
                     report(.serverAnswered(store.probe()))
+                case .barrier(let done):
+                    done.signal()
                 }
             }
             pending.removeAll(keepingCapacity: true)
@@ -118,7 +124,7 @@ final class Evictor: @unchecked Sendable {
         let entries = batch.entries.count
         if verifiesPages {
             for i in 0..<entries {
-                batch.entries[i].hash = PageVerifier.hash(ofStaged: UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[i].stagingSlot))!)
+                batch.entries[i].hash = PageVerifier.hash(ofStaged: batch.entries[i].bytes(in: staging))
             }
         }
         while index < entries {
@@ -134,7 +140,7 @@ final class Evictor: @unchecked Sendable {
             let outcome = outcome(of: "write-back of \(group.count) pages of region \(region.id)") { () throws(StoreError) in
                 try pageList.withUnsafeBufferPointer { pages throws(StoreError) in
                     try store.write(region, pages: pages) { i in
-                        UnsafeRawPointer(bitPattern: staging.address(of: batch.entries[group[i]].stagingSlot))!
+                        batch.entries[group[i]].bytes(in: staging)
                     }
                 }
             }
@@ -159,7 +165,7 @@ final class Evictor: @unchecked Sendable {
         }
         // The pages are on the server: report now (parked faults wake); their
         // slots are emptied later, in a group, and returned then.
-        for entry in batch.entries where !entry.failed { pendingRelease.append(entry.stagingSlot) }
+        for entry in batch.entries where !entry.failed && entry.stagingSlot >= 0 { pendingRelease.append(entry.stagingSlot) }
         report(.batchDone(batch))
     }
 

@@ -120,6 +120,11 @@ extension FarMemory {
                     MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
                 }
             }
+            if let shared = part.shared {
+                // Write-backs in flight read the second mapping: they finish first.
+                for (shard, _) in part.records { shards[shard].waitForEvictor() }
+                shared.release()   // the file's pages go with its last mapping
+            }
             dropOnServer(part.store)
         }
     }

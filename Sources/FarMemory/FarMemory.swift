@@ -218,26 +218,30 @@ public final class FarMemory: @unchecked Sendable {
     /// page aligned, reading as zeros. The servers reserve room for it now
     /// (one server: all of it; a cluster: each its share of the copies), so a
     /// full server or cluster fails here, never later at a fault.
-    public func allocate(bytes: Int) throws(FarMemoryError) -> FarRegion {
+    /// `kind` picks what backs its pages locally (`RegionKind`).
+    public func allocate(bytes: Int, kind: RegionKind = .anonymous) throws(FarMemoryError) -> FarRegion {
         // Serialized with close(): a region is either seen and closed by it, or
         // refused because close() came first; never half-registered with stopped shards.
-        try lifecycle.withLock { () throws(FarMemoryError) -> FarRegion in try allocateLocked(bytes: bytes) }
+        try lifecycle.withLock { () throws(FarMemoryError) -> FarRegion in try allocateLocked(bytes: bytes, kind: kind) }
     }
 
-    private func allocateLocked(bytes: Int) throws(FarMemoryError) -> FarRegion {
+    private func allocateLocked(bytes: Int, kind: RegionKind) throws(FarMemoryError) -> FarRegion {
         guard bytes > 0 else { throw .invalidArgument("region size must be positive, got \(bytes)") }
         let pages = (bytes + 4095) / 4096
         // Eviction-queue entries carry the page number in 32 bits.
         guard pages <= Int(UInt32.max) else { throw .invalidArgument("a region is at most 16 TiB, got \(bytes) bytes") }
-        let part = try makePart(pages: pages, mappedAt: nil)
+        if kind == .memfd, !shards.allSatisfy(\.servesSharedMemory) {
+            throw .kernelTooOld("memfd regions need userfaultfd's minor faults and write-protect on shared memory (Linux 5.19)")
+        }
+        let part = try makePart(pages: pages, mappedAt: nil, kind: kind)
         book.withLock { _ = $0.open[part.store.id] = [part] }
-        return FarRegion(memory: self, id: part.store.id, head: part.records[0].record, pageCount: pages)
+        return FarRegion(memory: self, id: part.store.id, head: part.records[0].record, pageCount: pages, kind: kind)
     }
 
     /// A store region of `pages` pages, mapped (at `mappedAt`, where the
     /// caller mapped them, or anywhere), registered with every shard's
     /// userfaultfd and known to its handler. Undone wholly if a step fails.
-    func makePart(pages: Int, mappedAt: UInt?) throws(FarMemoryError) -> RegionPart {
+    func makePart(pages: Int, mappedAt: UInt?, kind: RegionKind = .anonymous) throws(FarMemoryError) -> RegionPart {
         let length = pages * 4096
         let storeRegion: StoreRegion
         let slot: Int
@@ -254,14 +258,37 @@ public final class FarMemory: @unchecked Sendable {
             throw error
         }
         let base: UInt
+        var shared: SharedBacking?
         if let mappedAt {
             base = mappedAt
         } else {
             do throws(Errno) {
-                base = try MemoryMapping.anonymous(length: length, noReserve: true)
+                switch kind {
+                case .anonymous:
+                    base = try MemoryMapping.anonymous(length: length, noReserve: true)
+                case .memfd:
+                    // The application's mapping and the pager's, of one file.
+                    let file = try SharedMemoryFile.create(name: "farmem-region-\(storeRegion.id)", length: length)
+                    do throws(Errno) {
+                        base = try file.map()
+                        do throws(Errno) {
+                            let alias = try file.map()
+                            shared = SharedBacking(file: file, alias: alias)
+                            // Never inherited either: a child would keep the file's pages mapped.
+                            try MemoryMapping.advise(alias, length: length, .dontFork)
+                        } catch {
+                            if let shared { MemoryMapping.unmap(shared.alias, length: length) }
+                            MemoryMapping.unmap(base, length: length)
+                            throw error
+                        }
+                    } catch {
+                        file.close()
+                        throw error
+                    }
+                }
             } catch {
                 dropOnServer(storeRegion)
-                throw .system("mapping a \(length)-byte region", error)
+                throw .system("mapping a \(length)-byte \(kind) region", error)
             }
         }
         do {
@@ -271,6 +298,7 @@ public final class FarMemory: @unchecked Sendable {
             try MemoryMapping.advise(base, length: length, .dontFork)
         } catch {
             MemoryMapping.unmap(base, length: length)
+            shared?.release()
             dropOnServer(storeRegion)
             throw .system("mapping a \(length)-byte region", error)
         }
@@ -279,17 +307,19 @@ public final class FarMemory: @unchecked Sendable {
         let chunks = (0..<shards.count).map { k in min(k * chunkPages, pages)..<min((k + 1) * chunkPages, pages) }
         do {
             for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
-                try shard.uffd.register(base + UInt(chunk.lowerBound * 4096), length: chunk.count * 4096, mode: [.missing, .writeProtect])
+                try shard.uffd.register(base + UInt(chunk.lowerBound * 4096), length: chunk.count * 4096,
+                                        mode: shared == nil ? [.missing, .writeProtect] : [.missing, .minor, .writeProtect])
             }
         } catch {
             MemoryMapping.unmap(base, length: length)
+            shared?.release()
             dropOnServer(storeRegion)
             throw .system("registering the region with userfaultfd", error)
         }
         var records: [(shard: Int, record: RegionRecord)] = []
         for (index, chunk) in chunks.enumerated() where !chunk.isEmpty {
             let record = RegionRecord(store: storeRegion, pageCount: pages, slot: slot, base: base, chunk: chunk,
-                                      verifiesPages: configuration.verifiesPages)
+                                      verifiesPages: configuration.verifiesPages, shared: shared)
             shards[index].add(record)
             records.append((index, record))
         }
@@ -416,10 +446,14 @@ public final class FarRegion: @unchecked Sendable {
     private let head: RegionRecord
     private let pages: Atomic<Int>
 
-    init(memory: FarMemory, id: UInt64, head: RegionRecord, pageCount: Int) {
+    /// What backs its pages locally.
+    public let kind: RegionKind
+
+    init(memory: FarMemory, id: UInt64, head: RegionRecord, pageCount: Int, kind: RegionKind) {
         self.memory = memory
         self.id = id
         self.head = head
+        self.kind = kind
         pages = Atomic(pageCount)
     }
 
@@ -449,6 +483,7 @@ public final class FarRegion: @unchecked Sendable {
     /// Must not race with `close` or another `grow` of the same region.
     @discardableResult
     public func grow(to bytes: Int, mayMove: Bool = true) throws(FarMemoryError) -> UnsafeMutableRawPointer {
+        guard kind == .anonymous else { throw .invalidArgument("only anonymous regions grow (this one is \(kind))") }
         let newPages = (bytes + 4095) / 4096
         let base = try memory.grow(regionID: id, toPages: newPages, mayMove: mayMove)
         pages.store(max(newPages, pageCount), ordering: .releasing)

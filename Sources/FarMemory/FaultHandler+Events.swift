@@ -15,6 +15,10 @@ extension FaultHandler {
         }
         for region in liveRegions {
             for run in region.pageRuns(in: start, end) {
+                if let shared = region.shared {
+                    handleSharedRemove(region: region, shared: shared, run: run, unmapped: unmapped)
+                    continue
+                }
                 var discardStart: Int?
                 for page in run {
                     let state = region.states[page]

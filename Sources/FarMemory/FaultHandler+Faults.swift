@@ -32,7 +32,17 @@ extension FaultHandler {
             trace.record(page, fault.isWriteProtect ? .writeProtectFault : .fault, before, region.states[page], extra: fault.isWrite ? 1 : 0)
         }
         if fault.isWriteProtect {
+            if region.shared != nil, region.states[page].isInFlight {
+                // A memfd page being written back (write-protected in place): the
+                // write waits until that lands, then faults the page back.
+                counters.add(.parkedFaults)
+                return
+            }
             if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
+            return
+        }
+        if let shared = region.shared {
+            handleSharedFault(fault, region: region, shared: shared, page: page, address: address, started: started)
             return
         }
         counters.add(.faults)
@@ -157,7 +167,7 @@ extension FaultHandler {
         }
     }
 
-    private enum InstallResult { case installed, alreadyThere, eventPending, gone }
+    enum InstallResult { case installed, alreadyThere, eventPending, gone }
 
     @discardableResult
     private func install(_ source: UnsafeRawPointer, at address: UInt, writeProtect: Bool) -> InstallResult {

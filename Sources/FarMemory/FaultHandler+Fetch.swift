@@ -29,22 +29,7 @@ extension FaultHandler {
             }
             return count
         }
-        var count = 1
-        fetchPages[0] = UInt64(page)
-        // Never prefetch past the budget: only into the room left under it.
-        let headroom = budget.headroom - 1
-        if let trend, headroom > 0 {
-            // Consecutive predicted pages that live on the server, stopping at the
-            // first that does not (so installs stay in runs).
-            var candidate = page
-            for _ in 0..<min(trend.window, headroom) {
-                candidate += trend.stride
-                guard candidate >= 0, candidate < region.pageCount else { break }
-                guard region.states[candidate].isOnServerOnly else { break }
-                fetchPages[count] = UInt64(candidate)
-                count += 1
-            }
-        }
+        let count = predictPages(region: region, page: page, trend: trend)
         do {
             fetchedData = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages, count: count), into: fetchBuffer)
             trace.record(page, .fetched, extra: count - 1)
@@ -65,6 +50,26 @@ extension FaultHandler {
             try? uffd.wake(address, length: 4096)
         }
         return 0
+    }
+
+    /// Puts the faulting page and the pages the trend predicts in
+    /// `fetchPages`; returns how many. Predicted pages live on the server
+    /// only, follow one another (stopping at the first that does not, so
+    /// installs stay in runs), and fit in the room left under the budget.
+    func predictPages(region: RegionRecord, page: Int, trend: (stride: Int, window: Int)?) -> Int {
+        var count = 1
+        fetchPages[0] = UInt64(page)
+        let headroom = budget.headroom - 1
+        guard let trend, headroom > 0 else { return count }
+        var candidate = page
+        for _ in 0..<min(trend.window, headroom) {
+            candidate += trend.stride
+            guard candidate >= 0, candidate < region.pageCount else { break }
+            guard region.states[candidate].isOnServerOnly else { break }
+            fetchPages[count] = UInt64(candidate)
+            count += 1
+        }
+        return count
     }
 
     /// Installs prefetched pages (slots 1...count of the fetched data):

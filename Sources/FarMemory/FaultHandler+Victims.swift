@@ -41,7 +41,9 @@ extension FaultHandler {
             }
             region.states[page] = state.dequeued()
             guard state.isResident, let address = region.address(of: page) else { continue }
-            switch moveOut(region: region, page: page, state: state, address: address, into: batch) {
+            let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state, address: address, into: batch) }
+                ?? moveOut(region: region, page: page, state: state, address: address, into: batch)
+            switch outcome {
             case .moved:
                 budget.resident -= 1
             case .eventPending, .noFreeSlot:
@@ -64,7 +66,7 @@ extension FaultHandler {
         return batch.entries.count == limit
     }
 
-    private enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notMapped, refused(Errno) }
+    enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notMapped, refused(Errno) }
 
     /// Moves one resident page into a free staging slot and adds it to the
     /// batch (clean pages need no write-back; dirty ones are in flight until
@@ -185,7 +187,9 @@ extension FaultHandler {
             let state = region.states[page]
             guard let address = region.address(of: page) else { setAside.push(entry); continue }
             tried += 1
-            switch moveOut(region: region, page: page, state: state.retried(), address: address, into: batch) {
+            let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state.retried(), address: address, into: batch) }
+                ?? moveOut(region: region, page: page, state: state.retried(), address: address, into: batch)
+            switch outcome {
             case .moved:
                 budget.unevictable -= 1
                 moved += 1

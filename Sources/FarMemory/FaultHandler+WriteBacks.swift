@@ -18,6 +18,11 @@ extension FaultHandler {
         var keepSlots: [Int32] = []
         for entry in batch.entries {
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
+            if entry.source != 0 {
+                if entry.failed { declareOutage(unless: entry.lost || region == nil) }
+                finishShared(entry)
+                continue
+            }
             guard entry.failed else {
                 // Its slot comes back (a slotsReleased report) once the evictor has emptied it.
                 guard entry.dirty, let region else {
@@ -43,18 +48,23 @@ extension FaultHandler {
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
-            if !entry.lost, !writeBackOutage, region != nil {
-                writeBackOutage = true
-                nextOutageProbe = fm_now_ns() + outageBackoffSeconds * 1_000_000_000
-                logger.error("write-back failed: eviction paused for at least \(outageBackoffSeconds) s, pages stay in local memory (the budget is not kept) until the server answers again")
-                outageBackoffSeconds = min(outageBackoffSeconds * 2, 60)
-            }
+            declareOutage(unless: entry.lost || region == nil)
             if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
         }
         batch.entries.removeAll(keepingCapacity: true)
         spareBatches.append(batch)
         if !keepSlots.isEmpty { evictor.submit(.release(keepSlots)) }
         counters.set(.residentPages, UInt64(budget.resident))
+    }
+
+    /// A write-back failed: eviction pauses until the server answers a probe
+    /// (not for pages whose copies are all lost, nor a closed region's).
+    func declareOutage(unless excused: Bool) {
+        guard !excused, !writeBackOutage else { return }
+        writeBackOutage = true
+        nextOutageProbe = fm_now_ns() + outageBackoffSeconds * 1_000_000_000
+        logger.error("write-back failed: eviction paused for at least \(outageBackoffSeconds) s, pages stay in local memory (the budget is not kept) until the server answers again")
+        outageBackoffSeconds = min(outageBackoffSeconds * 2, 60)
     }
 
     /// Moves a page whose write-back failed from its staging slot back into

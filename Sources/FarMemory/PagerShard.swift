@@ -12,6 +12,8 @@ import Synchronization
 final class PagerShard: @unchecked Sendable {
     let uffd: Userfaultfd
     let counters: PagerCounters
+    /// Whether memfd regions can be registered here (the kernel's features).
+    let servesSharedMemory: Bool
     private let staging: StagingArea
     private let handler: FaultHandler
     private let evictor: Evictor
@@ -31,8 +33,13 @@ final class PagerShard: @unchecked Sendable {
         } catch {
             throw .userfaultfdUnavailable(Userfaultfd.explain(error))
         }
+        // memfd regions need three more features, where the kernel has them (5.19).
+        let sharedMemory: Userfaultfd.Features = [.missingShmem, .minorShmem, .wpSharedMemory]
+        let supported = (try? Userfaultfd.supportedFeatures()) ?? []
+        servesSharedMemory = supported.isSuperset(of: sharedMemory)
+        let features: Userfaultfd.Features = [.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID]
         do {
-            try uffd.enable([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID])
+            _ = try uffd.enable(features.union(servesSharedMemory ? sharedMemory : []))
         } catch {
             uffd.close()
             throw .system("UFFDIO_API", error)
@@ -81,6 +88,13 @@ final class PagerShard: @unchecked Sendable {
         })
         done.wait()
         return extents.withLock { $0 }
+    }
+
+    /// Returns once the evictor has done every job submitted so far.
+    func waitForEvictor() {
+        let done = DispatchSemaphore(value: 0)
+        evictor.submit(.barrier(done))
+        done.wait()
     }
 
     /// Where the chunk's pages are mapped now, once every event already read is applied.

@@ -7,4 +7,6 @@ struct RegionPart {
     let pageCount: Int
     /// One per shard with a non-empty chunk of the part, in page order.
     let records: [(shard: Int, record: RegionRecord)]
+    /// A memfd part's file and second mapping (one for all its shards' chunks).
+    var shared: SharedBacking? { records.first?.record.shared }
 }

@@ -29,11 +29,15 @@ final class RegionRecord: @unchecked Sendable {
     let chunk: Range<Int>
     /// Address of page 0 now (it follows mremap); 0 once page 0 is unmapped.
     let currentBase: Atomic<UInt>
+    /// A memfd region's file and second mapping; nil for an anonymous one.
+    let shared: SharedBacking?
 
     /// The shard's view of a region: all its page numbers, but only the pages
     /// in `chunk` are mapped through this shard's userfaultfd.
-    init(store: StoreRegion, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>, verifiesPages: Bool = false) {
+    init(store: StoreRegion, pageCount: Int, slot: Int, base: UInt, chunk: Range<Int>, verifiesPages: Bool = false,
+         shared: SharedBacking? = nil) {
         self.store = store
+        self.shared = shared
         self.pageCount = pageCount
         self.slot = slot
         states = .allocate(capacity: pageCount)

@@ -92,6 +92,24 @@ final class EvictionBatch: @unchecked Sendable {
         var backed = false
         /// With page verification on: the staged page's hash, taken by the evictor.
         var hash: UInt64 = 0
+        /// A memfd page: where to read it (its second mapping; it stays in the
+        /// page cache, write-protected, and has no staging slot). 0 otherwise.
+        var source: UInt = 0
+
+        init(regionSlot: Int, region: StoreRegion, page: Int, stagingSlot: Int32, dirty: Bool, backed: Bool, source: UInt = 0) {
+            self.regionSlot = regionSlot
+            self.region = region
+            self.page = page
+            self.stagingSlot = stagingSlot
+            self.dirty = dirty
+            self.backed = backed
+            self.source = source
+        }
+
+        /// Where the evictor reads the page's bytes.
+        func bytes(in staging: StagingArea) -> UnsafeRawPointer {
+            UnsafeRawPointer(bitPattern: source != 0 ? source : staging.address(of: stagingSlot))!
+        }
     }
     var entries: [Entry] = []
     init(capacity: Int) { entries.reserveCapacity(capacity) }

@@ -25,38 +25,10 @@ final class PagerTests: XCTestCase {
         region.baseAddress! + page * 4096
     }
 
-    /// Writes every page with `pattern` from `threads` threads, pages interleaved
-    /// so the threads fault side by side.
-    private func fill(_ region: FarRegion, _ pattern: PagePattern, threads: Int = 1) {
-        let base = UInt(bitPattern: region.baseAddress!)
-        let pages = region.pageCount
-        let workers = (0..<threads).map { t in
-            PosixThread.spawn(name: "fill-\(t)") {
-                for page in stride(from: t, to: pages, by: threads) {
-                    _ = pattern.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!)
-                }
-            }
-        }
-        workers.forEach { $0.join() }
-    }
+    private func fill(_ region: FarRegion, _ pattern: PagePattern, threads: Int = 1) { region.write(pattern, threads: threads) }
 
-    /// Pages (of `pages`) whose content is not `pattern`'s.
     private func mismatches(_ region: FarRegion, _ pattern: PagePattern, pages: [Int]? = nil, threads: Int = 1) -> [Int] {
-        let base = UInt(bitPattern: region.baseAddress!)
-        let list = pages ?? Array(0..<region.pageCount)
-        let bad = Mutex<[Int]>([])
-        let workers = (0..<threads).map { t in
-            PosixThread.spawn(name: "check-\(t)") {
-                var local: [Int] = []
-                for i in stride(from: t, to: list.count, by: threads)
-                where !pattern.verify(page: list[i], at: UnsafeRawPointer(bitPattern: base + UInt(list[i]) * 4096)!).ok {
-                    local.append(list[i])
-                }
-                bad.withLock { $0 += local }
-            }
-        }
-        workers.forEach { $0.join() }
-        return bad.withLock { $0.sorted() }
+        region.mismatches(pattern, pages: pages, threads: threads)
     }
 
     private func isZero(_ pointer: UnsafeRawPointer) -> Bool {

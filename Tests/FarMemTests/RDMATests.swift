@@ -57,6 +57,26 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(server_.pagesWritten, 0)
     }
 
+    func testAMemfdRegionFourTimesTheBudgetIsPagedOverRDMA() throws {
+        let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20, requestTimeoutSeconds: 10, transport: .rdma)
+        configuration.verifiesPages = true
+        let memory = try FarMemory(configuration: configuration)
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 4 << 20, kind: .memfd)
+        let pattern = PagePattern(seed: 13)
+        writeAll(region, pattern)
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        let second = PagePattern(seed: 14)
+        writeAll(region, second)
+        XCTAssertEqual(verifyAll(region, second), 0)
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
+        XCTAssertEqual(stats.verificationFailures, 0)
+    }
+
     func testAutoFallsBackToTCPAndRequiredRDMAIsAClearError() throws {
         let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "tcp"])
         defer { server.stop() }

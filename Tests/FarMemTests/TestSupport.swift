@@ -1,6 +1,9 @@
 import Foundation
 import FarMemProtocol
 import FarMemSystem
+import FarMemWorkloads
+import FarMemory
+import Synchronization
 import XCTest
 
 /// Where `swift build` put the executables: next to the test bundle.
@@ -319,4 +322,40 @@ func waitUntil(_ what: String, seconds: Double, context: () -> String = { "" }, 
     while !done(), Date() < deadline { usleep(50_000) }
     if !done() { XCTFail("not within \(Int(seconds)) s: \(what): \(context())") }
     return done()
+}
+
+extension FarRegion {
+    /// Writes every page with `pattern` from `threads` threads, pages
+    /// interleaved so the threads fault side by side.
+    func write(_ pattern: PagePattern, threads: Int = 1) {
+        let base = UInt(bitPattern: baseAddress!)
+        let pages = pageCount
+        let workers = (0..<threads).map { t in
+            PosixThread.spawn(name: "fill-\(t)") {
+                for page in stride(from: t, to: pages, by: threads) {
+                    _ = pattern.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!)
+                }
+            }
+        }
+        workers.forEach { $0.join() }
+    }
+
+    /// Pages (of `pages`, default all) whose content is not `pattern`'s, read from `threads` threads.
+    func mismatches(_ pattern: PagePattern, pages: [Int]? = nil, threads: Int = 1) -> [Int] {
+        let base = UInt(bitPattern: baseAddress!)
+        let list = pages ?? Array(0..<pageCount)
+        let bad = Mutex<[Int]>([])
+        let workers = (0..<threads).map { t in
+            PosixThread.spawn(name: "check-\(t)") {
+                var local: [Int] = []
+                for i in stride(from: t, to: list.count, by: threads)
+                where !pattern.verify(page: list[i], at: UnsafeRawPointer(bitPattern: base + UInt(list[i]) * 4096)!).ok {
+                    local.append(list[i])
+                }
+                bad.withLock { $0 += local }
+            }
+        }
+        workers.forEach { $0.join() }
+        return bad.withLock { $0.sorted() }
+    }
 }
