@@ -54,6 +54,16 @@ farmem_t *farmem_open(const char *server, size_t budget_bytes, const char *token
  * copies): a full server or cluster fails here, not at a later fault. */
 void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *error, size_t error_len);
 
+/* What backs a region locally (see README, "Region kinds"). */
+typedef enum {
+    FARMEM_ANONYMOUS = 0, /* private memory: installed with UFFDIO_COPY */
+    FARMEM_MEMFD = 1,     /* shared memory: received into the page cache, mapped with UFFDIO_CONTINUE */
+} farmem_region_kind_t;
+
+/* farmem_alloc with a region kind (farmem_alloc is FARMEM_ANONYMOUS). */
+void *farmem_alloc_kind(farmem_t *fm, size_t bytes, farmem_region_kind_t kind, farmem_region_t **region, char *error,
+                        size_t error_len);
+
 /* Grows the region to at least `bytes` (whole pages) without reading any of
  * its pages: evicted pages stay on the servers, resident ones move with
  * their page tables (mremap, no copy), and the new pages read as zeros. If

@@ -70,10 +70,20 @@ public func farmem_open(_ server: UnsafePointer<CChar>?, _ budgetBytes: Int, _ t
 @_cdecl("farmem_alloc")
 public func farmem_alloc(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ regionOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                          _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
+    farmem_alloc_kind(handle, bytes, 0, regionOut, errorBuffer, errorLength)
+}
+
+/// `kind`: farmem_region_kind_t (0 anonymous, 1 memfd).
+@_cdecl("farmem_alloc_kind")
+public func farmem_alloc_kind(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ kind: UInt32,
+                              _ regionOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                              _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
     guard let handle else { report("no FarMemory handle", into: errorBuffer, length: errorLength); return nil }
+    let kinds: [RegionKind] = [.anonymous, .memfd]
+    guard Int(kind) < kinds.count else { report("unknown region kind \(kind)", into: errorBuffer, length: errorLength); return nil }
     let memory = Unmanaged<FarMemory>.fromOpaque(handle).takeUnretainedValue()
     do {
-        let region = try memory.allocate(bytes: bytes)
+        let region = try memory.allocate(bytes: bytes, kind: kinds[Int(kind)])
         regionOut?.pointee = Unmanaged.passRetained(region).toOpaque()
         return region.baseAddress
     } catch {

@@ -31,6 +31,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Most pages to prefetch on a sequential or strided trend (0: off).") var prefetch = 64
     @Option(help: "Fault-handler threads (the region is split among them).") var handlerThreads = 1
     @Option(help: "Microseconds the fault handler spins for the next fault before it blocks (0: block at once).") var spin = 0
+    @Option(help: "What backs the region locally: anonymous or memfd.") var regionKind = "anonymous"
 
     func run() throws {
         guard let budgetBytes = parseByteSize(budget), budgetBytes >= 256 << 10 else {
@@ -41,6 +42,9 @@ struct DemoCommand: ParsableCommand {
             return v
         } ?? budgetBytes * 4
         guard (1...64).contains(threads) else { throw ValidationError("--threads must be 1...64") }
+        guard let kind = RegionKind(rawValue: regionKind) else {
+            throw ValidationError("--region-kind must be \(RegionKind.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
         guard let pageTransport = FarMemoryConfiguration.Transport(rawValue: transport) else {
             throw ValidationError("--transport must be tcp, rdma or auto")
         }
@@ -77,9 +81,9 @@ struct DemoCommand: ParsableCommand {
                                                                          handlerSpinMicroseconds: spin,
                                                                          handlerThreads: handlerThreads))
         defer { memory.close() }
-        let region = try memory.allocate(bytes: regionBytes)
+        let region = try memory.allocate(bytes: regionBytes, kind: kind)
         let pages = region.pageCount
-        print("farmem demo: \(formatByteSize(region.length)) region, \(formatByteSize(budgetBytes)) local budget "
+        print("farmem demo: \(formatByteSize(region.length)) \(kind) region, \(formatByteSize(budgetBytes)) local budget "
               + "(\(String(format1: Double(region.length) / Double(budgetBytes)))x), \(threads) threads, "
               + (endpoints.count == 1 ? "server \(embedded.isEmpty ? endpoint.description : "embedded at \(endpoint)"), "
                  : "\(endpoints.count) \(embedded.isEmpty ? "" : "embedded ")servers with \(memory.configuration.replicas) copies of every page, ")

@@ -1,5 +1,6 @@
 /* The C interface end to end: a region 4x the budget through a farmemd,
- * written and read back by a C program. Usage: farmem_c_example HOST:PORT.
+ * written and read back by a C program, then grown; a memfd region the
+ * same. Usage: farmem_c_example HOST:PORT.
  * Prints "c-api verified" and exits 0 when every word is as written. */
 #include <farmemory.h>
 #include <stdio.h>
@@ -24,7 +25,23 @@ int main(int argc, char **argv) {
     printf("evictions %llu write-backs %llu fetches %llu; oversized alloc: %s\n",
            (unsigned long long)stats.evictions, (unsigned long long)stats.write_backs,
            (unsigned long long)(stats.fetches + stats.prefetched), huge ? "accepted?!" : why);
+    /* Grown to twice its size: the old words stay, the new ones read as zeros. */
+    void *moved = NULL;
+    if (farmem_grow(fm, region, 2 * words * sizeof(uint64_t), 1, &moved, why, sizeof why) != 0) {
+        fprintf(stderr, "farmem_grow: %s\n", why);
+        return 1;
+    }
+    a = moved;
+    for (size_t i = 0; i < words; i++) bad += a[i] != i * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = words; i < 2 * words; i++) bad += a[i] != 0;
     farmem_free(fm, region);
+    /* A memfd region: the same, through the page cache. */
+    farmem_region_t *shared = NULL;
+    uint64_t *b = farmem_alloc_kind(fm, words * sizeof(uint64_t), FARMEM_MEMFD, &shared, why, sizeof why);
+    if (!b) { fprintf(stderr, "farmem_alloc_kind: %s\n", why); return 1; }
+    for (size_t i = 0; i < words; i++) b[i] = i ^ 0x5555;
+    for (size_t i = 0; i < words; i++) bad += b[i] != (i ^ 0x5555);
+    farmem_free(fm, shared);
     farmem_close(fm);
     if (bad || stats.evictions == 0 || huge) { printf("c-api FAILED: %zu words differ\n", bad); return 2; }
     printf("c-api verified\n");
