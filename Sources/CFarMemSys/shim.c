@@ -153,6 +153,11 @@ int64_t fm_map_shared(int fd, uint64_t size) {
     return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
 }
 
+int fm_page_in_memory(uint64_t address) {
+    unsigned char present = 0;
+    return mincore((void *)(uintptr_t)address, 4096, &present) < 0 ? neg_errno() : (present & 1);
+}
+
 int fm_punch_hole(int fd, uint64_t offset, uint64_t len) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) < 0 ? neg_errno() : 0;
 }

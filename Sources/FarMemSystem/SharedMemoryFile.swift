@@ -33,5 +33,18 @@ public struct SharedMemoryFile: Sendable {
         _ = try checkedShim { fm_punch_hole(descriptor.rawValue, UInt64(offset), UInt64(length)) }
     }
 
+    /// Whether the page at `address` of a mapping of it is in memory
+    /// (mincore: for a shared mapping, whether the page cache holds it).
+    public static func isInMemory(_ address: UInt) throws(Errno) -> Bool {
+        try checkedShim { fm_page_in_memory(UInt64(address)) } == 1
+    }
+
+    /// Whether the kernel gives shared memory huge pages whatever a mapping
+    /// asks (shmem_enabled "force"): 4 KiB punches and page-cache checks
+    /// would then not mean what they say.
+    public static var hugePagesForced: Bool {
+        (readTextFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled") ?? "").contains("[force]")
+    }
+
     public func close() { descriptor.close() }
 }

@@ -72,8 +72,17 @@ final class Evictor: @unchecked Sendable {
         pageList.reserveCapacity(ProtocolLimits.maxBatchPages)
     }
 
+    /// Set (under the jobs lock) once the evictor has stopped: a barrier
+    /// submitted afterwards is signalled at once instead of waiting forever.
+    private var stopped = false
+
     func submit(_ job: Job) {
-        jobs.withLock { $0.append(job) }
+        let lateBarrier: DispatchSemaphore? = jobs.withLock { jobs in
+            if stopped, case .barrier(let done) = job { return done }
+            jobs.append(job)
+            return nil
+        }
+        lateBarrier?.signal()
         condition.signal()
     }
 
@@ -93,6 +102,17 @@ final class Evictor: @unchecked Sendable {
                 switch job {
                 case .stop:
                     releasePending()
+                    // Nothing more will run: let waiters on barriers go.
+                    let left = jobs.withLock { jobs in
+                        stopped = true
+                        defer { jobs.removeAll() }
+                        return jobs
+                    }
+                    var afterStop = false
+                    for job in pending + left {
+                        if case .stop = job { afterStop = true }
+                        if afterStop, case .barrier(let done) = job { done.signal() }
+                    }
                     return
                 case .evict(let batch):
                     writeBack(batch)

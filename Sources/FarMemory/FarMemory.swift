@@ -233,6 +233,9 @@ public final class FarMemory: @unchecked Sendable {
         if kind == .memfd, !shards.allSatisfy(\.servesSharedMemory) {
             throw .kernelTooOld("memfd regions need userfaultfd's minor faults and write-protect on shared memory (Linux 5.19)")
         }
+        if kind == .memfd, SharedMemoryFile.hugePagesForced {
+            throw .invalidArgument("memfd regions need 4 KiB pages, but /sys/kernel/mm/transparent_hugepage/shmem_enabled is \"force\"")
+        }
         let part = try makePart(pages: pages, mappedAt: nil, kind: kind)
         book.withLock { _ = $0.open[part.store.id] = [part] }
         return FarRegion(memory: self, id: part.store.id, head: part.records[0].record, pageCount: pages, kind: kind)
@@ -274,8 +277,10 @@ public final class FarMemory: @unchecked Sendable {
                         do throws(Errno) {
                             let alias = try file.map()
                             shared = SharedBacking(file: file, alias: alias)
-                            // Never inherited either: a child would keep the file's pages mapped.
+                            // Never inherited either (a child would keep the file's pages
+                            // mapped), and 4 KiB pages only, as for the application's mapping.
                             try MemoryMapping.advise(alias, length: length, .dontFork)
+                            try MemoryMapping.advise(alias, length: length, .noHugePage)
                         } catch {
                             if let shared { MemoryMapping.unmap(shared.alias, length: length) }
                             MemoryMapping.unmap(base, length: length)

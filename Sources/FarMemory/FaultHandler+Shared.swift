@@ -27,43 +27,18 @@ extension FaultHandler {
             counters.add(.parkedFaults)
             return
         }
-        if state.isResident || fault.isMinor {
-            if !state.isResident {
-                // In the page cache, yet not put there by this handler: the page
-                // cache is the truth. Written back before it is ever dropped.
-                region.states[page] = state.installed(dirty: true)
-                budget.resident += 1
-                enqueueIfNeeded(region, page)
-            }
+        if state.isResident {
             mapResident(fault, region: region, shared: shared, page: page, address: address)
             counters.set(.residentPages, UInt64(budget.resident))
             return
         }
+        // Not resident: the state decides, never the fault's MINOR flag, which
+        // was true when the fault was raised and may not be now (the page may
+        // have been evicted while the fault was held).
         let isWrite = fault.isWrite
         let trend = trends.record(thread: fault.thread, region: region.slot, page: page)
         guard state.isBacked else {
-            // Never written: a zero page, write-protected unless this is a write.
-            region.states[page] = state.installed(dirty: isWrite)
-            switch installZeros(at: address, writeProtect: !isWrite) {
-            case .installed:
-                budget.resident += 1
-                enqueueIfNeeded(region, page)
-                counters.add(.zeroFills)
-                counters.faultService.record(nanoseconds: fm_now_ns() &- started)
-            case .alreadyThere:
-                // Put in the page cache meanwhile by someone else's write through
-                // another mapping of the file (none exists but ours): map that.
-                region.states[page] = state.installed(dirty: true)
-                budget.resident += 1
-                enqueueIfNeeded(region, page)
-                mapResident(fault, region: region, shared: shared, page: page, address: address)
-            case .eventPending:
-                region.states[page] = state
-                deferUntilEvent(fault)
-            case .gone:
-                region.states[page] = state
-                try? uffd.wake(address, length: 4096)
-            }
+            zeroFill(fault, region: region, shared: shared, page: page, address: address, started: started)
             counters.set(.residentPages, UInt64(budget.resident))
             return
         }
@@ -95,17 +70,21 @@ extension FaultHandler {
     }
 
     /// Maps a resident page for a fault: writable (and dirty) for a write or
-    /// a dirty page, write-protected otherwise. If the page cache lost it
-    /// (the application's MADV_REMOVE), it reads as zeros from now on.
+    /// a dirty page, write-protected otherwise. A remove-pending page found in
+    /// the page cache was kept (MADV_DONTNEED); found gone, it was removed
+    /// (MADV_REMOVE) and reads as zeros from now on.
     private func mapResident(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt) {
         let state = region.states[page]
         let writable = fault.isWrite || state.isDirty
-        if fault.isWrite { region.states[page] = state.written() }
+        var mapped = fault.isWrite ? state.written() : state
+        if state.isRemovePending { mapped = mapped.removeSettled() }
+        region.states[page] = mapped
         switch mapContinued(at: address, pages: 1, writeProtect: !writable) {
         case .mapped:
-            break
+            region.removesSeenAt[page] = nil
         case .alreadyThere:
-            region.states[page] = state   // mapped as it was: a write to it faults as write-protect
+            // Mapped as it was: a write to it faults as write-protect.
+            region.states[page] = state
             counters.add(.duplicateFaults)
         case .eventPending:
             region.states[page] = state
@@ -114,18 +93,42 @@ extension FaultHandler {
             region.states[page] = state
             try? uffd.wake(address, length: 4096)
         case .notInPageCache:
-            // Removed from the file behind our back (MADV_REMOVE, punched):
-            // zeros, as the application asked; the store's copy is stale.
-            let zeros = state.reinstalledAsZeros()
-            region.states[page] = fault.isWrite ? zeros.written() : zeros
-            if state.isBacked { evictor.submit(.discard(region.store, first: page, count: 1)) }
-            switch installZeros(at: address, writeProtect: !fault.isWrite) {
-            case .installed, .alreadyThere: break
-            case .eventPending:
-                region.states[page] = state   // judged again after the event
-                deferUntilEvent(fault)
-            case .gone: try? uffd.wake(address, length: 4096)
+            region.removesSeenAt[page] = nil
+            if !state.isRemovePending {
+                // Gone without a REMOVE: nothing of ours takes a resident page
+                // out of the page cache, so this is not expected. What the store
+                // has (or zeros) is the best there is now.
+                logger.error("page \(page) of region \(region.store.id) (\(state)) left the page cache without an event; it is read from the store again")
+                region.states[page] = state.notInstalled()
+                budget.resident -= 1
+                try? uffd.wake(address, length: 4096)   // it faults again and is fetched
+                return
             }
+            // Removed (MADV_REMOVE): zeros, as the application asked; the store's copy is stale.
+            if state.isBacked { evictor.submit(.discard(region.store, first: page, count: 1)) }
+            region.states[page] = state.reinstalledAsZeros()
+            budget.resident -= 1
+            zeroFill(fault, region: region, shared: shared, page: page, address: address, started: fm_now_ns())
+        }
+    }
+
+    /// A page that reads as zeros (never written, or removed): zeros written
+    /// into the page cache through the second mapping (over whatever it held),
+    /// then mapped; write-protected unless the fault is a write.
+    private func zeroFill(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt, started: UInt64) {
+        let state = region.states[page]
+        shared.zero(page)
+        region.states[page] = state.installed(dirty: fault.isWrite)
+        budget.resident += 1
+        enqueueIfNeeded(region, page)
+        switch mapContinued(at: address, pages: 1, writeProtect: !fault.isWrite) {
+        case .mapped, .alreadyThere:
+            counters.add(.zeroFills)
+            counters.faultService.record(nanoseconds: fm_now_ns() &- started)
+        case .eventPending:
+            deferUntilEvent(fault)   // in the page cache: it is mapped when the fault comes back
+        case .notInPageCache, .gone:
+            try? uffd.wake(address, length: 4096)
         }
     }
 
@@ -143,19 +146,6 @@ extension FaultHandler {
             case .again: return .eventPending
             case .badAddress: return .notInPageCache
             default: return .gone   // unmapped under us, or the process is exiting
-            }
-        }
-    }
-
-    private func installZeros(at address: UInt, writeProtect: Bool) -> InstallResult {
-        do {
-            _ = try uffd.copy(to: address, from: zeroPage, length: 4096, writeProtect: writeProtect)
-            return .installed
-        } catch {
-            switch error {
-            case .exists: return .alreadyThere
-            case .again: return .eventPending
-            default: return .gone
             }
         }
     }
@@ -239,6 +229,21 @@ extension FaultHandler {
     /// The caller fixes `resident` and the queues.
     func evictShared(region: RegionRecord, shared: SharedBacking, page: Int, state: PageState, address: UInt,
                      into batch: EvictionBatch) -> MoveOutcome {
+        var state = state
+        if state.isRemovePending {
+            // The REMOVE's own punch may still be on its way (the madvising
+            // thread goes on once the event is read): evicting now could write
+            // the removed data back. After a second the page cache can be asked.
+            let seen = region.removesSeenAt[page] ?? 0
+            if fm_now_ns() &- seen < 1_000_000_000 { return .notYet }
+            region.removesSeenAt[page] = nil
+            guard shared.isInPageCache(page) else {
+                // Removed (MADV_REMOVE): zeros from now on; the store's copy is stale.
+                if state.isBacked { evictor.submit(.discard(region.store, first: page, count: 1)) }
+                return .notMapped
+            }
+            state = state.removeSettled()   // kept (MADV_DONTNEED): dirty, written back below
+        }
         if !state.isDirty {
             // The store (or nothing: zeros) has its data, and any write to it
             // faults here first (it is write-protected).
@@ -333,10 +338,12 @@ extension FaultHandler {
             let state = region.states[page]
             defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
             var discards = false
+            if unmapped { region.removesSeenAt[page] = nil }
             if state.isInFlight {
                 region.states[page] = state.discardedWhileInFlight()
             } else if state.isResident && !unmapped {
-                region.states[page] = state.written()
+                region.states[page] = state.removedWhileResident()
+                region.removesSeenAt[page] = fm_now_ns()
             } else {
                 if state.isUnevictable {
                     budget.unevictable -= 1

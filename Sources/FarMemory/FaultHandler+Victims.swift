@@ -12,24 +12,27 @@ extension FaultHandler {
         let target = budget.evictionTarget
         while budget.resident > target, staging.freeCount > 0, !awaitingEvent {
             let batch = spareBatches.popLast() ?? EvictionBatch(capacity: budget.batchSize)
-            let moved = fillBatch(batch, limit: min(budget.batchSize, budget.resident - target))
+            let (full, dropped) = fillBatch(batch, limit: min(budget.batchSize, budget.resident - target))
             if batch.entries.isEmpty {
                 spareBatches.append(batch)
+                if full && dropped > 0 { continue }   // memfd clean pages, dropped in place
                 break
             }
             evictor.submit(.evict(batch))
-            if !moved { break }
+            if !full { break }
         }
         budget.publish(to: counters)
     }
 
-    /// Moves up to `limit` victims into staging. Returns false when it had to
-    /// stop early (an event is pending, or staging is full).
-    func fillBatch(_ batch: EvictionBatch, limit: Int) -> Bool {
+    /// Evicts up to `limit` victims: into staging (and the batch), or, for
+    /// clean memfd pages, dropped where they are (`dropped` of them). `full`
+    /// is false when it had to stop early (an event is pending, staging is
+    /// full, or the queue had no more victims).
+    func fillBatch(_ batch: EvictionBatch, limit: Int) -> (full: Bool, dropped: Int) {
         batch.entries.removeAll(keepingCapacity: true)
-        var examined = 0
+        var examined = 0, dropped = 0
         let maxExamined = queue.count
-        while batch.entries.count < limit, examined < maxExamined, let entry = queue.pop() {
+        while batch.entries.count + dropped < limit, examined < maxExamined, let entry = queue.pop() {
             examined += 1
             let (slot, page) = EvictionQueue.unpack(entry)
             guard slot < regions.count, let region = regions[slot] else { continue }
@@ -41,16 +44,18 @@ extension FaultHandler {
             }
             region.states[page] = state.dequeued()
             guard state.isResident, let address = region.address(of: page) else { continue }
+            let entries = batch.entries.count
             let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state, address: address, into: batch) }
                 ?? moveOut(region: region, page: page, state: state, address: address, into: batch)
             switch outcome {
             case .moved:
                 budget.resident -= 1
+                if batch.entries.count == entries { dropped += 1 }
             case .eventPending, .noFreeSlot:
                 region.states[page] = state
                 queue.push(entry)
-                return false
-            case .slotNotEmpty:
+                return (false, dropped)
+            case .slotNotEmpty, .notYet:
                 region.states[page] = state
                 queue.push(entry)
             case .notMapped:
@@ -63,10 +68,11 @@ extension FaultHandler {
                 refused(region: region, page: page, state: state, error: error)
             }
         }
-        return batch.entries.count == limit
+        return (batch.entries.count + dropped == limit, dropped)
     }
 
-    enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notMapped, refused(Errno) }
+    /// `notYet`: a memfd page whose REMOVE is not settled; it stays queued.
+    enum MoveOutcome { case moved, eventPending, noFreeSlot, slotNotEmpty, notYet, notMapped, refused(Errno) }
 
     /// Moves one resident page into a free staging slot and adds it to the
     /// batch (clean pages need no write-back; dirty ones are in flight until
@@ -196,7 +202,7 @@ extension FaultHandler {
             case .eventPending, .noFreeSlot:
                 setAside.push(entry)
                 return false
-            case .slotNotEmpty, .refused:
+            case .slotNotEmpty, .notYet, .refused:
                 setAside.push(entry)
             case .notMapped:
                 region.states[page] = state.foundUnmapped()

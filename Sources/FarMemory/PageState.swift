@@ -42,6 +42,11 @@ struct PageState: Equatable, CustomStringConvertible {
     var isUnevictable: Bool { bits & Self.unevictable != 0 }
     /// The kernel refused to move it once (a pin may be short).
     var wasRefusedOnce: Bool { bits & Self.refusedOnce != 0 }
+    /// memfd regions: the application's MADV_DONTNEED or MADV_REMOVE reached
+    /// this resident page, and which one it was is for the page cache to
+    /// tell (the same bit as `wasDiscardedInFlight`: discarded at a moment
+    /// the handler cannot judge yet).
+    var isRemovePending: Bool { bits & Self.resident != 0 && bits & Self.discardedInFlight != 0 }
     /// Lives in the page store only: worth fetching (or prefetching) as it is.
     var isOnServerOnly: Bool { bits & (Self.resident | Self.inFlight) == 0 && bits & Self.backed != 0 }
 
@@ -66,6 +71,13 @@ struct PageState: Equatable, CustomStringConvertible {
     /// The application discarded it (MADV_DONTNEED, MADV_REMOVE, munmap): zeros
     /// from now on. Its eviction-queue entry, if any, stays.
     func discarded() -> PageState { PageState(bits: bits & Self.queued) }
+
+    /// memfd regions: a REMOVE event for this resident page (see
+    /// `isRemovePending`). Dirty: whatever the page cache keeps is written back.
+    func removedWhileResident() -> PageState { PageState(bits: bits | Self.dirty | Self.discardedInFlight) }
+
+    /// The page cache told: the REMOVE kept the page (MADV_DONTNEED).
+    func removeSettled() -> PageState { PageState(bits: bits & ~Self.discardedInFlight) }
 
     /// Discarded while its write-back was in flight: it is discarded once that lands.
     func discardedWhileInFlight() -> PageState { PageState(bits: bits | Self.discardedInFlight) }

@@ -29,6 +29,14 @@ struct SharedBacking: Sendable {
         try file.punchHole(offset: first << 12, length: count << 12)
     }
 
+    /// Whether the page cache holds the page now.
+    func isInPageCache(_ page: Int) -> Bool { (try? SharedMemoryFile.isInMemory(alias(of: page))) ?? true }
+
+    /// Fills a page of the page cache with zeros through the second mapping.
+    func zero(_ page: Int) {
+        UnsafeMutableRawPointer(bitPattern: alias(of: page))!.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+    }
+
     func release() {
         MemoryMapping.unmap(alias, length: file.length)
         file.close()

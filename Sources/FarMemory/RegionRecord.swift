@@ -31,6 +31,9 @@ final class RegionRecord: @unchecked Sendable {
     let currentBase: Atomic<UInt>
     /// A memfd region's file and second mapping; nil for an anonymous one.
     let shared: SharedBacking?
+    /// memfd regions: when each remove-pending page's REMOVE came (CLOCK_MONOTONIC
+    /// ns; see `PageState.isRemovePending`). Rare, so a dictionary.
+    var removesSeenAt: [Int: UInt64] = [:]
 
     /// The shard's view of a region: all its page numbers, but only the pages
     /// in `chunk` are mapped through this shard's userfaultfd.

@@ -98,7 +98,21 @@ final class SharedRegionTests: XCTestCase {
         XCTAssertEqual(region.mismatches(churn, pages: [resident, removed, evicted]), [])
         XCTAssertEqual(madvise(base + removed * 4096, 4096, MADV_REMOVE), 0)
         XCTAssertTrue(isZero(removed))
+
+        // Not touched again but evicted: once the REMOVE has settled (a
+        // second), eviction asks the page cache which call it was.
+        let last = PagePattern(seed: 25)
+        region.write(last)
+        let kept = pages - 5, gone = pages - 6
+        XCTAssertEqual(madvise(base + kept * 4096, 4096, MADV_DONTNEED), 0)
+        XCTAssertEqual(madvise(base + gone * 4096, 4096, MADV_REMOVE), 0)
+        usleep(1_200_000)
+        let others = PagePattern(seed: 26)
+        for page in 0..<pages - 10 { _ = others.write(page: page, at: base + page * 4096) }   // pushes both out
+        XCTAssertEqual(region.mismatches(last, pages: [kept]), [], "kept by MADV_DONTNEED, written back, fetched again")
+        XCTAssertTrue(isZero(gone), "removed by MADV_REMOVE: never served back")
         XCTAssertEqual(memory.statistics.poisoned, 0)
+        XCTAssertEqual(memory.statistics.verificationFailures, 0)
     }
 }
 

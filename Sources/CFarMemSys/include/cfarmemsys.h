@@ -131,6 +131,9 @@ int fm_uffd_continue(int fd, uint64_t start, uint64_t len, int write_protect, in
 int fm_memfd_create(const char *name, uint64_t size);
 /// mmap(MAP_SHARED) of `size` bytes of `fd` from offset 0, read-write. The address, or -errno.
 int64_t fm_map_shared(int fd, uint64_t size);
+/// mincore(2) of one page: 1 if it is in memory (for a shared file mapping:
+/// in the page cache), 0 if not, or -errno.
+int fm_page_in_memory(uint64_t address);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): frees [offset, offset + len) of a file's
 /// pages (a memfd's page cache). Sends no userfaultfd event. 0 or -errno.
 int fm_punch_hole(int fd, uint64_t offset, uint64_t len);
