@@ -300,7 +300,15 @@ extension FaultHandler {
             outageBackoffSeconds = 1
         }
         if entry.failed || state.wasDiscardedInFlight {
-            region.states[page] = entry.lost ? state.restored().setAside() : state.restored()
+            var restored = entry.lost ? state.restored().setAside() : state.restored()
+            if state.wasDiscardedInFlight {
+                // A REMOVE came while it was in flight: the page cache tells
+                // which call it was, as for a resident page (`mapResident`); the
+                // copy just written back may be the removed data.
+                restored = restored.removedWhileResident()
+                region.removesSeenAt[page] = fm_now_ns()
+            }
+            region.states[page] = restored
             if entry.lost {
                 budget.unevictable += 1
                 counters.set(.unevictablePages, UInt64(budget.unevictable))

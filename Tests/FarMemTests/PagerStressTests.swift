@@ -11,6 +11,15 @@ import XCTest
 /// model needs no lock) and runs a bounded, seeded random mix of operations.
 final class PagerStressTests: XCTestCase {
     func testRandomMixOfWritesReadsAndDiscardsAgreesWithTheModel() throws {
+        try randomMix(kind: .anonymous, discard: MADV_DONTNEED, named: "MADV_DONTNEED")
+    }
+
+    /// The same on shared memory, where MADV_REMOVE is the discard (MADV_DONTNEED keeps the page cache).
+    func testRandomMixOnAMemfdRegionAgreesWithTheModel() throws {
+        try randomMix(kind: .memfd, discard: MADV_REMOVE, named: "MADV_REMOVE")
+    }
+
+    private func randomMix(kind: RegionKind, discard advice: Int32, named adviceName: String) throws {
         let server = try ServerProcess(capacity: "64MiB")
         defer { server.stop() }
         // FARMEM_STRESS_OPERATIONS and FARMEM_STRESS_HANDLERS make longer or sharded runs by hand.
@@ -22,7 +31,7 @@ final class PagerStressTests: XCTestCase {
         configuration.verifiesPages = true
         let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
-        let region = try memory.allocate(bytes: 5 << 20)   // 5x the budget
+        let region = try memory.allocate(bytes: 5 << 20, kind: kind)   // 5x the budget
         let base = UInt(bitPattern: region.baseAddress!)
         let pages = region.pageCount
         let threads = 3
@@ -70,9 +79,9 @@ final class PagerStressTests: XCTestCase {
                             version[i] = v
                         }
                     default:      // the application drops the page: it must read as zeros
-                        _ = madvise(UnsafeMutableRawPointer(pointer(i)), 4096, MADV_DONTNEED)
+                        _ = madvise(UnsafeMutableRawPointer(pointer(i)), 4096, advice)
                         version[i] = 0
-                        check(i, "MADV_DONTNEED")
+                        check(i, adviceName)
                     }
                 }
                 for i in version.indices { check(i, "the final pass") }
