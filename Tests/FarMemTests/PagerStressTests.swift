@@ -205,16 +205,26 @@ final class PagerStressTests: XCTestCase {
     /// may be stranded, a read either returns the page's data or EFAULT once
     /// its range is gone, and every page still mapped keeps its data.
     func testMunmapAndMremapWithWriteBacksInFlightStrandNoThreadAndLoseNoPage() throws {
+        try munmapAndMremapUnderLoad(kind: .anonymous, seconds: 20)
+    }
+
+    /// The same on a memfd region (write-backs in flight there keep their
+    /// pages mapped, write-protected, and the page cache follows the mapping).
+    func testMunmapAndMremapOfAMemfdRegionWithWriteBacksInFlightLoseNoPage() throws {
+        try munmapAndMremapUnderLoad(kind: .memfd, seconds: 10)
+    }
+
+    private func munmapAndMremapUnderLoad(kind: RegionKind, seconds: Double) throws {
         let server = try ServerProcess(capacity: "64MiB")
         defer { server.stop() }
         let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 64 * 4096,
                                                                          prefetchPages: 0))
         defer { memory.close() }
         let pages = 128
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(seconds)
         var rounds = 0, failures: [String] = []
         while rounds < 60, Date() < deadline, failures.isEmpty {
-            let region = try memory.allocate(bytes: pages * 4096)
+            let region = try memory.allocate(bytes: pages * 4096, kind: kind)
             let base = UInt(bitPattern: region.baseAddress!)
             let pattern = PagePattern(seed: UInt64(1000 + rounds))
             for page in 0..<pages / 2 { _ = pattern.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page) * 4096)!) }
@@ -285,7 +295,7 @@ final class PagerStressTests: XCTestCase {
             rounds += 1
         }
         let stats = memory.statistics
-        print("munmap/mremap under load: \(rounds) rounds; \(stats)")
+        print("munmap/mremap under load, \(kind) region: \(rounds) rounds; \(stats)")
         XCTAssertEqual(failures, [])
         XCTAssertGreaterThan(rounds, 3)
         XCTAssertGreaterThan(stats.parkedFaults, 0, "faults waited on write-backs in flight: \(stats)")
