@@ -180,8 +180,9 @@ extension FaultHandler {
                 trace.record(page, .fetched, extra: count - 1)
                 return count
             } catch {
-                // A read that failed part-way may have left bytes in the page
-                // cache: never let a later minor fault map them.
+                // A read that failed part-way may have filled pages of the page
+                // cache that no state counts: free them (a later fault on them
+                // fetches or zero-fills over whatever is there anyway).
                 if direct { try? shared.punch(first: page, count: count) }
                 if count > 1 {
                     count = 1   // the faulting page alone before giving up on it

@@ -23,6 +23,20 @@ final class BenchWorkloadTests: XCTestCase {
         }
     }
 
+    func testUnmixUndoesTheMixAndTheTableIsFilledInAddressOrder() {
+        var state: UInt64 = 42
+        for _ in 0..<10_000 {
+            let x = splitmix(&state)
+            XCTAssertEqual(unmix64(mix64(x)), x)
+        }
+        let table = HashtableLayout(pages: 256, seed: 7)
+        let homes = (0..<table.keys).map { table.home(table.key($0)) }
+        // (The last few may wrap around to the start.)
+        XCTAssertEqual(homes.indices.dropFirst().dropLast(4).filter { homes[$0] + 3 < homes[$0 - 1] }, [], "homes only go forward")
+        XCTAssertGreaterThan(Set(homes).count, homes.count * 2 / 3, "mostly distinct: some collisions to probe, not many")
+        XCTAssertLessThan(Set(homes).count, homes.count, "but some")
+    }
+
     func testTheHashtableFindsEveryKeyAndCatchesAStaleEntry() {
         let workload = BenchWorkload(kind: .hashtable, pages: 64)
         let sequence = workload.accessSequence()
