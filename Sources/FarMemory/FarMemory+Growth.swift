@@ -110,22 +110,4 @@ extension FarMemory {
             }
         }
     }
-
-    /// Unregisters, unmaps and frees on the servers parts not in the book.
-    func closeParts(_ parts: [RegionPart]) {
-        for part in parts {
-            for (shard, record) in part.records {
-                // Unregistered first, so this munmap sends no event and waits for no one.
-                for extent in shards[shard].remove(record) {
-                    MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
-                }
-            }
-            if let shared = part.shared {
-                // Write-backs in flight read the second mapping: they finish first.
-                for (shard, _) in part.records { shards[shard].waitForEvictor() }
-                shared.release()   // the file's pages go with its last mapping
-            }
-            dropOnServer(part.store)
-        }
-    }
 }

@@ -45,8 +45,8 @@ public final class FarMemory: @unchecked Sendable {
         var closed = false
     }
     let book = Mutex(Book())
-    /// Serializes allocate, grow and close, so a region is never half set
-    /// up with stopped shards.
+    /// Serializes allocate, grow and FarMemory.close, so a region is never
+    /// half set up with stopped shards.
     let lifecycle = Lock()
 
     /// Userfaultfd features FarMem needs, and the kernel that brought each.
@@ -334,6 +334,24 @@ public final class FarMemory: @unchecked Sendable {
     func close(regionID id: UInt64) {
         guard let parts = book.withLock({ $0.open.removeValue(forKey: id) }) else { return }
         closeParts(parts)
+    }
+
+    /// Unregisters, unmaps and frees on the servers parts not in the book.
+    func closeParts(_ parts: [RegionPart]) {
+        for part in parts {
+            for (shard, record) in part.records {
+                // Unregistered first, so this munmap sends no event and waits for no one.
+                for extent in shards[shard].remove(record) {
+                    MemoryMapping.unmap(extent.start, length: extent.pageCount * 4096)
+                }
+            }
+            if let shared = part.shared {
+                // Write-backs in flight read the second mapping: they finish first.
+                for (shard, _) in part.records { shards[shard].waitForEvictor() }
+                shared.release()   // the file's pages go with its last mapping
+            }
+            dropOnServer(part.store)
+        }
     }
 
     /// Frees a region on the server. Best effort: if the server cannot be
