@@ -126,6 +126,25 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(stats.serversDown, 1, stats.description)
     }
 
+    func testAGrownRegionAndAMemfdRegionLoseNoPageWhenAServerDies() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let grown = try memory.allocate(bytes: 6 << 20)
+        let shared = try memory.allocate(bytes: 6 << 20, kind: .memfd)
+        let first = PagePattern(seed: 94), second = PagePattern(seed: 95)
+        fill(grown, first)
+        // The new part is a region of its own, placed over the cluster like any other.
+        try grown.grow(to: 12 << 20)
+        fill(grown, second)
+        fill(shared, second)
+        servers[2].kill()
+        XCTAssertEqual(mismatches(grown, second), [], "the grown region, both parts")
+        XCTAssertEqual(mismatches(shared, second), [], "the memfd region")
+        let stats = memory.statistics
+        XCTAssertEqual(stats.poisoned, 0, stats.description)
+        XCTAssertEqual(stats.serversDown, 1, stats.description)
+    }
+
     func testAfterAKillTheRepairPutsEveryPageOnTwoLiveServersAgain() throws {
         let memory = try makeMemory()
         defer { memory.close() }
