@@ -19,29 +19,17 @@ extension FaultHandler {
                     handleSharedRemove(region: region, shared: shared, run: run, unmapped: unmapped)
                     continue
                 }
-                var discardStart: Int?
-                for page in run {
+                discardBacked(region, in: run) { page in
                     let state = region.states[page]
                     defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
                     if state.isInFlight {
+                        // Discarded once its write-back lands (`finish`).
                         region.states[page] = state.discardedWhileInFlight()
-                        continue
+                        return false
                     }
-                    if state.isUnevictable {
-                        budget.unevictable -= 1
-                    } else if state.isResident {
-                        budget.resident -= 1
-                    }
+                    dropFromBudget(state)
                     region.states[page] = state.discarded()
-                    if state.isBacked {
-                        if discardStart == nil { discardStart = page }
-                    } else if let first = discardStart {
-                        evictor.submit(.discard(region.store, first: first, count: page - first))
-                        discardStart = nil
-                    }
-                }
-                if let first = discardStart {
-                    evictor.submit(.discard(region.store, first: first, count: run.upperBound - first))
+                    return state.isBacked
                 }
             }
             if unmapped { region.cut(start, end) }
@@ -54,6 +42,31 @@ extension FaultHandler {
         if unmapped { try? uffd.wake(start, length: Int(end - start)) }
         counters.set(.residentPages, UInt64(budget.resident))
         counters.set(.unevictablePages, UInt64(budget.unevictable))
+    }
+
+    /// Runs `discard` on each page of `run` (it updates the page's state and
+    /// says whether the store held it), and has the store forget those pages,
+    /// one request per contiguous stretch.
+    func discardBacked(_ region: RegionRecord, in run: Range<Int>, _ discard: (Int) -> Bool) {
+        var start: Int?
+        for page in run {
+            if discard(page) {
+                if start == nil { start = page }
+            } else if let first = start {
+                evictor.submit(.discard(region.store, first: first, count: page - first))
+                start = nil
+            }
+        }
+        if let first = start { evictor.submit(.discard(region.store, first: first, count: run.upperBound - first)) }
+    }
+
+    /// A page that leaves local memory for good: out of the budget it counted in.
+    func dropFromBudget(_ state: PageState) {
+        if state.isUnevictable {
+            budget.unevictable -= 1
+        } else if state.isResident {
+            budget.resident -= 1
+        }
     }
 
     /// mremap moved [from, from+length) to `to`: the region follows, evicted

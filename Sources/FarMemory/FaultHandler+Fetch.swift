@@ -81,12 +81,7 @@ extension FaultHandler {
     func installPrefetched(region: RegionRecord, count: Int, dirty: Bool) {
         var slot = 1
         while slot <= count {
-            let first = Int(fetchPages[slot])
-            guard let address = region.address(of: first) else { return }
-            // Extend the run while pages are adjacent in the region and in memory.
-            var run = 1
-            while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
-                  region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
+            guard let (first, address, run) = prefetchRun(region: region, from: slot, count: count) else { return }
             for i in 0..<run {
                 verifier.checkFetched(region, page: first + i, data: fetchedData + (slot + i) * 4096, how: "prefetched",
                                       source: self.store.lastReadSource)
@@ -121,6 +116,18 @@ extension FaultHandler {
             }
             slot += run
         }
+    }
+
+    /// The fetched pages from `slot` on (of slots 1...count) that follow one
+    /// another both in the region and in memory: the first, where it is
+    /// mapped, and how many. Nil if the first is not mapped.
+    func prefetchRun(region: RegionRecord, from slot: Int, count: Int) -> (first: Int, address: UInt, length: Int)? {
+        let first = Int(fetchPages[slot])
+        guard let address = region.address(of: first) else { return nil }
+        var length = 1
+        while slot + length <= count, Int(fetchPages[slot + length]) == first + length,
+              region.address(of: first + length) == address + UInt(length * 4096) { length += 1 }
+        return (first, address, length)
     }
 
     /// Keeps prefetched pages that could not be installed (an event was

@@ -206,11 +206,7 @@ extension FaultHandler {
     private func mapPrefetched(region: RegionRecord, count: Int, writeProtect: Bool) {
         var slot = 1
         while slot <= count {
-            let first = Int(fetchPages[slot])
-            guard let address = region.address(of: first) else { return }
-            var run = 1
-            while slot + run <= count, Int(fetchPages[slot + run]) == first + run,
-                  region.address(of: first + run) == address + UInt(run * 4096) { run += 1 }
+            guard let (first, address, run) = prefetchRun(region: region, from: slot, count: count) else { return }
             switch mapContinued(at: address, pages: run, writeProtect: writeProtect) {
             case .mapped: if writeProtect { writes.installedClean(run) }
             case .alreadyThere, .notInPageCache: break
@@ -342,35 +338,22 @@ extension FaultHandler {
     /// MADV_REMOVE asks, so a discarded page is never served back (see README).
     /// munmap (UNMAP): the pages are gone, page cache and store copies too.
     func handleSharedRemove(region: RegionRecord, shared: SharedBacking, run: Range<Int>, unmapped: Bool) {
-        var discardStart: Int?
-        for page in run {
+        discardBacked(region, in: run) { page in
             let state = region.states[page]
             defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
-            var discards = false
             if unmapped { region.removesSeenAt[page] = nil }
             if state.isInFlight {
                 region.states[page] = state.discardedWhileInFlight()
-            } else if state.isResident && !unmapped {
+                return false
+            }
+            if state.isResident && !unmapped {
                 region.states[page] = state.removedWhileResident()
                 region.removesSeenAt[page] = fm_now_ns()
-            } else {
-                if state.isUnevictable {
-                    budget.unevictable -= 1
-                } else if state.isResident {
-                    budget.resident -= 1
-                }
-                region.states[page] = state.discarded()
-                discards = state.isBacked
+                return false
             }
-            if discards {
-                if discardStart == nil { discardStart = page }
-            } else if let first = discardStart {
-                evictor.submit(.discard(region.store, first: first, count: page - first))
-                discardStart = nil
-            }
-        }
-        if let first = discardStart {
-            evictor.submit(.discard(region.store, first: first, count: run.upperBound - first))
+            dropFromBudget(state)
+            region.states[page] = state.discarded()
+            return state.isBacked
         }
         if unmapped {
             // Nothing maps these pages any more but our second mapping: free them.
