@@ -261,7 +261,11 @@ static void *grown_dedicated(fm_arena_t *arena, void *address, uint64_t new_page
     int grown = farmem_grow(fm_library, region->handle, new_pages * PAGE, may_move, &base, why, sizeof why);
     fm_internal_leave();
     // A failed grow leaves the region where it was (the library moves it back).
-    if (grown == 0 && fm_arena_regrow_dedicated(arena, (size_t)index, (uintptr_t)base, new_pages, new_pages) == 0) {
+    if (grown == 0) {
+        // Cannot fail for a dedicated region with its block at its start (checked above).
+        if (fm_arena_regrow_dedicated(arena, (size_t)index, (uintptr_t)base, new_pages, new_pages) != 0) {
+            fm_fatal("farmem: internal error: a grown far region could not be recorded\n");
+        }
         note_grown(new_pages - block_pages);
     } else {
         base = NULL;
