@@ -439,21 +439,24 @@ final class PagerTests: XCTestCase {
         }
     }
 
-    func testDemoPrintsItsReportAndVerifiesTheData() throws {
-        let demo = Process()
-        demo.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
-        demo.arguments = ["demo", "--budget", "2MiB", "--random-reads", "2000"]
-        let output = Pipe()
-        demo.standardOutput = output
-        try demo.run()
-        watchdog(demo, seconds: 120)
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        demo.waitUntilExit()
-        XCTAssertEqual(demo.terminationStatus, 0, text)
-        XCTAssertTrue(text.contains("data verified"), text)
-        let evictions = text.firstMatch(of: /evictions (\d+)/).map { Int($0.1)! } ?? 0
-        let writeBacks = text.firstMatch(of: /write-backs (\d+)/).map { Int($0.1)! } ?? 0
-        XCTAssertGreaterThan(evictions, 0, text)
-        XCTAssertGreaterThan(writeBacks, 0, text)
+    func testDemoPrintsItsReportAndVerifiesTheDataOnEachRegionKind() throws {
+        for kind in RegionKind.allCases {
+            let demo = Process()
+            demo.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
+            demo.arguments = ["demo", "--budget", "2MiB", "--random-reads", "2000", "--region-kind", kind.rawValue]
+            let output = Pipe()
+            demo.standardOutput = output
+            try demo.run()
+            watchdog(demo, seconds: 120)
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            demo.waitUntilExit()
+            XCTAssertEqual(demo.terminationStatus, 0, text)
+            XCTAssertTrue(text.contains("data verified"), text)
+            XCTAssertTrue(text.contains("\(kind) region"), text)
+            let evictions = text.firstMatch(of: /evictions (\d+)/).map { Int($0.1)! } ?? 0
+            let writeBacks = text.firstMatch(of: /write-backs (\d+)/).map { Int($0.1)! } ?? 0
+            XCTAssertGreaterThan(evictions, 0, text)
+            XCTAssertGreaterThan(writeBacks, 0, text)
+        }
     }
 }
