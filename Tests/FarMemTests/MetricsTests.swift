@@ -15,6 +15,7 @@ final class MetricsTests: XCTestCase {
     override func setUpWithError() throws {
         let portFile = FileManager.default.temporaryDirectory.appendingPathComponent("metrics-\(UUID().uuidString)").path
         server = try ServerProcess(capacity: "4MiB", extra: ["--metrics-listen", "127.0.0.1:0", "--metrics-port-file", portFile])
+        defer { try? FileManager.default.removeItem(atPath: portFile) }
         metricsPort = try XCTUnwrap(UInt16(try String(contentsOfFile: portFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
     }
     override func tearDown() { server.stop() }

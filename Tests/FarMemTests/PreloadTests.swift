@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 
 /// libfarmem-preload.so under programs nobody here wrote (Debian's python3 with
@@ -14,7 +15,10 @@ final class PreloadTests: XCTestCase {
         server = try ServerProcess(capacity: "1GiB")
     }
 
-    override func tearDown() { server?.stop() }
+    override func tearDown() {
+        server?.stop()
+        PreloadRun.removeTemporaryFiles()
+    }
 
     private var servers: String { "127.0.0.1:\(server.endpoint.port)" }
 
@@ -220,10 +224,23 @@ enum PreloadRun {
         return path
     }
 
+    /// Files made by `temporaryFile` not yet removed (`removeTemporaryFiles`).
+    private static let madeFiles = Mutex<[String]>([])
+
+    /// An empty file in the temporary directory, removed by `removeTemporaryFiles`.
     static func temporaryFile(_ name: String) throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("farmem-\(name)-\(UUID().uuidString)").path
         _ = FileManager.default.createFile(atPath: path, contents: nil)
+        madeFiles.withLock { $0.append(path) }
         return path
+    }
+
+    /// Removes every file `temporaryFile` made (inputs, outputs and compiled
+    /// programs: some are megabytes, and a suite run must not leave them behind).
+    static func removeTemporaryFiles() {
+        for path in madeFiles.withLock({ files in defer { files.removeAll() }; return files }) {
+            try? FileManager.default.removeItem(atPath: path)
+        }
     }
 
     /// Compiles a C file of the repository with the system compiler.
