@@ -11,16 +11,12 @@ public struct PageFault: Sendable, Equatable {
     public var isWriteProtect: Bool
     /// The faulting thread (UFFD_FEATURE_THREAD_ID), 0 if not asked for.
     public var thread: UInt32
-    /// Shared memory: the page cache holds the page, only the mapping lacks it
-    /// (UFFD_PAGEFAULT_FLAG_MINOR).
-    public var isMinor: Bool
 
-    public init(address: UInt, isWrite: Bool = false, isWriteProtect: Bool = false, thread: UInt32 = 0, isMinor: Bool = false) {
+    public init(address: UInt, isWrite: Bool = false, isWriteProtect: Bool = false, thread: UInt32 = 0) {
         self.address = address
         self.isWrite = isWrite
         self.isWriteProtect = isWriteProtect
         self.thread = thread
-        self.isMinor = isMinor
     }
 
     /// The address of the 4 KiB page it falls in.
@@ -54,8 +50,7 @@ public enum UserfaultfdEvent: Sendable, Equatable {
             self = .pageFault(PageFault(address: UInt(message.address),
                                         isWrite: message.flags & FM_UFFD_PAGEFAULT_FLAG_WRITE != 0,
                                         isWriteProtect: message.flags & FM_UFFD_PAGEFAULT_FLAG_WP != 0,
-                                        thread: message.thread_id,
-                                        isMinor: message.flags & FM_UFFD_PAGEFAULT_FLAG_MINOR != 0))
+                                        thread: message.thread_id))
         case UInt8(FM_UFFD_EVENT_REMOVE): self = .remove(start: UInt(message.address), end: UInt(message.arg1))
         case UInt8(FM_UFFD_EVENT_UNMAP): self = .unmap(start: UInt(message.address), end: UInt(message.arg1))
         case UInt8(FM_UFFD_EVENT_REMAP):

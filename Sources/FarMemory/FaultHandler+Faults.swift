@@ -41,15 +41,16 @@ extension FaultHandler {
             if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
             return
         }
-        if let shared = region.shared {
-            handleSharedFault(fault, region: region, shared: shared, page: page, address: address, started: started)
-            return
-        }
         counters.add(.faults)
         let state = region.states[page]
         if state.isInFlight {
-            // Its write-back is in flight; the completion wakes this thread.
+            // Its write-back is in flight (a memfd page's too, if the application
+            // dropped its mapping): the completion wakes this thread.
             counters.add(.parkedFaults)
+            return
+        }
+        if let shared = region.shared {
+            handleSharedFault(fault, region: region, shared: shared, page: page, address: address, started: started)
             return
         }
         if state.isResident {

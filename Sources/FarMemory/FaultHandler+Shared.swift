@@ -16,17 +16,11 @@ import FarMemSystem
 ///   faults the page back afterwards.
 /// - Kernel facts relied on: `SharedMemoryKernelTests`.
 extension FaultHandler {
-    /// A missing or minor fault on a memfd region (write-protect faults go
-    /// the common way, `handleWriteProtectFault`).
+    /// A missing or minor fault on a memfd region whose page is not in
+    /// flight (`handleFault` parks those; write-protect faults go the common
+    /// way, `handleWriteProtectFault`).
     func handleSharedFault(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt, started: UInt64) {
-        counters.add(.faults)
         let state = region.states[page]
-        if state.isInFlight {
-            // Mapped while its write-back is in flight, unless the application
-            // dropped the mapping: the write-back's end wakes this thread.
-            counters.add(.parkedFaults)
-            return
-        }
         if state.isResident {
             mapResident(fault, region: region, shared: shared, page: page, address: address)
             counters.set(.residentPages, UInt64(budget.resident))
