@@ -79,16 +79,7 @@ final class PagerShard: @unchecked Sendable {
     }
 
     /// Unregisters the chunk; returns the extents still mapped (to unmap).
-    func remove(_ record: RegionRecord) -> [Extent] {
-        let done = DispatchSemaphore(value: 0)
-        let extents = Mutex<[Extent]>([])
-        handler.send(.remove(record) { remaining in
-            extents.withLock { $0 = remaining }
-            done.signal()
-        })
-        done.wait()
-        return extents.withLock { $0 }
-    }
+    func remove(_ record: RegionRecord) -> [Extent] { askForExtents { .remove(record, $0) } }
 
     /// Returns once the evictor has done every job submitted so far.
     func waitForEvictor() {
@@ -98,11 +89,14 @@ final class PagerShard: @unchecked Sendable {
     }
 
     /// Where the chunk's pages are mapped now, once every event already read is applied.
-    func extents(of record: RegionRecord) -> [Extent] {
+    func extents(of record: RegionRecord) -> [Extent] { askForExtents { .extents(record, $0) } }
+
+    /// Sends the handler a command that answers with extents, and waits for the answer.
+    private func askForExtents(_ command: (@escaping @Sendable ([Extent]) -> Void) -> FaultHandler.Command) -> [Extent] {
         let done = DispatchSemaphore(value: 0)
         let extents = Mutex<[Extent]>([])
-        handler.send(.extents(record) { current in
-            extents.withLock { $0 = current }
+        handler.send(command { answer in
+            extents.withLock { $0 = answer }
             done.signal()
         })
         done.wait()
