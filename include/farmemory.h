@@ -58,6 +58,7 @@ void *farmem_alloc(farmem_t *fm, size_t bytes, farmem_region_t **region, char *e
 typedef enum {
     FARMEM_ANONYMOUS = 0, /* private memory: installed with UFFDIO_COPY */
     FARMEM_MEMFD = 1,     /* shared memory: received into the page cache, mapped with UFFDIO_CONTINUE */
+    FARMEM_HUGETLB = 2,   /* as FARMEM_MEMFD in 2 MiB huge pages (sizes rounded up to 2 MiB; needs vm.nr_hugepages) */
 } farmem_region_kind_t;
 
 /* farmem_alloc with a region kind (farmem_alloc is FARMEM_ANONYMOUS). */

@@ -137,8 +137,12 @@ int fm_uffd_continue(int fd, uint64_t start, uint64_t len, int write_protect, in
     return rc < 0 ? err : (int)c.mapped;
 }
 
-int fm_memfd_create(const char *name, uint64_t size) {
-    int fd = memfd_create(name, MFD_CLOEXEC);
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+
+int fm_memfd_create(const char *name, uint64_t size, int huge_pages) {
+    int fd = memfd_create(name, MFD_CLOEXEC | (huge_pages ? MFD_HUGETLB | MFD_HUGE_2MB : 0));
     if (fd < 0) return neg_errno();
     if (ftruncate(fd, (off_t)size) != 0) {
         int err = neg_errno();
@@ -148,8 +152,8 @@ int fm_memfd_create(const char *name, uint64_t size) {
     return fd;
 }
 
-int64_t fm_map_shared(int fd, uint64_t size) {
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+int64_t fm_map_shared(int fd, uint64_t size, int no_reserve) {
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | (no_reserve ? MAP_NORESERVE : 0), fd, 0);
     return p == MAP_FAILED ? neg_errno() : (int64_t)(uintptr_t)p;
 }
 
@@ -160,6 +164,10 @@ int fm_page_in_memory(uint64_t address) {
 
 int fm_punch_hole(int fd, uint64_t offset, uint64_t len) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len) < 0 ? neg_errno() : 0;
+}
+
+int fm_allocate_range(int fd, uint64_t offset, uint64_t len) {
+    return fallocate(fd, 0, (off_t)offset, (off_t)len) < 0 ? neg_errno() : 0;
 }
 
 int fm_uffd_read(int fd, fm_uffd_msg *out, int max) {

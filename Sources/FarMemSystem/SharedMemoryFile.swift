@@ -11,16 +11,24 @@ public struct SharedMemoryFile: Sendable {
     public let descriptor: FileDescriptor
     public let length: Int
 
-    /// A new memfd of `length` bytes, all holes (reading as zeros).
-    public static func create(name: String, length: Int) throws(Errno) -> SharedMemoryFile {
-        let fd = try checkedShim { fm_memfd_create(name, UInt64(length)) }
-        return SharedMemoryFile(descriptor: FileDescriptor(rawValue: fd), length: length)
+    /// Whether its pages are 2 MiB huge pages (hugetlbfs) rather than 4 KiB.
+    public let hugePages: Bool
+
+    /// A new memfd of `length` bytes, all holes (reading as zeros); with
+    /// `hugePages`, on hugetlbfs (2 MiB pages from the `vm.nr_hugepages` pool;
+    /// `length` a multiple of 2 MiB).
+    public static func create(name: String, length: Int, hugePages: Bool = false) throws(Errno) -> SharedMemoryFile {
+        let fd = try checkedShim { fm_memfd_create(name, UInt64(length), hugePages ? 1 : 0) }
+        return SharedMemoryFile(descriptor: FileDescriptor(rawValue: fd), length: length, hugePages: hugePages)
     }
 
-    /// Maps all of it, shared and read-write, where the kernel chooses.
+    /// Maps all of it, shared and read-write, where the kernel chooses (a
+    /// huge-page file 2 MiB-aligned). A huge-page file is mapped without a
+    /// reservation: a far region is bigger than the pages it may hold at once,
+    /// which `allocate` takes from the pool one by one.
     public func map() throws(Errno) -> UInt {
         while true {
-            let result = fm_map_shared(descriptor.rawValue, UInt64(length))
+            let result = fm_map_shared(descriptor.rawValue, UInt64(length), hugePages ? 1 : 0)
             if result >= 0 { return UInt(result) }
             if result != -Int64(EINTR) { throw Errno(rawValue: Int32(-result)) }
         }
@@ -31,6 +39,19 @@ public struct SharedMemoryFile: Sendable {
     /// userfaultfd watches. Sends no userfaultfd event.
     public func punchHole(offset: Int, length: Int) throws(Errno) {
         _ = try checkedShim { fm_punch_hole(descriptor.rawValue, UInt64(offset), UInt64(length)) }
+    }
+
+    /// Gives [offset, offset + length) memory now (fallocate): for a huge-page
+    /// file, `ENOSPC` when the pool has no free huge page, where touching the
+    /// page would raise SIGBUS instead.
+    public func allocate(offset: Int, length: Int) throws(Errno) {
+        _ = try checkedShim { fm_allocate_range(descriptor.rawValue, UInt64(offset), UInt64(length)) }
+    }
+
+    /// Free 2 MiB huge pages in the system's pool (`vm.nr_hugepages`), nil if unknown.
+    public static var freeHugePages: Int? {
+        readTextFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+            .flatMap { text in text.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } }
     }
 
     /// Whether the page at `address` of a mapping of it is in memory

@@ -17,6 +17,7 @@ public struct Userfaultfd: Sendable {
         public static let sigbus = Features(rawValue: FM_UFFD_FEATURE_SIGBUS)
         public static let threadID = Features(rawValue: FM_UFFD_FEATURE_THREAD_ID)
         public static let minorShmem = Features(rawValue: FM_UFFD_FEATURE_MINOR_SHMEM)
+        public static let minorHugetlbfs = Features(rawValue: FM_UFFD_FEATURE_MINOR_HUGETLBFS)
         public static let wpUnpopulated = Features(rawValue: FM_UFFD_FEATURE_WP_UNPOPULATED)
         /// Write-protect on shmem and hugetlbfs mappings (Linux 5.19).
         public static let wpSharedMemory = Features(rawValue: FM_UFFD_FEATURE_WP_HUGETLBFS_SHMEM)

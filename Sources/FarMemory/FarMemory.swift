@@ -227,7 +227,8 @@ public final class FarMemory: @unchecked Sendable {
 
     private func allocateLocked(bytes: Int, kind: RegionKind) throws(FarMemoryError) -> FarRegion {
         guard bytes > 0 else { throw .invalidArgument("region size must be positive, got \(bytes)") }
-        let pages = (bytes + 4095) / 4096
+        let unitPages = kind.pageBytes / 4096
+        let pages = (bytes + kind.pageBytes - 1) / kind.pageBytes * unitPages
         // Eviction-queue entries carry the page number in 32 bits.
         guard pages <= Int(UInt32.max) else { throw .invalidArgument("a region is at most 16 TiB, got \(bytes) bytes") }
         if kind == .memfd, !shards.allSatisfy(\.servesSharedMemory) {
@@ -236,9 +237,29 @@ public final class FarMemory: @unchecked Sendable {
         if kind == .memfd, SharedMemoryFile.hugePagesForced {
             throw .invalidArgument("memfd regions need 4 KiB pages, but /sys/kernel/mm/transparent_hugepage/shmem_enabled is \"force\"")
         }
+        if kind == .hugetlb { try checkHugePages(regionPages: pages) }
         let part = try makePart(pages: pages, mappedAt: nil, kind: kind)
         book.withLock { _ = $0.open[part.store.id] = [part] }
         return FarRegion(memory: self, id: part.store.id, head: part.records[0].record, pageCount: pages, kind: kind)
+    }
+
+    /// hugetlb regions: the kernel can serve them, each shard's budget holds
+    /// a few huge pages, and the pool has the huge pages the budget may hold
+    /// (checked now; a fault that finds none later raises SIGBUS, logged).
+    private func checkHugePages(regionPages pages: Int) throws(FarMemoryError) {
+        guard shards.allSatisfy(\.servesHugePages) else {
+            throw .kernelTooOld("hugetlb regions need userfaultfd's minor faults on hugetlbfs and write-protect on shared memory (Linux 5.19)")
+        }
+        let shardBudget = configuration.budgetPages / shards.count
+        guard shardBudget >= 4 * 512 else {
+            throw .invalidArgument("hugetlb regions need a budget of at least \(shards.count * 8) MiB (4 huge pages per handler thread), got \(configuration.budgetPages / 256) MiB")
+        }
+        // The budget's worth, plus one huge page per shard over it and one in flight.
+        let needed = min(pages / 512, shardBudget / 512 * shards.count + 2 * shards.count)
+        let free = SharedMemoryFile.freeHugePages ?? 0
+        guard free >= needed else {
+            throw .hugePagesUnavailable("a hugetlb region needs \(needed) free 2 MiB huge pages for its budget, and the pool has \(free) free: reserve more (as root: sysctl vm.nr_hugepages=N, N at least \(needed) more than other users of huge pages need)")
+        }
     }
 
     /// A store region of `pages` pages, mapped (at `mappedAt`, where the
@@ -269,9 +290,10 @@ public final class FarMemory: @unchecked Sendable {
                 switch kind {
                 case .anonymous:
                     base = try MemoryMapping.anonymous(length: length, noReserve: true)
-                case .memfd:
+                case .memfd, .hugetlb:
                     // The application's mapping and the pager's, of one file.
-                    let file = try SharedMemoryFile.create(name: "farmem-region-\(storeRegion.id)", length: length)
+                    let file = try SharedMemoryFile.create(name: "farmem-region-\(storeRegion.id)", length: length,
+                                                           hugePages: kind == .hugetlb)
                     do throws(Errno) {
                         base = try file.map()
                         do throws(Errno) {
@@ -280,7 +302,7 @@ public final class FarMemory: @unchecked Sendable {
                             // Never inherited either (a child would keep the file's pages
                             // mapped), and 4 KiB pages only, as for the application's mapping.
                             try MemoryMapping.advise(alias, length: length, .dontFork)
-                            try MemoryMapping.advise(alias, length: length, .noHugePage)
+                            if kind == .memfd { try MemoryMapping.advise(alias, length: length, .noHugePage) }
                         } catch {
                             if let shared { MemoryMapping.unmap(shared.alias, length: length) }
                             MemoryMapping.unmap(base, length: length)
@@ -297,9 +319,9 @@ public final class FarMemory: @unchecked Sendable {
             }
         }
         do {
-            // 4 KiB pages only (UFFDIO_COPY installs small pages), and never
-            // inherited by a child: see README, "fork".
-            try MemoryMapping.advise(base, length: length, .noHugePage)
+            // 4 KiB pages only (UFFDIO_COPY installs small pages; hugetlb regions
+            // have their own), and never inherited by a child: see README, "fork".
+            if kind != .hugetlb { try MemoryMapping.advise(base, length: length, .noHugePage) }
             try MemoryMapping.advise(base, length: length, .dontFork)
         } catch {
             MemoryMapping.unmap(base, length: length)
@@ -308,7 +330,9 @@ public final class FarMemory: @unchecked Sendable {
             throw .system("mapping a \(length)-byte region", error)
         }
         // One contiguous chunk per shard (a single chunk with one handler thread).
-        let chunkPages = (pages + shards.count - 1) / shards.count
+        // In whole huge pages for a hugetlb region (its units are never split).
+        let unit = shared?.pagesPerUnit ?? 1
+        let chunkPages = ((pages + shards.count - 1) / shards.count + unit - 1) / unit * unit
         let chunks = (0..<shards.count).map { k in min(k * chunkPages, pages)..<min((k + 1) * chunkPages, pages) }
         do {
             for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {

@@ -7,6 +7,8 @@ public enum FarMemoryError: Error, CustomStringConvertible, Sendable {
     case userfaultfdUnavailable(String)
     /// The kernel lacks a userfaultfd feature FarMem relies on.
     case kernelTooOld(String)
+    /// A hugetlb region cannot get the 2 MiB pages its budget needs (`vm.nr_hugepages`).
+    case hugePagesUnavailable(String)
     case serverUnreachable(String)
     /// The server refused: out of capacity, wrong token, protocol mismatch, ...
     case serverRefused(ProtocolError)
@@ -20,6 +22,7 @@ public enum FarMemoryError: Error, CustomStringConvertible, Sendable {
         switch self {
         case .userfaultfdUnavailable(let text): return text
         case .kernelTooOld(let text): return text
+        case .hugePagesUnavailable(let text): return text
         case .serverUnreachable(let text): return "memory server unreachable: \(text)"
         case .serverRefused(let error):
             if error.code == .outOfCapacity { return "memory server is out of capacity: \(error.message)" }

@@ -15,8 +15,8 @@ extension FaultHandler {
 
     func handleFault(_ fault: PageFault) {
         let started = fm_now_ns()
-        let address = fault.page
-        guard let (region, page) = locate(address) else {
+        var address = fault.page
+        guard let (region, located) = locate(address) else {
             // Staging, or memory mremap added past a region's end: plain zero-filled
             // memory, so that no thread ever waits on an address nobody serves.
             counters.add(.faults)
@@ -26,6 +26,12 @@ extension FaultHandler {
             case .installed, .alreadyThere: break
             }
             return
+        }
+        var page = located
+        if let shared = region.shared, shared.pagesPerUnit > 1 {
+            // A hugetlb region: the fault is the whole huge page's (its pages share one state).
+            page = shared.unitStart(of: page)
+            address = region.address(of: page) ?? address & ~(UInt(shared.pagesPerUnit << 12) - 1)
         }
         let before = region.states[page]
         defer {
@@ -38,7 +44,9 @@ extension FaultHandler {
                 counters.add(.parkedFaults)
                 return
             }
-            if !handleWriteProtectFault(region: region, page: page, address: address) { deferUntilEvent(fault) }
+            if !handleWriteProtectFault(region: region, page: page, address: address, pages: region.shared?.pagesPerUnit ?? 1) {
+                deferUntilEvent(fault)
+            }
             return
         }
         counters.add(.faults)
@@ -143,7 +151,8 @@ extension FaultHandler {
     }
 
     /// Returns false when an event is pending and the fault must wait for it.
-    func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt) -> Bool {
+    /// `pages`: the unit the kernel protects as one (a hugetlb region's 512).
+    func handleWriteProtectFault(region: RegionRecord, page: Int, address: UInt, pages: Int = 1) -> Bool {
         counters.add(.writeProtectFaults)
         let state = region.states[page]
         // Resident: mark it dirty. Not resident: a stale message (the page was
@@ -155,15 +164,15 @@ extension FaultHandler {
         // left protected would fault here forever.
         if state.isResident {
             if !state.isDirty { writes.wroteCleanPage() }
-            region.states[page] = state.written()
+            region.setStates(state.written(), from: page, count: pages)
         }
         do {
-            try uffd.writeProtect(address, length: 4096, protect: false)
+            try uffd.writeProtect(address, length: pages * 4096, protect: false)
             return true
         } catch {
-            region.states[page] = state
+            region.setStates(state, from: page, count: pages)
             if error == .again { return false }
-            try? uffd.wake(address, length: 4096)
+            try? uffd.wake(address, length: pages * 4096)
             return true
         }
     }

@@ -1,7 +1,8 @@
 import CFarMemSys
+import FarMemProtocol
 import FarMemSystem
 
-/// memfd regions (`RegionKind.memfd`). "Resident" means in the page cache:
+/// memfd and hugetlb regions (`RegionKind.memfd`, `.hugetlb`). "Resident" means in the page cache:
 /// the page cache is the truth for shared memory, and the registered
 /// mapping may or may not map a resident page at a given moment.
 ///
@@ -14,12 +15,17 @@ import FarMemSystem
 ///   place, so a write cannot land unseen, written back from the second
 ///   mapping, and punched when that lands; a write meanwhile waits, and
 ///   faults the page back afterwards.
+/// - hugetlb regions work the same way a unit (2 MiB, 512 pages) at a time
+///   (see `SharedBacking`): `page` is always a unit's first page here, the
+///   unit's pages change state together, and a fetch is the whole unit (no
+///   stream prefetch: a huge page is its own).
 /// - Kernel facts relied on: `SharedMemoryKernelTests`.
 extension FaultHandler {
     /// A missing or minor fault on a memfd region whose page is not in
     /// flight (`handleFault` parks those; write-protect faults go the common
     /// way, `handleWriteProtectFault`).
     func handleSharedFault(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt, started: UInt64) {
+        let unit = shared.pagesPerUnit
         let state = region.states[page]
         if state.isResident {
             mapResident(fault, region: region, shared: shared, page: page, address: address)
@@ -30,35 +36,38 @@ extension FaultHandler {
         // was true when the fault was raised and may not be now (the page may
         // have been evicted while the fault was held).
         let isWrite = fault.isWrite
-        let trend = trends.record(thread: fault.thread, region: region.slot, page: page)
+        let trend = unit == 1 ? trends.record(thread: fault.thread, region: region.slot, page: page) : nil
         guard state.isBacked else {
             zeroFill(fault, region: region, shared: shared, page: page, address: address, started: started)
             counters.set(.residentPages, UInt64(budget.resident))
             return
         }
-        let fetched = fetchShared(region: region, shared: shared, page: page, trend: trend, address: address)
+        let fetched = unit == 1 ? fetchShared(region: region, shared: shared, page: page, trend: trend, address: address)
+            : fetchUnit(region: region, shared: shared, first: page, address: address)
         guard fetched > 0 else { return }
         // In the page cache now, mapped or not: resident either way.
         let predictsWrite = writes.installGoesInDirty()
         let dirty = isWrite || predictsWrite
         for i in 0..<fetched {
             let fetchedPage = Int(fetchPages[i])
-            region.states[fetchedPage] = region.states[fetchedPage].installed(dirty: i == 0 ? dirty : predictsWrite)
+            // A unit's pages share its first page's state; prefetched pages follow the prediction.
+            region.states[fetchedPage] = region.states[fetchedPage].installed(dirty: i < unit ? dirty : predictsWrite)
+            guard i % unit == 0 else { continue }
             enqueueIfNeeded(region, fetchedPage)
             if recency.refetched(region.recency, fetchedPage) { counters.add(.hotRefaults) }
         }
         budget.resident += fetched
         counters.add(.fetches)
-        if fetched > 1 { counters.add(.prefetched, UInt64(fetched - 1)) }
+        if fetched > unit { counters.add(.prefetched, UInt64(fetched - unit)) }
         if !dirty { writes.installedClean(1) }
-        switch mapContinued(at: address, pages: 1, writeProtect: !dirty) {
+        switch mapContinued(at: address, pages: unit, writeProtect: !dirty) {
         case .mapped, .alreadyThere:
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
-            if fetched > 1 { mapPrefetched(region: region, count: fetched - 1, writeProtect: !predictsWrite) }
+            if fetched > unit { mapPrefetched(region: region, count: fetched - 1, writeProtect: !predictsWrite) }
         case .eventPending:
             deferUntilEvent(fault)   // it maps the page from the page cache when it comes back
         case .notInPageCache, .gone:
-            try? uffd.wake(address, length: 4096)   // it faults again and is judged then
+            try? uffd.wake(address, length: unit * 4096)   // it faults again and is judged then
         }
         counters.set(.residentPages, UInt64(budget.resident))
     }
@@ -68,24 +77,25 @@ extension FaultHandler {
     /// the page cache was kept (MADV_DONTNEED); found gone, it was removed
     /// (MADV_REMOVE) and reads as zeros from now on.
     private func mapResident(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt) {
+        let unit = shared.pagesPerUnit
         let state = region.states[page]
         let writable = fault.isWrite || state.isDirty
         var mapped = fault.isWrite ? state.written() : state
         if state.isRemovePending { mapped = mapped.removeSettled() }
-        region.states[page] = mapped
-        switch mapContinued(at: address, pages: 1, writeProtect: !writable) {
+        region.setStates(mapped, from: page, count: unit)
+        switch mapContinued(at: address, pages: unit, writeProtect: !writable) {
         case .mapped:
             region.removesSeenAt[page] = nil
         case .alreadyThere:
             // Mapped as it was: a write to it faults as write-protect.
-            region.states[page] = state
+            region.setStates(state, from: page, count: unit)
             counters.add(.duplicateFaults)
         case .eventPending:
-            region.states[page] = state
+            region.setStates(state, from: page, count: unit)
             deferUntilEvent(fault)
         case .gone:
-            region.states[page] = state
-            try? uffd.wake(address, length: 4096)
+            region.setStates(state, from: page, count: unit)
+            try? uffd.wake(address, length: unit * 4096)
         case .notInPageCache:
             region.removesSeenAt[page] = nil
             if !state.isRemovePending {
@@ -93,15 +103,15 @@ extension FaultHandler {
                 // out of the page cache, so this is not expected. What the store
                 // has (or zeros) is the best there is now.
                 logger.error("page \(page) of region \(region.store.id) (\(state)) left the page cache without an event; it is read from the store again")
-                region.states[page] = state.notInstalled()
-                budget.resident -= 1
-                try? uffd.wake(address, length: 4096)   // it faults again and is fetched
+                region.setStates(state.notInstalled(), from: page, count: unit)
+                budget.resident -= unit
+                try? uffd.wake(address, length: unit * 4096)   // it faults again and is fetched
                 return
             }
             // Removed (MADV_REMOVE): zeros, as the application asked; the store's copy is stale.
-            if state.isBacked { evictor.submit(.discard(region.store, first: page, count: 1)) }
-            region.states[page] = state.reinstalledAsZeros()
-            budget.resident -= 1
+            if state.isBacked { evictor.submit(.discard(region.store, first: page, count: unit)) }
+            region.setStates(state.reinstalledAsZeros(), from: page, count: unit)
+            budget.resident -= unit
             zeroFill(fault, region: region, shared: shared, page: page, address: address, started: fm_now_ns())
         }
     }
@@ -110,19 +120,43 @@ extension FaultHandler {
     /// into the page cache through the second mapping (over whatever it held),
     /// then mapped; write-protected unless the fault is a write.
     private func zeroFill(_ fault: PageFault, region: RegionRecord, shared: SharedBacking, page: Int, address: UInt, started: UInt64) {
+        let unit = shared.pagesPerUnit
         let state = region.states[page]
+        guard prepare(region: region, shared: shared, first: page, address: address) else { return }
         shared.zero(page)
-        region.states[page] = state.installed(dirty: fault.isWrite)
-        budget.resident += 1
+        region.setStates(state.installed(dirty: fault.isWrite), from: page, count: unit)
+        budget.resident += unit
         enqueueIfNeeded(region, page)
-        switch mapContinued(at: address, pages: 1, writeProtect: !fault.isWrite) {
+        switch mapContinued(at: address, pages: unit, writeProtect: !fault.isWrite) {
         case .mapped, .alreadyThere:
             counters.add(.zeroFills)
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
         case .eventPending:
             deferUntilEvent(fault)   // in the page cache: it is mapped when the fault comes back
         case .notInPageCache, .gone:
-            try? uffd.wake(address, length: 4096)
+            try? uffd.wake(address, length: unit * 4096)
+        }
+    }
+
+    /// Gives a hugetlb unit its huge page before the pager writes it. None
+    /// free: the access raises SIGBUS (poisoned), with the reason logged,
+    /// rather than the pager thread taking the SIGBUS itself.
+    private func prepare(region: RegionRecord, shared: SharedBacking, first: Int, address: UInt) -> Bool {
+        do {
+            try shared.prepareUnit(first)
+            return true
+        } catch {
+            logger.critical("no free 2 MiB huge page for page \(first) of region \(region.store.id) (\(error)); the access raises SIGBUS. Reserve more: sysctl vm.nr_hugepages")
+            poison(address, pages: shared.pagesPerUnit)
+            return false
+        }
+    }
+
+    private func poison(_ address: UInt, pages: Int) {
+        counters.add(.poisoned)
+        do { try uffd.poison(address, length: pages * 4096) } catch {
+            logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
+            try? uffd.wake(address, length: pages * 4096)
         }
     }
 
@@ -186,12 +220,40 @@ extension FaultHandler {
             }
             break
         }
-        counters.add(.poisoned)
-        do { try uffd.poison(address, length: 4096) } catch {
-            logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
-            try? uffd.wake(address, length: 4096)
-        }
+        poison(address, pages: 1)
         return 0
+    }
+
+    /// Fetches a hugetlb unit into its huge page of the page cache, in
+    /// protocol-sized reads received straight there (over RDMA, copied from
+    /// the channel's buffer). Returns the unit's page count, or 0 (failed,
+    /// the unit poisoned). `fetchPages` lists the unit's pages.
+    private func fetchUnit(region: RegionRecord, shared: SharedBacking, first: Int, address: UInt) -> Int {
+        let unit = shared.pagesPerUnit
+        for i in 0..<unit { fetchPages[i] = UInt64(first + i) }
+        guard prepare(region: region, shared: shared, first: first, address: address) else { return 0 }
+        var done = 0
+        do {
+            while done < unit {
+                let count = min(unit - done, ProtocolLimits.maxBatchPages)
+                let target = UnsafeMutableRawPointer(bitPattern: shared.alias(of: first + done))!
+                let landed = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages + done, count: count), into: target)
+                if landed != UnsafeRawPointer(target) { target.copyMemory(from: landed, byteCount: count * 4096) }
+                done += count
+            }
+        } catch {
+            // Its huge page holds part of the data that no state counts: free it.
+            try? shared.punch(first: first, count: unit)
+            logger.error("page \(first) of region \(region.store.id) (a 2 MiB huge page) could not be fetched (\(error)); the access raises SIGBUS")
+            poison(address, pages: unit)
+            return 0
+        }
+        for i in 0..<unit {
+            verifier.checkFetched(region, page: first + i, data: UnsafeRawPointer(bitPattern: shared.alias(of: first + i))!,
+                                  how: "fetched", source: self.store.lastReadSource)
+        }
+        trace.record(first, .fetched, extra: unit - 1)
+        return unit
     }
 
     /// Maps prefetched pages (already resident in the page cache) in runs
@@ -220,6 +282,7 @@ extension FaultHandler {
     /// The caller fixes `resident` and the queues.
     func evictShared(region: RegionRecord, shared: SharedBacking, page: Int, state: PageState, address: UInt,
                      into batch: EvictionBatch) -> MoveOutcome {
+        let unit = shared.pagesPerUnit
         var state = state
         if state.isRemovePending {
             // The REMOVE's own punch may still be on its way (the madvising
@@ -230,7 +293,7 @@ extension FaultHandler {
             region.removesSeenAt[page] = nil
             guard shared.isInPageCache(page) else {
                 // Removed (MADV_REMOVE): zeros from now on; the store's copy is stale.
-                if state.isBacked { evictor.submit(.discard(region.store, first: page, count: 1)) }
+                if state.isBacked { evictor.submit(.discard(region.store, first: page, count: unit)) }
                 return .notMapped
             }
             state = state.removeSettled()   // kept (MADV_DONTNEED): dirty, written back below
@@ -238,16 +301,16 @@ extension FaultHandler {
         if !state.isDirty {
             // The store (or nothing: zeros) has its data, and any write to it
             // faults here first (it is write-protected).
-            do { try shared.punch(first: page, count: 1) } catch { return .refused(error) }
+            do { try shared.punch(first: page, count: unit) } catch { return .refused(error) }
             counters.add(.evictions)
             counters.add(.cleanDrops)
-            recency.evicted(region.recency, page)
-            region.states[page] = state.movedOut()
+            recency.evicted(region.recency, page, pages: unit)
+            region.setStates(state.movedOut(), from: page, count: unit)
             trace.record(page, .movedOut, state, region.states[page], extra: -1)
             return .moved
         }
         do {
-            try uffd.writeProtect(address, length: 4096, protect: true)   // (DONTWAKE with WP is EINVAL)
+            try uffd.writeProtect(address, length: unit * 4096, protect: true)   // (DONTWAKE with WP is EINVAL)
         } catch {
             if error == .again {
                 counters.add(.eagain)
@@ -256,42 +319,48 @@ extension FaultHandler {
             }
             return .refused(error)
         }
-        budget.staged += 1
+        budget.staged += unit
         counters.add(.evictions)
-        recency.evicted(region.recency, page)
-        region.states[page] = state.movedOut()
+        recency.evicted(region.recency, page, pages: unit)
+        region.setStates(state.movedOut(), from: page, count: unit)
         trace.record(page, .movedOut, state, region.states[page], extra: -1)
-        batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page, stagingSlot: -1,
-                                   dirty: true, backed: state.isBacked, source: shared.alias(of: page)))
+        // A unit's entries stay together in the batch (`finish` hands them back as one).
+        for i in 0..<unit {
+            batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page + i, stagingSlot: -1,
+                                       dirty: true, backed: state.isBacked, source: shared.alias(of: page + i)))
+        }
         return .moved
     }
 
-    /// A memfd page's write-back round is over (`entry.source` set). Landed:
-    /// the page leaves the page cache, unless the application dropped or
-    /// removed it meanwhile (the page cache then decides, as for a resident
-    /// page). Failed: it simply stays, resident and dirty.
-    func finishShared(_ entry: EvictionBatch.Entry) {
-        budget.staged -= 1
-        guard entry.regionSlot < regions.count, let region = regions[entry.regionSlot], let shared = region.shared else { return }
-        let page = entry.page
+    /// A memfd page's (a hugetlb unit's: its entries) write-back round is
+    /// over (`source` set). Landed: the page leaves the page cache, unless the
+    /// application dropped or removed it meanwhile (the page cache then
+    /// decides, as for a resident page). Failed, in part or whole: it simply
+    /// stays, resident and dirty.
+    func finishShared(_ entries: ArraySlice<EvictionBatch.Entry>) {
+        budget.staged -= entries.count
+        guard let first = entries.first, first.regionSlot < regions.count, let region = regions[first.regionSlot],
+              let shared = region.shared else { return }
+        let page = first.page, unit = entries.count
+        let failed = entries.contains { $0.failed }, lost = entries.contains { $0.lost }
         let state = region.states[page]
         defer {
-            trace.record(page, entry.failed ? .restored : .writeBackLanded, state, region.states[page], extra: -1)
-            if let address = region.address(of: page) { try? uffd.wake(address, length: 4096) }
+            trace.record(page, failed ? .restored : .writeBackLanded, state, region.states[page], extra: -1)
+            if let address = region.address(of: page) { try? uffd.wake(address, length: unit * 4096) }
         }
         guard region.address(of: page) != nil else {
             // Unmapped meanwhile: gone, with its page cache and the store's copy.
-            region.states[page] = state.discarded()
-            try? shared.punch(first: page, count: 1)
-            if !entry.failed { evictor.submit(.discard(region.store, first: page, count: 1)) }
+            region.setStates(state.discarded(), from: page, count: unit)
+            try? shared.punch(first: page, count: unit)
+            if entries.contains(where: { !$0.failed }) { evictor.submit(.discard(region.store, first: page, count: unit)) }
             return
         }
-        if !entry.failed {
-            verifier.wroteBack(region, page: page, hash: entry.hash)
+        if !failed {
+            for entry in entries { verifier.wroteBack(region, page: entry.page, hash: entry.hash) }
             outageBackoffSeconds = 1
         }
-        if entry.failed || state.wasDiscardedInFlight {
-            var restored = entry.lost ? state.restored().setAside() : state.restored()
+        if failed || state.wasDiscardedInFlight {
+            var restored = lost ? state.restored().setAside() : state.restored()
             if state.wasDiscardedInFlight {
                 // A REMOVE came while it was in flight: the page cache tells
                 // which call it was, as for a resident page (`mapResident`); the
@@ -299,24 +368,24 @@ extension FaultHandler {
                 restored = restored.removedWhileResident()
                 region.removesSeenAt[page] = fm_now_ns()
             }
-            region.states[page] = restored
-            if entry.lost {
-                budget.unevictable += 1
+            region.setStates(restored, from: page, count: unit)
+            if lost {
+                budget.unevictable += unit
                 counters.set(.unevictablePages, UInt64(budget.unevictable))
             } else {
-                budget.resident += 1
+                budget.resident += unit
                 if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: page)) }
             }
             return
         }
         do {
-            try shared.punch(first: page, count: 1)
-            region.states[page] = state.writtenBack()
+            try shared.punch(first: page, count: unit)
+            region.setStates(state.writtenBack(), from: page, count: unit)
         } catch {
             // Still in the page cache: resident, and written back, so clean.
             logger.error("page \(page) of region \(region.store.id) could not be punched out (\(error)); it stays resident")
-            region.states[page] = state.writtenBack().installed(dirty: false)
-            budget.resident += 1
+            region.setStates(state.writtenBack().installed(dirty: false), from: page, count: unit)
+            budget.resident += unit
             if !state.isQueued { queue.push(EvictionQueue.pack(slot: region.slot, page: page)) }
         }
     }
@@ -332,6 +401,7 @@ extension FaultHandler {
     /// MADV_REMOVE asks, so a discarded page is never served back (see README).
     /// munmap (UNMAP): the pages are gone, page cache and store copies too.
     func handleSharedRemove(region: RegionRecord, shared: SharedBacking, run: Range<Int>, unmapped: Bool) {
+        if shared.pagesPerUnit > 1 { return handleUnitRemove(region: region, shared: shared, run: run, unmapped: unmapped) }
         discardBacked(region, in: run) { page in
             let state = region.states[page]
             defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
@@ -352,6 +422,32 @@ extension FaultHandler {
         if unmapped {
             // Nothing maps these pages any more but our second mapping: free them.
             try? shared.punch(first: run.lowerBound, count: run.count)
+        }
+    }
+
+    /// The same rule for a hugetlb region, a unit at a time. The kernel takes
+    /// such ranges in whole huge pages, but should one come cut, a unit it
+    /// touches in part is left to the page cache if resident and kept if not
+    /// (never discarded on a guess).
+    private func handleUnitRemove(region: RegionRecord, shared: SharedBacking, run: Range<Int>, unmapped: Bool) {
+        let unit = shared.pagesPerUnit
+        let start = shared.unitStart(of: run.lowerBound)
+        for first in stride(from: start, to: run.upperBound, by: unit) {
+            let state = region.states[first]
+            defer { trace.record(first, unmapped ? .unmap : .remove, state, region.states[first]) }
+            let whole = first >= run.lowerBound && first + unit <= run.upperBound
+            if unmapped { region.removesSeenAt[first] = nil }
+            if state.isInFlight {
+                region.setStates(state.discardedWhileInFlight(), from: first, count: unit)
+            } else if state.isResident && !unmapped {
+                region.setStates(state.removedWhileResident(), from: first, count: unit)
+                region.removesSeenAt[first] = fm_now_ns()
+            } else if whole || unmapped {
+                for _ in 0..<unit { dropFromBudget(state) }
+                region.setStates(state.discarded(), from: first, count: unit)
+                if state.isBacked { evictor.submit(.discard(region.store, first: first, count: unit)) }
+                if unmapped { try? shared.punch(first: first, count: unit) }
+            }
         }
     }
 }

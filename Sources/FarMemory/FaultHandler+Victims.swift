@@ -47,10 +47,12 @@ extension FaultHandler {
             let entries = batch.entries.count
             let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state, address: address, into: batch) }
                 ?? moveOut(region: region, page: page, state: state, address: address, into: batch)
+            // Pages this victim stands for: a hugetlb unit's 512, or itself.
+            let weight = region.shared?.pagesPerUnit ?? 1
             switch outcome {
             case .moved:
-                budget.resident -= 1
-                if batch.entries.count == entries { dropped += 1 }
+                budget.resident -= weight
+                if batch.entries.count == entries { dropped += weight }
             case .eventPending, .noFreeSlot:
                 region.states[page] = state
                 queue.push(entry)
@@ -61,9 +63,9 @@ extension FaultHandler {
             case .notMapped:
                 // Not mapped after all (discarded in a race): it reads as zeros now.
                 trace.record(page, .moveFoundNothing, state, state.foundUnmapped())
-                region.states[page] = state.foundUnmapped()
+                region.setStates(state.foundUnmapped(), from: page, count: weight)
                 queue.push(entry)
-                budget.resident -= 1
+                budget.resident -= weight
             case .refused(let error):
                 refused(region: region, page: page, state: state, error: error)
             }
@@ -138,9 +140,10 @@ extension FaultHandler {
             queue.push(EvictionQueue.pack(slot: region.slot, page: page))
             return
         }
-        region.states[page] = state.setAside()
-        budget.resident -= 1
-        budget.unevictable += 1
+        let weight = region.shared?.pagesPerUnit ?? 1
+        region.setStates(state.setAside(), from: page, count: weight)
+        budget.resident -= weight
+        budget.unevictable += weight
         if setAside.count == setAside.capacity {
             // Only stale entries (pages discarded since, or set aside twice since) can fill it.
             var seen = Set<UInt64>()
@@ -195,9 +198,10 @@ extension FaultHandler {
             tried += 1
             let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state.retried(), address: address, into: batch) }
                 ?? moveOut(region: region, page: page, state: state.retried(), address: address, into: batch)
+            let weight = region.shared?.pagesPerUnit ?? 1
             switch outcome {
             case .moved:
-                budget.unevictable -= 1
+                budget.unevictable -= weight
                 moved += 1
             case .eventPending, .noFreeSlot:
                 setAside.push(entry)
@@ -205,8 +209,8 @@ extension FaultHandler {
             case .slotNotEmpty, .notYet, .refused:
                 setAside.push(entry)
             case .notMapped:
-                region.states[page] = state.foundUnmapped()
-                budget.unevictable -= 1
+                region.setStates(state.foundUnmapped(), from: page, count: weight)
+                budget.unevictable -= weight
             }
         }
         return true

@@ -16,11 +16,18 @@ extension FaultHandler {
     /// server could not take them, moved back into the region).
     func finish(_ batch: EvictionBatch) {
         var keepSlots: [Int32] = []
-        for entry in batch.entries {
+        var index = 0
+        while index < batch.entries.count {
+            let entry = batch.entries[index]
+            index += 1
             let region = entry.regionSlot < regions.count ? regions[entry.regionSlot] : nil
             if entry.source != 0 {
-                if entry.failed { declareOutage(unless: entry.lost || region == nil) }
-                finishShared(entry)
+                // A hugetlb unit's entries come together and finish as one.
+                let end = min(index - 1 + (region?.shared?.pagesPerUnit ?? 1), batch.entries.count)
+                let unit = batch.entries[(index - 1)..<end]
+                if let failed = unit.first(where: \.failed) { declareOutage(unless: failed.lost || region == nil) }
+                finishShared(unit)
+                index = end
                 continue
             }
             guard entry.failed else {

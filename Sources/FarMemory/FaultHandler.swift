@@ -138,10 +138,11 @@ final class FaultHandler: @unchecked Sendable {
         trace = PageTrace(pages: configuration.tracedPages)
         (store as? ReplicatedPageStore)?.recordsReadSource = configuration.verifiesPages
         fetchBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
-        fetchPages = .allocate(capacity: window + 1)
+        // Page lists hold a hugetlb unit's 512 page numbers too.
+        fetchPages = .allocate(capacity: max(window + 1, 512))
         fetchedData = UnsafeRawPointer(fetchBuffer)
         keptBuffer = .allocate(byteCount: (window + 1) * 4096, alignment: 4096)
-        keptPages = .allocate(capacity: window + 1)
+        keptPages = .allocate(capacity: max(window + 1, 512))   // swapped with fetchPages
         zeroPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         // Batches come back from the evictor; more are made only if rounds end short.
         for _ in 0..<(staging.slotCount / batchSize + 1) { spareBatches.append(EvictionBatch(capacity: batchSize)) }

@@ -14,6 +14,8 @@ final class PagerShard: @unchecked Sendable {
     let counters: PagerCounters
     /// Whether memfd regions can be registered here (the kernel's features).
     let servesSharedMemory: Bool
+    /// Whether hugetlb regions can (minor faults on hugetlbfs too).
+    let servesHugePages: Bool
     private let staging: StagingArea
     private let handler: FaultHandler
     private let evictor: Evictor
@@ -37,9 +39,11 @@ final class PagerShard: @unchecked Sendable {
         let sharedMemory: Userfaultfd.Features = [.missingShmem, .minorShmem, .wpSharedMemory]
         let supported = (try? Userfaultfd.supportedFeatures()) ?? []
         servesSharedMemory = supported.isSuperset(of: sharedMemory)
+        servesHugePages = servesSharedMemory && supported.contains(.minorHugetlbfs)
         let features: Userfaultfd.Features = [.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID]
         do {
-            _ = try uffd.enable(features.union(servesSharedMemory ? sharedMemory : []))
+            _ = try uffd.enable(features.union(servesSharedMemory ? sharedMemory : [])
+                .union(servesHugePages ? .minorHugetlbfs : []))
         } catch {
             uffd.close()
             throw .system("UFFDIO_API", error)

@@ -27,12 +27,14 @@ struct Recency {
         self.enabled = enabled
     }
 
-    /// `page` was evicted: remember when (its hot mark is spent).
-    mutating func evicted(_ marks: UnsafeMutablePointer<UInt8>, _ page: Int) {
+    /// `page` was evicted: remember when (its hot mark is spent). `pages`:
+    /// how many 4 KiB pages it stands for (a hugetlb unit's 512), so that
+    /// epochs stay a quarter of the budget whatever the page size.
+    mutating func evicted(_ marks: UnsafeMutablePointer<UInt8>, _ page: Int, pages: Int = 1) {
         marks[page] = UInt8(epoch)
-        evictionsThisEpoch += 1
-        if evictionsThisEpoch >= epochLength {
-            evictionsThisEpoch = 0
+        evictionsThisEpoch += pages
+        while evictionsThisEpoch >= epochLength {
+            evictionsThisEpoch -= epochLength
             epoch = epoch % Self.epochs + 1
         }
     }

@@ -64,6 +64,12 @@ final class RegionRecord: @unchecked Sendable {
         hashes?.deallocate()
     }
 
+    /// Gives `count` pages from `first` one state (a hugetlb unit's pages move together).
+    @inline(__always)
+    func setStates(_ state: PageState, from first: Int, count: Int) {
+        for page in first..<first + count { states[page] = state }
+    }
+
     /// The page at `address`, if one of this region's extents covers it.
     @inline(__always)
     func page(at address: UInt) -> Int? {

@@ -73,13 +73,13 @@ public func farmem_alloc(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ reg
     farmem_alloc_kind(handle, bytes, 0, regionOut, errorBuffer, errorLength)
 }
 
-/// `kind`: farmem_region_kind_t (0 anonymous, 1 memfd).
+/// `kind`: farmem_region_kind_t (0 anonymous, 1 memfd, 2 hugetlb).
 @_cdecl("farmem_alloc_kind")
 public func farmem_alloc_kind(_ handle: UnsafeMutableRawPointer?, _ bytes: Int, _ kind: UInt32,
                               _ regionOut: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                               _ errorBuffer: UnsafeMutablePointer<CChar>?, _ errorLength: Int) -> UnsafeMutableRawPointer? {
     guard let handle else { report("no FarMemory handle", into: errorBuffer, length: errorLength); return nil }
-    let kinds: [RegionKind] = [.anonymous, .memfd]
+    let kinds: [RegionKind] = [.anonymous, .memfd, .hugetlb]
     guard Int(kind) < kinds.count else { report("unknown region kind \(kind)", into: errorBuffer, length: errorLength); return nil }
     let memory = Unmanaged<FarMemory>.fromOpaque(handle).takeUnretainedValue()
     do {

@@ -31,7 +31,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Most pages to prefetch on a sequential or strided trend (0: off).") var prefetch = 64
     @Option(help: "Fault-handler threads (the region is split among them).") var handlerThreads = 1
     @Option(help: "Microseconds the fault handler spins for the next fault before it blocks (0: block at once).") var spin = 0
-    @Option(help: "What backs the region locally: anonymous or memfd.") var regionKind = "anonymous"
+    @Option(help: "What backs the region locally: anonymous, memfd or hugetlb (2 MiB pages: reserve them with sysctl vm.nr_hugepages; a budget of at least 8 MiB per handler thread).") var regionKind = "anonymous"
 
     func run() throws {
         guard let budgetBytes = parseByteSize(budget), budgetBytes >= 256 << 10 else {

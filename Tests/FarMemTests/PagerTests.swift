@@ -441,9 +441,12 @@ final class PagerTests: XCTestCase {
 
     func testDemoPrintsItsReportAndVerifiesTheDataOnEachRegionKind() throws {
         for kind in RegionKind.allCases {
+            // A hugetlb region's budget holds at least 4 huge pages, which the pool must have.
+            let pool = kind == .hugetlb ? try HugePagePool(free: 16) : nil
+            defer { pool?.restore() }
             let demo = Process()
             demo.executableURL = URL(fileURLWithPath: BuiltProducts.path("farmem"))
-            demo.arguments = ["demo", "--budget", "2MiB", "--random-reads", "2000", "--region-kind", kind.rawValue]
+            demo.arguments = ["demo", "--budget", kind == .hugetlb ? "8MiB" : "2MiB", "--random-reads", "2000", "--region-kind", kind.rawValue]
             let output = Pipe()
             demo.standardOutput = output
             try demo.run()

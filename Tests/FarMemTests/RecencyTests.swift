@@ -21,6 +21,18 @@ final class RecencyTests: XCTestCase {
         XCTAssertFalse(recency.secondChance(marks, 7), "one chance per comeback")
     }
 
+    /// A hugetlb unit's eviction moves the clock by its 512 pages: a unit
+    /// back after more than a budget's worth of other units is not hot.
+    func testAHugePageMovesTheClockByItsPages() {
+        var recency = Recency(budgetPages: 4096, enabled: true)   // 8 huge pages; epochs of 1024 pages
+        recency.evicted(marks, 0, pages: 512)
+        for unit in 1...10 { recency.evicted(marks, unit, pages: 512) }
+        XCTAssertFalse(recency.refetched(marks, 0), "5 epochs later: it had its turn")
+        recency.evicted(marks, 11, pages: 512)
+        recency.evicted(marks, 12, pages: 512)
+        XCTAssertTrue(recency.refetched(marks, 11), "back within an epoch")
+    }
+
     func testAPageBackLongAfterOrNeverEvictedIsNotHot() {
         var recency = Recency(budgetPages: 400, enabled: true)
         recency.evicted(marks, 7)

@@ -127,16 +127,21 @@ int64_t fm_mremap(uint64_t old_address, uint64_t old_size, uint64_t new_size, in
 /// UFFDIO_CONTINUE: maps pages the page cache already holds (a memfd region's
 /// minor and missing faults). Returns bytes mapped, or -errno (*mapped set).
 int fm_uffd_continue(int fd, uint64_t start, uint64_t len, int write_protect, int dont_wake, int64_t *mapped);
-/// memfd_create(name, MFD_CLOEXEC) sized to `size` bytes. The fd, or -errno.
-int fm_memfd_create(const char *name, uint64_t size);
-/// mmap(MAP_SHARED) of `size` bytes of `fd` from offset 0, read-write. The address, or -errno.
-int64_t fm_map_shared(int fd, uint64_t size);
+/// memfd_create(name, MFD_CLOEXEC, with MFD_HUGETLB | MFD_HUGE_2MB if
+/// `huge_pages`) sized to `size` bytes. The fd, or -errno.
+int fm_memfd_create(const char *name, uint64_t size, int huge_pages);
+/// mmap(MAP_SHARED, with MAP_NORESERVE if `no_reserve`) of `size` bytes of
+/// `fd` from offset 0, read-write. The address, or -errno.
+int64_t fm_map_shared(int fd, uint64_t size, int no_reserve);
 /// mincore(2) of one page: 1 if it is in memory (for a shared file mapping:
 /// in the page cache), 0 if not, or -errno.
 int fm_page_in_memory(uint64_t address);
 /// fallocate(PUNCH_HOLE | KEEP_SIZE): frees [offset, offset + len) of a file's
 /// pages (a memfd's page cache). Sends no userfaultfd event. 0 or -errno.
 int fm_punch_hole(int fd, uint64_t offset, uint64_t len);
+/// Allocates [offset, offset+len) of a file (fallocate mode 0): -ENOSPC when
+/// a hugetlbfs file finds no free huge page, instead of a SIGBUS on first touch.
+int fm_allocate_range(int fd, uint64_t offset, uint64_t len);
 /// mremap(old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, new): moves the
 /// pages, replacing what is at `new_address`. 0 or -errno.
 int fm_mremap_fixed(uint64_t old_address, uint64_t size, uint64_t new_address);
