@@ -77,6 +77,31 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(stats.verificationFailures, 0)
     }
 
+    /// A fault fetches a whole 2 MiB huge page by RDMA READs (two of 256
+    /// pages, copied from the channel's buffer into the page cache).
+    func testAHugetlbRegionFourTimesTheBudgetIsPagedOverRDMA() throws {
+        let pool = try HugePagePool(free: 16)
+        defer { pool.restore() }
+        let server = try ServerProcess(capacity: "96MiB", host: address, extra: ["--transport", "rdma"])
+        defer { server.stop() }
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 8 << 20, requestTimeoutSeconds: 10, transport: .rdma)
+        configuration.verifiesPages = true
+        let memory = try FarMemory(configuration: configuration)
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: 32 << 20, kind: .hugetlb)
+        let pattern = PagePattern(seed: 15)
+        writeAll(region, pattern)
+        XCTAssertEqual(verifyAll(region, pattern), 0)
+        let second = PagePattern(seed: 16)
+        writeAll(region, second)
+        XCTAssertEqual(verifyAll(region, second), 0)
+        let stats = memory.statistics
+        XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
+        XCTAssertEqual(stats.verificationFailures, 0)
+        XCTAssertEqual(stats.poisoned, 0)
+    }
+
     func testAutoFallsBackToTCPAndRequiredRDMAIsAClearError() throws {
         let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "tcp"])
         defer { server.stop() }
