@@ -234,6 +234,17 @@ int fm_poll2(int fd0, int fd1, int timeout_ms) {
     return mask;
 }
 
+int64_t fm_poll_many(const int *fds, int count, int timeout_ms) {
+    struct pollfd p[64];
+    if (count > 64) count = 64;
+    for (int i = 0; i < count; i++) p[i] = (struct pollfd){ .fd = fds[i], .events = POLLIN };
+    int n = poll(p, (nfds_t)count, timeout_ms);
+    if (n < 0) return errno == EINTR ? 0 : neg_errno();
+    int64_t mask = 0;
+    for (int i = 0; i < count; i++) if (p[i].revents) mask |= (int64_t)1 << i;
+    return mask;
+}
+
 int fm_fork_and_read(uint64_t address) {
     pid_t pid = fork();
     if (pid < 0) return neg_errno();
@@ -360,4 +371,9 @@ int fm_die_with_parent(void) {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) return neg_errno();
     // The parent may have gone before the call: then nobody would signal us.
     return getppid() != parent ? -ESRCH : 0;
+}
+
+int fm_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void)) {
+    int err = pthread_atfork(prepare, parent, child);
+    return err ? -err : 0;
 }

@@ -32,6 +32,8 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
     public static let notImplemented = Errno(rawValue: ENOSYS)
     public static let connectionAborted = Errno(rawValue: ECONNABORTED)
     public static let tooManyOpenFiles = Errno(rawValue: EMFILE)
+    /// A userfaultfd whose process (its memory) is gone: exited or exec'd.
+    public static let noSuchProcess = Errno(rawValue: ESRCH)
 
     public var description: String {
         guard let text = strerror(rawValue) else { return "errno \(rawValue)" }

@@ -50,6 +50,10 @@ public struct Userfaultfd: Sendable {
         }
     }
 
+    /// A userfaultfd the kernel handed over: a forked child's (UFFD_EVENT_FORK),
+    /// already enabled with this one's features and flags.
+    public init(adopting descriptor: FileDescriptor) { self.descriptor = descriptor }
+
     /// Opens a descriptor (O_CLOEXEC | O_NONBLOCK), through the syscall, or
     /// through /dev/userfaultfd when the syscall is not permitted.
     public static func open() throws(Errno) -> Userfaultfd {
@@ -139,7 +143,15 @@ public struct Userfaultfd: Sendable {
     /// how many there are; 0 when none are pending. Pending faults come
     /// before pending events.
     public func read(into messages: UserfaultfdMessages) throws(Errno) -> Int {
-        Int(try checkedShim { fm_uffd_read(descriptor.rawValue, messages.raw, Int32(UserfaultfdMessages.capacity)) })
+        try read(into: messages, at: 0)
+    }
+
+    /// The same, into `messages` from slot `offset` on (at most 64 a call).
+    /// Allocates nothing: safe while another thread of the process forks.
+    public func read(into messages: UserfaultfdMessages, at offset: Int) throws(Errno) -> Int {
+        let room = min(messages.capacity - offset, UserfaultfdMessages.capacity)
+        guard room > 0 else { return 0 }
+        return Int(try checkedShim { fm_uffd_read(descriptor.rawValue, messages.raw + offset, Int32(room)) })
     }
 
     public func close() { descriptor.close() }

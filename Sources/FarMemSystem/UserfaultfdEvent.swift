@@ -11,12 +11,16 @@ public struct PageFault: Sendable, Equatable {
     public var isWriteProtect: Bool
     /// The faulting thread (UFFD_FEATURE_THREAD_ID), 0 if not asked for.
     public var thread: UInt32
+    /// Which userfaultfd it came from, for a monitor that reads several (a
+    /// forked child's, from UFFD_EVENT_FORK): 0 for its own. Set by the monitor.
+    public var origin: UInt32
 
-    public init(address: UInt, isWrite: Bool = false, isWriteProtect: Bool = false, thread: UInt32 = 0) {
+    public init(address: UInt, isWrite: Bool = false, isWriteProtect: Bool = false, thread: UInt32 = 0, origin: UInt32 = 0) {
         self.address = address
         self.isWrite = isWrite
         self.isWriteProtect = isWriteProtect
         self.thread = thread
+        self.origin = origin
     }
 
     /// The address of the 4 KiB page it falls in.
@@ -64,9 +68,15 @@ public enum UserfaultfdEvent: Sendable, Equatable {
 /// Where `Userfaultfd.read` puts messages: allocated once, so reading and
 /// decoding allocate nothing. Owned by one thread.
 public final class UserfaultfdMessages: @unchecked Sendable {
+    /// What one read returns at most.
     public static let capacity = 64
-    let raw = UnsafeMutablePointer<fm_uffd_msg>.allocate(capacity: UserfaultfdMessages.capacity)
-    public init() {}
+    /// How many this buffer holds (reads at an offset fill a larger one).
+    public let capacity: Int
+    let raw: UnsafeMutablePointer<fm_uffd_msg>
+    public init(capacity: Int = UserfaultfdMessages.capacity) {
+        self.capacity = capacity
+        raw = .allocate(capacity: capacity)
+    }
     deinit { raw.deallocate() }
 
     /// The i-th message of the last read.

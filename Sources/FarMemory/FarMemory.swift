@@ -214,6 +214,10 @@ public final class FarMemory: @unchecked Sendable {
         book.withLock { book in book.open.values.flatMap { $0.map(\.store) } }
     }
 
+    /// Whether memfd and hugetlb regions stay mapped in forked children
+    /// (`FarMemoryConfiguration.followsForks`, and the kernel let us).
+    public var followsForks: Bool { shards.allSatisfy(\.followsForks) }
+
     /// Allocates a far region of at least `bytes` (rounded up to whole pages),
     /// page aligned, reading as zeros. The servers reserve room for it now
     /// (one server: all of it; a cluster: each its share of the copies), so a
@@ -320,9 +324,10 @@ public final class FarMemory: @unchecked Sendable {
         }
         do {
             // 4 KiB pages only (UFFDIO_COPY installs small pages; hugetlb regions
-            // have their own), and never inherited by a child: see README, "fork".
+            // have their own). Never inherited by a child, unless it is shared
+            // and the handlers follow forks: see README, "fork".
             if kind != .hugetlb { try MemoryMapping.advise(base, length: length, .noHugePage) }
-            try MemoryMapping.advise(base, length: length, .dontFork)
+            if shared == nil || !shards.allSatisfy(\.followsForks) { try MemoryMapping.advise(base, length: length, .dontFork) }
         } catch {
             MemoryMapping.unmap(base, length: length)
             shared?.release()
@@ -334,6 +339,8 @@ public final class FarMemory: @unchecked Sendable {
         let unit = shared?.pagesPerUnit ?? 1
         let chunkPages = ((pages + shards.count - 1) / shards.count + unit - 1) / unit * unit
         let chunks = (0..<shards.count).map { k in min(k * chunkPages, pages)..<min((k + 1) * chunkPages, pages) }
+        // Counted before the registration a fork could copy (`ForkGate`).
+        if shared != nil { for shard in shards { shard.sharedRegions.add(1, ordering: .acquiringAndReleasing) } }
         do {
             for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
                 try shard.uffd.register(base + UInt(chunk.lowerBound * 4096), length: chunk.count * 4096,
@@ -341,7 +348,10 @@ public final class FarMemory: @unchecked Sendable {
             }
         } catch {
             MemoryMapping.unmap(base, length: length)
-            shared?.release()
+            if let shared {
+                shared.release()
+                for shard in shards { shard.sharedRegions.subtract(1, ordering: .acquiringAndReleasing) }
+            }
             dropOnServer(storeRegion)
             throw .system("registering the region with userfaultfd", error)
         }
@@ -373,6 +383,7 @@ public final class FarMemory: @unchecked Sendable {
                 // Write-backs in flight read the second mapping: they finish first.
                 for (shard, _) in part.records { shards[shard].waitForEvictor() }
                 shared.release()   // the file's pages go with its last mapping
+                for shard in shards { shard.sharedRegions.subtract(1, ordering: .acquiringAndReleasing) }
             }
             dropOnServer(part.store)
         }

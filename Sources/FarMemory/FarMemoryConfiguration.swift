@@ -53,6 +53,12 @@ public struct FarMemoryConfiguration: Sendable {
     /// Give a page that comes back soon after its eviction a second chance
     /// the next time it would be evicted (`Recency`). Off: plain FIFO.
     public var keepsRefaultedPages = true
+    /// Keep memfd and hugetlb regions mapped in forked children and serve
+    /// their faults (UFFD_FEATURE_EVENT_FORK; needs CAP_SYS_PTRACE, and is
+    /// silently off without it: the regions are then not inherited, as
+    /// anonymous ones never are). A fork then waits until a fault handler has
+    /// taken the child's userfaultfd. See README, "fork".
+    public var followsForks = true
     /// A debugging aid, off by default (it hashes every page that moves):
     /// check that every fetched page is the one last written back, and that
     /// every page dropped as clean is unchanged since it was installed. A

@@ -14,9 +14,19 @@ extension FaultHandler {
     }
 
     func handleFault(_ fault: PageFault) {
-        let started = fm_now_ns()
-        var address = fault.page
-        guard let (region, located) = locate(address) else {
+        if fault.origin != 0 {
+            // A forked child's: served the same way, through its userfaultfd.
+            guard let child = children.first(where: { $0.origin == fault.origin }), !child.gone else { return }
+            target = child.uffd
+            defer { target = uffd }
+            guard let (slot, page) = child.locate(fault.page), slot < regions.count, let region = regions[slot] else {
+                try? target.wake(fault.page, length: 4096)   // not a region of ours (closed meanwhile)
+                return
+            }
+            return handleFault(fault, region: region, page: page)
+        }
+        guard let (region, page) = locate(fault.page) else {
+            let address = fault.page
             // Staging, or memory mremap added past a region's end: plain zero-filled
             // memory, so that no thread ever waits on an address nobody serves.
             counters.add(.faults)
@@ -27,11 +37,19 @@ extension FaultHandler {
             }
             return
         }
+        handleFault(fault, region: region, page: page)
+    }
+
+    /// A fault on `page` of `region`, from this process or (`target`) a forked child.
+    private func handleFault(_ fault: PageFault, region: RegionRecord, page located: Int) {
+        let started = fm_now_ns()
+        var address = fault.page
         var page = located
         if let shared = region.shared, shared.pagesPerUnit > 1 {
-            // A hugetlb region: the fault is the whole huge page's (its pages share one state).
+            // A hugetlb region: the fault is the whole huge page's (its pages share
+            // one state). Its extents are in whole huge pages, here and in a child.
             page = shared.unitStart(of: page)
-            address = region.address(of: page) ?? address & ~(UInt(shared.pagesPerUnit << 12) - 1)
+            address -= UInt(located - page) << 12
         }
         let before = region.states[page]
         defer {
@@ -167,12 +185,12 @@ extension FaultHandler {
             region.setStates(state.written(), from: page, count: pages)
         }
         do {
-            try uffd.writeProtect(address, length: pages * 4096, protect: false)
+            try target.writeProtect(address, length: pages * 4096, protect: false)
             return true
         } catch {
             region.setStates(state, from: page, count: pages)
             if error == .again { return false }
-            try? uffd.wake(address, length: pages * 4096)
+            try? target.wake(address, length: pages * 4096)
             return true
         }
     }

@@ -63,11 +63,12 @@ extension FaultHandler {
         switch mapContinued(at: address, pages: unit, writeProtect: !dirty) {
         case .mapped, .alreadyThere:
             counters.faultService.record(nanoseconds: fm_now_ns() &- started)
-            if fetched > unit { mapPrefetched(region: region, count: fetched - 1, writeProtect: !predictsWrite) }
+            // (A child maps them by its own minor faults: they are at our addresses here.)
+            if fetched > unit, !servingChild { mapPrefetched(region: region, count: fetched - 1, writeProtect: !predictsWrite) }
         case .eventPending:
             deferUntilEvent(fault)   // it maps the page from the page cache when it comes back
         case .notInPageCache, .gone:
-            try? uffd.wake(address, length: unit * 4096)   // it faults again and is judged then
+            try? target.wake(address, length: unit * 4096)   // it faults again and is judged then
         }
         counters.set(.residentPages, UInt64(budget.resident))
     }
@@ -95,7 +96,7 @@ extension FaultHandler {
             deferUntilEvent(fault)
         case .gone:
             region.setStates(state, from: page, count: unit)
-            try? uffd.wake(address, length: unit * 4096)
+            try? target.wake(address, length: unit * 4096)
         case .notInPageCache:
             region.removesSeenAt[page] = nil
             if !state.isRemovePending {
@@ -105,7 +106,7 @@ extension FaultHandler {
                 logger.error("page \(page) of region \(region.store.id) (\(state)) left the page cache without an event; it is read from the store again")
                 region.setStates(state.notInstalled(), from: page, count: unit)
                 budget.resident -= unit
-                try? uffd.wake(address, length: unit * 4096)   // it faults again and is fetched
+                try? target.wake(address, length: unit * 4096)   // it faults again and is fetched
                 return
             }
             // Removed (MADV_REMOVE): zeros, as the application asked; the store's copy is stale.
@@ -134,7 +135,7 @@ extension FaultHandler {
         case .eventPending:
             deferUntilEvent(fault)   // in the page cache: it is mapped when the fault comes back
         case .notInPageCache, .gone:
-            try? uffd.wake(address, length: unit * 4096)
+            try? target.wake(address, length: unit * 4096)
         }
     }
 
@@ -154,9 +155,9 @@ extension FaultHandler {
 
     private func poison(_ address: UInt, pages: Int) {
         counters.add(.poisoned)
-        do { try uffd.poison(address, length: pages * 4096) } catch {
+        do { try target.poison(address, length: pages * 4096) } catch {
             logger.critical("UFFDIO_POISON failed (\(error)); waking the thread, which will fault again")
-            try? uffd.wake(address, length: pages * 4096)
+            try? target.wake(address, length: pages * 4096)
         }
     }
 
@@ -164,12 +165,12 @@ extension FaultHandler {
 
     private func mapContinued(at address: UInt, pages: Int, writeProtect: Bool) -> ContinueResult {
         do {
-            _ = try uffd.continueMapping(address, length: pages * 4096, writeProtect: writeProtect)
+            _ = try target.continueMapping(address, length: pages * 4096, writeProtect: writeProtect)
             return .mapped
         } catch {
             switch error {
             case .exists:
-                try? uffd.wake(address, length: pages * 4096)
+                try? target.wake(address, length: pages * 4096)
                 return .alreadyThere
             case .again: return .eventPending
             case .badAddress: return .notInPageCache
@@ -193,10 +194,10 @@ extension FaultHandler {
             let pages = UnsafeBufferPointer(start: fetchPages, count: count)
             // Contiguous and ascending: received straight into the page cache.
             let direct = (0..<count).allSatisfy { fetchPages[$0] == UInt64(page + $0) }
-            let target = direct ? UnsafeMutableRawPointer(bitPattern: shared.alias(of: page))! : fetchBuffer
+            let landing = direct ? UnsafeMutableRawPointer(bitPattern: shared.alias(of: page))! : fetchBuffer
             do {
-                let landed = try store.read(region.store, pages: pages, into: target)
-                for i in 0..<count where !direct || landed != UnsafeRawPointer(target) {
+                let landed = try store.read(region.store, pages: pages, into: landing)
+                for i in 0..<count where !direct || landed != UnsafeRawPointer(landing) {
                     // Over RDMA the pages land in the channel's buffer: one copy.
                     UnsafeMutableRawPointer(bitPattern: shared.alias(of: Int(fetchPages[i])))!
                         .copyMemory(from: landed + i * 4096, byteCount: 4096)
@@ -236,9 +237,9 @@ extension FaultHandler {
         do {
             while done < unit {
                 let count = min(unit - done, ProtocolLimits.maxBatchPages)
-                let target = UnsafeMutableRawPointer(bitPattern: shared.alias(of: first + done))!
-                let landed = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages + done, count: count), into: target)
-                if landed != UnsafeRawPointer(target) { target.copyMemory(from: landed, byteCount: count * 4096) }
+                let landing = UnsafeMutableRawPointer(bitPattern: shared.alias(of: first + done))!
+                let landed = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages + done, count: count), into: landing)
+                if landed != UnsafeRawPointer(landing) { landing.copyMemory(from: landed, byteCount: count * 4096) }
                 done += count
             }
         } catch {
@@ -311,7 +312,10 @@ extension FaultHandler {
         }
         do {
             try uffd.writeProtect(address, length: unit * 4096, protect: true)   // (DONTWAKE with WP is EINVAL)
+            // And wherever a forked child maps it: its writes are ours.
+            try writeProtectInChildren(region: region, page: page, pages: unit)
         } catch {
+            // (Protected where it was done: harmless, a write there marks it dirty again.)
             if error == .again {
                 counters.add(.eagain)
                 awaitingEvent = true
@@ -347,6 +351,7 @@ extension FaultHandler {
         defer {
             trace.record(page, failed ? .restored : .writeBackLanded, state, region.states[page], extra: -1)
             if let address = region.address(of: page) { try? uffd.wake(address, length: unit * 4096) }
+            wakeInChildren(region: region, page: page, pages: unit)
         }
         guard region.address(of: page) != nil else {
             // Unmapped meanwhile: gone, with its page cache and the store's copy.

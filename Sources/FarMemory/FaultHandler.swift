@@ -118,9 +118,30 @@ final class FaultHandler: @unchecked Sendable {
     var kept: (region: Int, count: Int)?
     let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
 
+    /// Set by `ForkGate` while this process forks; the handler answers with
+    /// `forkWaiting` and reads its userfaultfd into `forkStash` only.
+    let forkRequested = Atomic<Bool>(false)
+    let forkWaiting = Atomic<Bool>(false)
+    let forkStash = UserfaultfdMessages(capacity: 4096)
+
+    /// Forked children that map shared regions (`ForkedProcess`), their
+    /// userfaultfds in `childEvents` (one descriptor for the poll).
+    var children: [ForkedProcess] = []
+    var childEvents: Epoll? {
+        didSet { pollDescriptors = [uffd.descriptor.rawValue, notifier.descriptor.rawValue, childEvents?.descriptor.rawValue ?? -1] }
+    }
+    var pollDescriptors: [Int32] = []
+    var nextOrigin: UInt32 = 1
+    /// When to ask next whether each child still lives (CLOCK_MONOTONIC ns).
+    var nextChildCheck: UInt64 = 0
+    /// Where the fault being handled came from: this process's userfaultfd or
+    /// a child's. The fault path's ioctls go there; eviction's go everywhere.
+    var target: Userfaultfd
+
     init(uffd: Userfaultfd, store: PageStore, staging: StagingArea, counters: PagerCounters,
          configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int, budgetPages: Int) throws(Errno) {
         self.uffd = uffd
+        target = uffd
         self.store = store
         self.staging = staging
         self.counters = counters
@@ -158,6 +179,8 @@ final class FaultHandler: @unchecked Sendable {
         queue.deallocate()
         setAside.deallocate()
         notifier.close()
+        for child in children { child.close() }
+        childEvents?.descriptor.close()
     }
 
     // MARK: Other threads talk to the handler through its inbox.
@@ -178,15 +201,16 @@ final class FaultHandler: @unchecked Sendable {
 
     func run() {
         while running {
+            if forkRequested.load(ordering: .relaxed) { waitOutFork() }
             spinForMessages()
             // While waiting for an event, poll with a short time-out: should the
             // event never come (the change was abandoned), deferred faults still go on.
             probeIfOutage()
-            let ready = fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, pollTimeoutMilliseconds)
+            let ready = poll()
             if ready < 0 {
                 // Without its handler every far page would hang its thread forever:
                 // stop loudly instead.
-                fatalError("FarMemory: poll on userfaultfd failed: \(Errno(negated: ready))")
+                fatalError("FarMemory: poll on userfaultfd failed: \(Errno(negated: Int32(truncatingIfNeeded: ready)))")
             }
             if ready == 0 { awaitingEvent = false }
             if ready & 2 != 0 {
@@ -197,7 +221,18 @@ final class FaultHandler: @unchecked Sendable {
             evictIfNeeded()
             serveDeferred()
             readMessages()   // evicts and serves deferred faults after each batch itself
+            if !children.isEmpty { serveChildren() }
         }
+    }
+
+    /// Waits for a message: bit 0 our userfaultfd, bit 1 the inbox, bit 2 a child's userfaultfd.
+    private func poll() -> Int64 {
+        guard let childEvents else {
+            return Int64(fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, pollTimeoutMilliseconds))
+        }
+        // Children are asked once a second whether they still live.
+        let timeout = pollTimeoutMilliseconds
+        return fm_poll_many(pollDescriptors, 3, timeout < 0 ? 1000 : min(timeout, 1000))
     }
 
     /// At the budget: the next fault waits until eviction has made room
@@ -231,7 +266,7 @@ final class FaultHandler: @unchecked Sendable {
     /// pending. A fault that meets EAGAIN is held again (at the back) and sets
     /// `awaitingEvent`, which ends the loop.
     func serveDeferred() {
-        while !mustThrottle, !awaitingEvent, let message = deferred.popFirst() {
+        while !mustThrottle, !awaitingEvent, !forkRequested.load(ordering: .relaxed), let message = deferred.popFirst() {
             handleFault(message)
             evictIfNeeded()
         }
@@ -244,7 +279,7 @@ final class FaultHandler: @unchecked Sendable {
     func spinForMessages() {
         guard spinNanoseconds > 0 else { return }
         var deadline = fm_now_ns() + spinNanoseconds
-        while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running {
+        while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested.load(ordering: .relaxed) {
             if readMessages() > 0 { deadline = fm_now_ns() + spinNanoseconds }
         }
     }
@@ -259,56 +294,76 @@ final class FaultHandler: @unchecked Sendable {
     /// the zap, where nothing removes it again: discarded data served back.
     /// Handled after the event, it finds the page discarded (zeros). The
     /// faulting threads are blocked meanwhile, so no access is reordered.
+    /// `child`: read a forked child's userfaultfd instead of ours.
     @discardableResult
-    func readMessages() -> Int {
+    func readMessages(from child: ForkedProcess? = nil) -> Int {
         var total = 0
         while true {
-            configuration.testHooks?.waitWhileHeld { running }
+            if forkRequested.load(ordering: .relaxed) { return total }   // the loop waits the fork out first
+            if child == nil { configuration.testHooks?.waitWhileHeld { running } }
             let count: Int
-            do { count = try uffd.read(into: messages) } catch {
-                fatalError("FarMemory: reading userfaultfd failed: \(error)")
+            do { count = try (child?.uffd ?? uffd).read(into: messages) } catch {
+                guard let child else { fatalError("FarMemory: reading userfaultfd failed: \(error)") }
+                logger.warning("reading a forked child's userfaultfd failed (\(error)): the child is no longer served")
+                child.gone = true
+                return total
             }
             if count == 0 { return total }
             total += count
-            if let hooks = configuration.testHooks, (0..<count).contains(where: { !messages[$0].isPageFault }) {
-                hooks.readBatchWithEvent()
-            }
-            var faults = 0
-            for i in 0..<count {
-                switch messages[i] {
-                case .pageFault:
-                    faults += 1
-                case .remove(let start, let end):
-                    awaitingEvent = false
-                    handleRemove(start: start, end: end, unmapped: false)
-                case .unmap(let start, let end):
-                    awaitingEvent = false
-                    handleRemove(start: start, end: end, unmapped: true)
-                case .remap(let from, let to, let length):
-                    awaitingEvent = false
-                    handleRemap(from: from, to: to, length: length)
-                case .fork(let child):
-                    child.close()   // not asked for (regions are MADV_DONTFORK)
-                    logger.warning("unexpected userfaultfd fork event")
-                case .unknown(let event):
-                    logger.warning("unexpected userfaultfd event \(event)")
-                }
-            }
-            if faults > 0 {
-                for i in 0..<count {
-                    guard case .pageFault(let fault) = messages[i] else { continue }
-                    // A write-protect fault needs no budget: only a pending event holds it.
-                    if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
-                        deferFault(fault)
-                    } else {
-                        handleFault(fault)
-                    }
-                }
-            }
-            // Keep the budget even while a burst of faults is being served.
-            evictIfNeeded()
-            serveDeferred()
+            handleBatch(messages, count: count, from: child)
         }
+    }
+
+    /// Handles messages read together: events first (see `readMessages`),
+    /// then faults; then keeps the budget and serves held faults.
+    func handleBatch(_ messages: UserfaultfdMessages, count: Int, from child: ForkedProcess?) {
+        if let hooks = configuration.testHooks, (0..<count).contains(where: { !messages[$0].isPageFault }) {
+            hooks.readBatchWithEvent()
+        }
+        var faults = 0
+        for i in 0..<count {
+            let message = messages[i]
+            if case .pageFault = message {
+                faults += 1
+                continue
+            }
+            awaitingEvent = false
+            if let child {
+                handleChildEvent(message, child: child)
+                continue
+            }
+            switch message {
+            case .pageFault: break
+            case .remove(let start, let end):
+                handleRemove(start: start, end: end, unmapped: false)
+            case .unmap(let start, let end):
+                handleRemove(start: start, end: end, unmapped: true)
+            case .remap(let from, let to, let length):
+                handleRemap(from: from, to: to, length: length)
+            case .fork(let descriptor):
+                adoptChild(descriptor, forkedFrom: nil)
+            case .unknown(let event):
+                logger.warning("unexpected userfaultfd event \(event)")
+            }
+        }
+        if faults > 0 {
+            for i in 0..<count {
+                guard case .pageFault(var fault) = messages[i] else { continue }
+                if let child {
+                    fault.origin = child.origin
+                    counters.add(.childFaults)
+                }
+                // A write-protect fault needs no budget: only a pending event holds it.
+                if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
+                    deferFault(fault)
+                } else {
+                    handleFault(fault)
+                }
+            }
+        }
+        // Keep the budget even while a burst of faults is being served.
+        evictIfNeeded()
+        serveDeferred()
     }
 
     /// Holds a fault for later; never serves it here (that once recursed
@@ -375,6 +430,7 @@ final class FaultHandler: @unchecked Sendable {
             for extent in region.extents {
                 try? uffd.unregister(extent.start, length: extent.pageCount * 4096)
             }
+            forgetInChildren(region)
             for page in region.chunk where region.states[page].isResident {
                 if region.states[page].isUnevictable { budget.unevictable -= 1 } else { budget.resident -= 1 }
             }

@@ -31,6 +31,8 @@ enum PagerMetrics {
         metric("farmem_rdma_pages_out_total", "counter", "Pages written with one-sided RDMA WRITEs.", s.rdmaPagesOut)
         metric("farmem_hot_refaults_total", "counter", "Pages fetched again soon after their eviction.", s.hotRefaults)
         metric("farmem_second_chances_total", "counter", "Hot pages kept when FIFO order picked them.", s.secondChances)
+        metric("farmem_forked_children", "gauge", "Forked child processes served (they map memfd or hugetlb regions).", s.forkedChildren)
+        metric("farmem_child_faults_total", "counter", "Faults of forked children served.", s.childFaults)
         metric("farmem_servers", "gauge", "Memory servers configured.", s.servers)
         metric("farmem_servers_down", "gauge", "Memory servers marked down.", s.serversDown)
         metric("farmem_under_replicated_extents", "gauge", "Extents with fewer live copies than configured.", s.underReplicatedExtents)

@@ -16,8 +16,15 @@ final class PagerShard: @unchecked Sendable {
     let servesSharedMemory: Bool
     /// Whether hugetlb regions can (minor faults on hugetlbfs too).
     let servesHugePages: Bool
+    /// Whether forked children are followed (UFFD_FEATURE_EVENT_FORK, which
+    /// needs CAP_SYS_PTRACE): shared regions then stay mapped across fork.
+    let followsForks: Bool
+    /// Shared (memfd, hugetlb) regions registered here: while there is one, a
+    /// fork of this process may send a FORK event (`ForkGate`).
+    let sharedRegions = Atomic<Int>(0)
+    var mayGetForkEvents: Bool { followsForks && sharedRegions.load(ordering: .acquiring) > 0 }
     private let staging: StagingArea
-    private let handler: FaultHandler
+    let handler: FaultHandler
     private let evictor: Evictor
     private let handlerThread: PosixThread
     /// Closed once both threads have stopped.
@@ -40,10 +47,19 @@ final class PagerShard: @unchecked Sendable {
         let supported = (try? Userfaultfd.supportedFeatures()) ?? []
         servesSharedMemory = supported.isSuperset(of: sharedMemory)
         servesHugePages = servesSharedMemory && supported.contains(.minorHugetlbfs)
-        let features: Userfaultfd.Features = [.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID]
+        let features = Userfaultfd.Features([.eventRemap, .eventRemove, .eventUnmap, .move, .poison, .pagefaultFlagWP, .threadID])
+            .union(servesSharedMemory ? sharedMemory : []).union(servesHugePages ? .minorHugetlbfs : [])
         do {
-            _ = try uffd.enable(features.union(servesSharedMemory ? sharedMemory : [])
-                .union(servesHugePages ? .minorHugetlbfs : []))
+            // Forks are followed where the kernel allows it (EPERM without
+            // CAP_SYS_PTRACE; a refused UFFDIO_API may be asked again).
+            var follows = servesSharedMemory && configuration.followsForks
+            do {
+                _ = try uffd.enable(follows ? features.union(.eventFork) : features)
+            } catch .permissionDenied where follows {
+                follows = false
+                _ = try uffd.enable(features)
+            }
+            followsForks = follows
         } catch {
             uffd.close()
             throw .system("UFFDIO_API", error)
@@ -73,6 +89,7 @@ final class PagerShard: @unchecked Sendable {
         handlerThread = PosixThread.spawn(name: "farmem-fault\(index)") { handler.run() }
         let evictor = self.evictor
         evictorThread = PosixThread.spawn(name: "farmem-evict\(index)") { evictor.run() }
+        if followsForks { ForkGate.register(self) }
     }
 
     /// Hands a registered chunk to the handler; returns once it knows it.
@@ -111,6 +128,7 @@ final class PagerShard: @unchecked Sendable {
     func pageTrace(page: Int?) -> [String] { handler.trace.lines(page: page) }
 
     func stop() {
+        ForkGate.unregister(self)
         // No new eviction rounds, then the evictor (it finishes what it has; its
         // staging madvise needs the handler still reading events), then the handler.
         let suspended = DispatchSemaphore(value: 0)

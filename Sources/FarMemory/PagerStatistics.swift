@@ -8,7 +8,7 @@ final class PagerCounters: @unchecked Sendable {
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
         case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
-        case zeroReinstalls, verificationFailures
+        case zeroReinstalls, verificationFailures, forkedChildren, childFaults
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -87,6 +87,10 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var zeroReinstalls: UInt64
     /// With `verifiesPages`: pages whose data was not what FarMem last had.
     public var verificationFailures: UInt64
+    /// Forked child processes served now (they map memfd or hugetlb regions),
+    /// and the faults of such children served since the start (also in `faults`).
+    public var forkedChildren: UInt64
+    public var childFaults: UInt64
     /// Pages fetched ahead of a fault because the access pattern predicted them.
     public var prefetched: UInt64
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
@@ -134,6 +138,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         hotRefaults = sum(.hotRefaults); secondChances = sum(.secondChances)
         zeroReinstalls = sum(.zeroReinstalls); verificationFailures = sum(.verificationFailures)
         prefetched = sum(.prefetched)
+        // Every shard hears of every fork: the children are the largest shard's count.
+        forkedChildren = shards.map { $0.get(.forkedChildren) }.max() ?? 0
+        childFaults = sum(.childFaults)
         rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
         serviceP99Nanoseconds = faultService.value(atPercentile: 99)
@@ -148,7 +155,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
         hot refaults \(hotRefaults) (second chances \(secondChances)), zero reinstalls \(zeroReinstalls), \
-        verification failures \(verificationFailures), \
+        verification failures \(verificationFailures), forked children \(forkedChildren) (faults \(childFaults)), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
         repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
         """

@@ -1,14 +1,5 @@
 import Synchronization
 
-/// A run of a region's pages at some address. A region starts as one extent;
-/// mremap and partial munmap move or cut extents.
-struct Extent {
-    var start: UInt
-    var pageCount: Int
-    var firstPage: Int
-    var end: UInt { start + UInt(pageCount * 4096) }
-}
-
 /// The pager's view of one far region. Created by the application thread,
 /// then owned by the fault handler: `states` and `extents` change only there.
 final class RegionRecord: @unchecked Sendable {
@@ -71,70 +62,23 @@ final class RegionRecord: @unchecked Sendable {
     }
 
     /// The page at `address`, if one of this region's extents covers it.
-    @inline(__always)
-    func page(at address: UInt) -> Int? {
-        for extent in extents where address >= extent.start && address < extent.end {
-            return extent.firstPage + Int((address - extent.start) >> 12)
-        }
-        return nil
-    }
+    @inline(__always) func page(at address: UInt) -> Int? { extents.page(at: address) }
 
     /// Where `page` is mapped now, if it is mapped.
-    @inline(__always)
-    func address(of page: Int) -> UInt? {
-        for extent in extents where page >= extent.firstPage && page < extent.firstPage + extent.pageCount {
-            return extent.start + UInt((page - extent.firstPage) << 12)
-        }
-        return nil
-    }
+    @inline(__always) func address(of page: Int) -> UInt? { extents.address(of: page) }
 
     /// Pages of this region inside [start, end), as runs of page numbers.
-    func pageRuns(in start: UInt, _ end: UInt) -> [Range<Int>] {
-        var runs: [Range<Int>] = []
-        for extent in extents {
-            let lo = max(start, extent.start), hi = min(end, extent.end)
-            guard lo < hi else { continue }
-            let first = extent.firstPage + Int((lo - extent.start) >> 12)
-            runs.append(first..<first + Int((hi - lo + 4095) >> 12))
-        }
-        return runs
-    }
+    func pageRuns(in start: UInt, _ end: UInt) -> [Range<Int>] { extents.pageRuns(in: start, end) }
 
     /// Removes [start, end) from the extents (munmap).
     func cut(_ start: UInt, _ end: UInt) {
-        var result: [Extent] = []
-        for extent in extents {
-            guard start < extent.end && end > extent.start else { result.append(extent); continue }
-            if start > extent.start {
-                result.append(Extent(start: extent.start, pageCount: Int((start - extent.start) >> 12), firstPage: extent.firstPage))
-            }
-            if end < extent.end {
-                let skipped = Int((end - extent.start) >> 12)
-                result.append(Extent(start: end, pageCount: extent.pageCount - skipped, firstPage: extent.firstPage + skipped))
-            }
-        }
-        extents = result
+        extents.cut(start, end)
         publishBase()
     }
 
     /// Moves the part of the extents in [from, from+length) to start at `to` (mremap).
     func move(from: UInt, to: UInt, length: UInt) {
-        let end = from + length
-        var result: [Extent] = []
-        for extent in extents {
-            guard from < extent.end && end > extent.start else { result.append(extent); continue }
-            let lo = max(from, extent.start), hi = min(end, extent.end)
-            if lo > extent.start {
-                result.append(Extent(start: extent.start, pageCount: Int((lo - extent.start) >> 12), firstPage: extent.firstPage))
-            }
-            let firstMoved = extent.firstPage + Int((lo - extent.start) >> 12)
-            result.append(Extent(start: to + (lo - from), pageCount: Int((hi - lo) >> 12), firstPage: firstMoved))
-            if hi < extent.end {
-                let skipped = Int((hi - extent.start) >> 12)
-                result.append(Extent(start: hi, pageCount: extent.pageCount - skipped, firstPage: extent.firstPage + skipped))
-            }
-        }
-        extents = result
+        extents.move(from: from, to: to, length: length)
         publishBase()
     }
 

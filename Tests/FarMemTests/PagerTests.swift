@@ -327,7 +327,7 @@ final class PagerTests: XCTestCase {
         let region = try memory.allocate(bytes: regionBytes)
         let pattern = PagePattern(seed: 7)
         fill(region, pattern)
-        // Regions are MADV_DONTFORK: the child has no mapping there and faults
+        // Anonymous regions are MADV_DONTFORK: the child has no mapping there and faults
         // with SIGSEGV instead of silently reading zeros for evicted pages.
         let status = fm_fork_and_read(UInt64(UInt(bitPattern: region.baseAddress!)))
         XCTAssertGreaterThanOrEqual(status, 0)

@@ -86,6 +86,9 @@ int fm_eventfd_drain(int fd);
 /// poll() on up to two descriptors for POLLIN. Returns a bit mask of ready
 /// descriptors (bit 0: fd0, bit 1: fd1), 0 on time-out, or -errno.
 int fm_poll2(int fd0, int fd1, int timeout_ms);
+/// poll(2) for input on `count` (at most 64) descriptors. A bit mask of the
+/// ready ones (bit i: fds[i]), 0 on time-out or EINTR, or -errno.
+int64_t fm_poll_many(const int *fds, int count, int timeout_ms);
 
 /// accept4 with SOCK_CLOEXEC (a GNU extension Swift's Glibc does not expose).
 int fm_accept(int listener);
@@ -188,6 +191,9 @@ int fm_restore_default_crash_handling(void);
 /// A 64-bit hash of one 4 KiB page (page verification, a debugging aid).
 /// Never 0, so 0 can mean "no hash".
 uint64_t fm_page_hash(const void *page);
+
+/// pthread_atfork(prepare, parent, child). 0 or -errno.
+int fm_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 
 #ifdef __cplusplus
 }

@@ -24,3 +24,35 @@ typedef struct {
 /// UFFDIO_CONTINUE (see shared_memory_probe.c). Fills `events` (at most
 /// FMT_SHM_MAX_EVENTS) and the 7 bytes read in `values`. 0, or -errno.
 int fmt_shared_memory_probe(fmt_shm_event_t *events, int *count, uint8_t *values);
+
+/// What a forked child did (`fmt_fork_check_and_write`).
+typedef struct {
+    uint64_t fork_ns;     // fork() in the parent
+    uint64_t check_ns;    // the child's check of every page
+    uint64_t child_ns;    // from before fork() until the child was reaped
+    int first_bad_page;   // -1: every page as expected
+} fmt_fork_result_t;
+
+/// The words a forked child writes: pass 1, then pass 2 over every page.
+static inline uint64_t fmt_child_word(int page, int word, int pass) {
+    return ((uint64_t)pass << 60) | ((uint64_t)(uint32_t)page << 16) | (uint64_t)word | 0xC0DEull << 40;
+}
+
+/// What the forked child does after checking the pages.
+enum { FMT_CHILD_CHECKS = 0, FMT_CHILD_WRITES = 1, FMT_CHILD_UNMAPS = 2 };
+
+/// Forks. The child hashes every page of [base, base + pages * 4096) with
+/// `hash` and compares with `expected`; then, by `mode`, writes every page
+/// with `fmt_child_word` pass 1 and then pass 2 (each page read first), or
+/// munmaps the range, and exits (0; 1 at the first page not as expected; 2
+/// munmap failed). Returns the child's wait status, or -errno.
+int fmt_fork_check_and_write(uint64_t base, int pages, const uint64_t *expected, uint64_t (*hash)(const void *),
+                             int mode, fmt_fork_result_t *result);
+
+/// Forks a child that waits until `fmt_release_and_wait`, then reads the byte
+/// at `address` and exits with its low 7 bits (or dies of SIGBUS). Returns
+/// the child's pid (and in `release_fd` the pipe that releases it), or -errno.
+int fmt_fork_waiting(uint64_t address, int *release_fd);
+
+/// Releases a `fmt_fork_waiting` child and returns its wait status, or -errno.
+int fmt_release_and_wait(int pid, int release_fd);
