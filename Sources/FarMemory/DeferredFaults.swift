@@ -25,12 +25,17 @@ struct DeferredFaults {
 
     var isEmpty: Bool { count == 0 }
 
-    /// Holds `fault` unless a fault for the same page is already held.
-    /// Returns false for such a duplicate (it needs no reply of its own).
+    /// Holds `fault` unless a fault for the same page of the same process is
+    /// already held. Returns false for such a duplicate (it needs no reply of
+    /// its own: serving the first wakes every waiter on that userfaultfd; a
+    /// forked child's fault at the same address is another process's).
     @discardableResult
     mutating func append(_ fault: PageFault) -> Bool {
-        let page = fault.page
-        for i in 0..<count where storage[(head + i) % capacity].page == page { return false }
+        let page = fault.page, origin = fault.origin
+        for i in 0..<count {
+            let held = storage[(head + i) % capacity]
+            if held.page == page, held.origin == origin { return false }
+        }
         if count == capacity { grow() }
         storage[(head + count) % capacity] = fault
         count += 1

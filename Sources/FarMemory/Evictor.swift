@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import FarMemProtocol
 import FarMemSystem
@@ -48,6 +51,8 @@ final class Evictor: @unchecked Sendable {
     /// Where reports go: the fault handler's inbox.
     private let report: @Sendable (Report) -> Void
     private var pageList: [UInt64] = []
+    /// hugetlb pages are read into here from their file (`Entry.sourceFile`).
+    private let fileReads = UnsafeMutableRawPointer.allocate(byteCount: ProtocolLimits.maxBatchPages * 4096, alignment: 4096)
     /// Written-back slots not yet emptied. Emptying is one MADV_DONTNEED per
     /// contiguous run, and each is a REMOVE event whose mmap_changing window
     /// makes the handler's installs fail with EAGAIN, so slots are emptied in
@@ -71,6 +76,8 @@ final class Evictor: @unchecked Sendable {
         self.condition = Condition()
         pageList.reserveCapacity(ProtocolLimits.maxBatchPages)
     }
+
+    deinit { fileReads.deallocate() }
 
     /// Set (under the jobs lock) once the evictor has stopped: a barrier
     /// submitted afterwards is signalled at once instead of waiting forever.
@@ -143,7 +150,8 @@ final class Evictor: @unchecked Sendable {
         var index = 0
         let entries = batch.entries.count
         if verifiesPages {
-            for i in 0..<entries {
+            // Every staged page, clean ones too (`PageVerifier.checkCleanDrop`); hugetlb pages once read below.
+            for i in 0..<entries where batch.entries[i].sourceFile < 0 {
                 batch.entries[i].hash = PageVerifier.hash(ofStaged: batch.entries[i].bytes(in: staging))
             }
         }
@@ -157,11 +165,17 @@ final class Evictor: @unchecked Sendable {
             guard !group.isEmpty else { continue }
             pageList.removeAll(keepingCapacity: true)
             for i in group { pageList.append(UInt64(batch.entries[i].page)) }
+            let fromFile = batch.entries[group[0]].sourceFile >= 0
+            if fromFile { readFromFile(batch, group) }
+            let bytes = { (k: Int) -> UnsafeRawPointer in
+                fromFile ? UnsafeRawPointer(self.fileReads + k * 4096) : batch.entries[group[k]].bytes(in: self.staging)
+            }
+            if verifiesPages, fromFile {
+                for (k, i) in group.enumerated() { batch.entries[i].hash = PageVerifier.hash(ofStaged: bytes(k)) }
+            }
             let outcome = outcome(of: "write-back of \(group.count) pages of region \(region.id)") { () throws(StoreError) in
                 try pageList.withUnsafeBufferPointer { pages throws(StoreError) in
-                    try store.write(region, pages: pages) { i in
-                        batch.entries[group[i]].bytes(in: staging)
-                    }
+                    try store.write(region, pages: pages, source: bytes)
                 }
             }
             switch outcome {
@@ -187,6 +201,19 @@ final class Evictor: @unchecked Sendable {
         // slots are emptied later, in a group, and returned then.
         for entry in batch.entries where !entry.failed && entry.stagingSlot >= 0 { pendingRelease.append(entry.stagingSlot) }
         report(.batchDone(batch))
+    }
+
+    /// Reads a group of hugetlb pages from their file into `fileReads` (a
+    /// hole reads as zeros; a failed read, which cannot happen short of a bad
+    /// descriptor, as zeros too: the page was removed or its region closed).
+    private func readFromFile(_ batch: EvictionBatch, _ group: [Int]) {
+        for (k, i) in group.enumerated() {
+            let entry = batch.entries[i]
+            let target = fileReads + k * 4096
+            if pread(entry.sourceFile, target, 4096, off_t(entry.page) << 12) != 4096 {
+                target.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+            }
+        }
     }
 
     private func discard(_ region: StoreRegion, first: Int, count: Int) {

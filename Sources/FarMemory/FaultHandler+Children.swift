@@ -54,6 +54,8 @@ extension FaultHandler {
             }
         case .unmap(let start, let end):
             for slot in child.extents.keys { child.extents[slot]!.cut(start, end) }
+            // Its threads parked there (a write-back in flight) would never be woken at an address it no longer maps.
+            try? child.uffd.wake(start, length: Int(end - start))
         case .remap(let from, let to, let length):
             for slot in child.extents.keys { child.extents[slot]!.move(from: from, to: to, length: length) }
             try? child.uffd.wake(from, length: Int(length))
@@ -78,6 +80,26 @@ extension FaultHandler {
             return true
         }
         counters.set(.forkedChildren, UInt64(children.count))
+    }
+
+    /// A shared region registered while a fork was under way may have been
+    /// inherited before its handler knew it: every child is told where it is
+    /// (a child that did not inherit it never faults there).
+    func addToChildren(_ region: RegionRecord) {
+        guard region.shared != nil else { return }
+        for child in children where child.extents[region.slot] == nil { child.extents[region.slot] = region.extents }
+    }
+
+    /// A child's fault where it maps no region of ours (cannot happen: see
+    /// `addToChildren`). A wake would refault forever: the page raises SIGBUS.
+    func refuseUnknownChildFault(_ fault: PageFault) {
+        logger.error("a forked child faulted at \(fault.page), where it maps no far region known here: SIGBUS there")
+        if (try? target.poison(fault.page, length: 4096)) == nil { try? target.wake(fault.page, length: 4096) }
+    }
+
+    /// Whether a child maps the page (the parent's munmap then leaves it be).
+    func mappedInChildren(_ region: RegionRecord, _ page: Int) -> Bool {
+        children.contains { !$0.gone && $0.extents[region.slot]?.address(of: page) != nil }
     }
 
     /// Write-protects a page (unit) wherever a child maps it. EAGAIN (the

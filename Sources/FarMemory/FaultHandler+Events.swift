@@ -60,12 +60,13 @@ extension FaultHandler {
         if let first = start { evictor.submit(.discard(region.store, first: first, count: run.upperBound - first)) }
     }
 
-    /// A page that leaves local memory for good: out of the budget it counted in.
-    func dropFromBudget(_ state: PageState) {
+    /// A page (`pages` of one state: a hugetlb unit) that leaves local memory
+    /// for good: out of the budget it counted in.
+    func dropFromBudget(_ state: PageState, pages: Int = 1) {
         if state.isUnevictable {
-            budget.unevictable -= 1
+            budget.unevictable -= pages
         } else if state.isResident {
-            budget.resident -= 1
+            budget.resident -= pages
         }
     }
 

@@ -20,8 +20,7 @@ extension FaultHandler {
             target = child.uffd
             defer { target = uffd }
             guard let (slot, page) = child.locate(fault.page), slot < regions.count, let region = regions[slot] else {
-                try? target.wake(fault.page, length: 4096)   // not a region of ours (closed meanwhile)
-                return
+                return refuseUnknownChildFault(fault)
             }
             return handleFault(fault, region: region, page: page)
         }

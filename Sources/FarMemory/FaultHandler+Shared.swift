@@ -104,15 +104,17 @@ extension FaultHandler {
                 // out of the page cache, so this is not expected. What the store
                 // has (or zeros) is the best there is now.
                 logger.error("page \(page) of region \(region.store.id) (\(state)) left the page cache without an event; it is read from the store again")
+                dropFromBudget(state, pages: unit)
                 region.setStates(state.notInstalled(), from: page, count: unit)
-                budget.resident -= unit
                 try? target.wake(address, length: unit * 4096)   // it faults again and is fetched
                 return
             }
-            // Removed (MADV_REMOVE): zeros, as the application asked; the store's copy is stale.
+            // Removed (MADV_REMOVE): zeros, as the application asked; the store's
+            // copy is stale. Out of the budget until the zero fill counts it again
+            // (which may fail: no free huge page).
             if state.isBacked { evictor.submit(.discard(region.store, first: page, count: unit)) }
-            region.setStates(state.reinstalledAsZeros(), from: page, count: unit)
-            budget.resident -= unit
+            dropFromBudget(state, pages: unit)
+            region.setStates(state.discarded(), from: page, count: unit)
             zeroFill(fault, region: region, shared: shared, page: page, address: address, started: fm_now_ns())
         }
     }
@@ -311,7 +313,8 @@ extension FaultHandler {
             return .moved
         }
         do {
-            try uffd.writeProtect(address, length: unit * 4096, protect: true)   // (DONTWAKE with WP is EINVAL)
+            // (address 0: we no longer map it, a forked child does.)
+            if address != 0 { try uffd.writeProtect(address, length: unit * 4096, protect: true) }   // (DONTWAKE with WP is EINVAL)
             // And wherever a forked child maps it: its writes are ours.
             try writeProtectInChildren(region: region, page: page, pages: unit)
         } catch {
@@ -331,7 +334,8 @@ extension FaultHandler {
         // A unit's entries stay together in the batch (`finish` hands them back as one).
         for i in 0..<unit {
             batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page + i, stagingSlot: -1,
-                                       dirty: true, backed: state.isBacked, source: shared.alias(of: page + i)))
+                                       dirty: true, backed: state.isBacked, source: shared.alias(of: page + i),
+                                       sourceFile: unit > 1 ? shared.file.descriptor.rawValue : -1))
         }
         return .moved
     }
@@ -353,7 +357,7 @@ extension FaultHandler {
             if let address = region.address(of: page) { try? uffd.wake(address, length: unit * 4096) }
             wakeInChildren(region: region, page: page, pages: unit)
         }
-        guard region.address(of: page) != nil else {
+        guard region.address(of: page) != nil || mappedInChildren(region, page) else {
             // Unmapped meanwhile: gone, with its page cache and the store's copy.
             region.setStates(state.discarded(), from: page, count: unit)
             try? shared.punch(first: page, count: unit)
@@ -407,7 +411,10 @@ extension FaultHandler {
     /// munmap (UNMAP): the pages are gone, page cache and store copies too.
     func handleSharedRemove(region: RegionRecord, shared: SharedBacking, run: Range<Int>, unmapped: Bool) {
         if shared.pagesPerUnit > 1 { return handleUnitRemove(region: region, shared: shared, run: run, unmapped: unmapped) }
+        // Our munmap leaves a page a forked child still maps as it is (its data is the child's too).
+        let keptForChildren = { (page: Int) in unmapped && !self.children.isEmpty && self.mappedInChildren(region, page) }
         discardBacked(region, in: run) { page in
+            if keptForChildren(page) { return false }
             let state = region.states[page]
             defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }
             if unmapped { region.removesSeenAt[page] = nil }
@@ -426,7 +433,14 @@ extension FaultHandler {
         }
         if unmapped {
             // Nothing maps these pages any more but our second mapping: free them.
-            try? shared.punch(first: run.lowerBound, count: run.count)
+            var page = run.lowerBound
+            while page < run.upperBound {
+                guard !keptForChildren(page) else { page += 1; continue }
+                var count = 1
+                while page + count < run.upperBound, !keptForChildren(page + count) { count += 1 }
+                try? shared.punch(first: page, count: count)
+                page += count
+            }
         }
     }
 
@@ -438,6 +452,7 @@ extension FaultHandler {
         let unit = shared.pagesPerUnit
         let start = shared.unitStart(of: run.lowerBound)
         for first in stride(from: start, to: run.upperBound, by: unit) {
+            if unmapped, mappedInChildren(region, first) { continue }   // a forked child still maps it
             let state = region.states[first]
             defer { trace.record(first, unmapped ? .unmap : .remove, state, region.states[first]) }
             let whole = first >= run.lowerBound && first + unit <= run.upperBound
@@ -448,7 +463,7 @@ extension FaultHandler {
                 region.setStates(state.removedWhileResident(), from: first, count: unit)
                 region.removesSeenAt[first] = fm_now_ns()
             } else if whole || unmapped {
-                for _ in 0..<unit { dropFromBudget(state) }
+                dropFromBudget(state, pages: unit)
                 region.setStates(state.discarded(), from: first, count: unit)
                 if state.isBacked { evictor.submit(.discard(region.store, first: first, count: unit)) }
                 if unmapped { try? shared.punch(first: first, count: unit) }

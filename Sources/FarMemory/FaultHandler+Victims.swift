@@ -43,7 +43,9 @@ extension FaultHandler {
                 continue
             }
             region.states[page] = state.dequeued()
-            guard state.isResident, let address = region.address(of: page) else { continue }
+            // A shared page is evicted wherever it is mapped, or nowhere (0: only a forked child maps it).
+            let address = region.address(of: page) ?? (region.shared != nil ? 0 : nil)
+            guard state.isResident, let address else { continue }
             let entries = batch.entries.count
             let outcome = region.shared.map { evictShared(region: region, shared: $0, page: page, state: state, address: address, into: batch) }
                 ?? moveOut(region: region, page: page, state: state, address: address, into: batch)

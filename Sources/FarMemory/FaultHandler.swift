@@ -118,10 +118,12 @@ final class FaultHandler: @unchecked Sendable {
     var kept: (region: Int, count: Int)?
     let zeroPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
 
-    /// Set by `ForkGate` while this process forks; the handler answers with
-    /// `forkWaiting` and reads its userfaultfd into `forkStash` only.
-    let forkRequested = Atomic<Bool>(false)
-    let forkWaiting = Atomic<Bool>(false)
+    /// Counted by `ForkGate` while this process forks; the handler answers
+    /// each request (`forkAcknowledged`) and reads its userfaultfd into
+    /// `forkStash` only, until none is left.
+    let forkRequests = Atomic<Int>(0)
+    let forkRequestNumber = Atomic<UInt64>(0)
+    let forkAcknowledged = Atomic<UInt64>(0)
     let forkStash = UserfaultfdMessages(capacity: 4096)
 
     /// Forked children that map shared regions (`ForkedProcess`), their
@@ -201,7 +203,7 @@ final class FaultHandler: @unchecked Sendable {
 
     func run() {
         while running {
-            if forkRequested.load(ordering: .relaxed) { waitOutFork() }
+            if forkRequested { waitOutFork() }
             spinForMessages()
             // While waiting for an event, poll with a short time-out: should the
             // event never come (the change was abandoned), deferred faults still go on.
@@ -223,6 +225,8 @@ final class FaultHandler: @unchecked Sendable {
             readMessages()   // evicts and serves deferred faults after each batch itself
             if !children.isEmpty { serveChildren() }
         }
+        // Stopped: a fork under way (or to come) must not wait for this thread.
+        forkAcknowledged.store(.max, ordering: .releasing)
     }
 
     /// Waits for a message: bit 0 our userfaultfd, bit 1 the inbox, bit 2 a child's userfaultfd.
@@ -266,7 +270,7 @@ final class FaultHandler: @unchecked Sendable {
     /// pending. A fault that meets EAGAIN is held again (at the back) and sets
     /// `awaitingEvent`, which ends the loop.
     func serveDeferred() {
-        while !mustThrottle, !awaitingEvent, !forkRequested.load(ordering: .relaxed), let message = deferred.popFirst() {
+        while !mustThrottle, !awaitingEvent, !forkRequested, let message = deferred.popFirst() {
             handleFault(message)
             evictIfNeeded()
         }
@@ -279,7 +283,7 @@ final class FaultHandler: @unchecked Sendable {
     func spinForMessages() {
         guard spinNanoseconds > 0 else { return }
         var deadline = fm_now_ns() + spinNanoseconds
-        while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested.load(ordering: .relaxed) {
+        while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested {
             if readMessages() > 0 { deadline = fm_now_ns() + spinNanoseconds }
         }
     }
@@ -299,7 +303,7 @@ final class FaultHandler: @unchecked Sendable {
     func readMessages(from child: ForkedProcess? = nil) -> Int {
         var total = 0
         while true {
-            if forkRequested.load(ordering: .relaxed) { return total }   // the loop waits the fork out first
+            if forkRequested { return total }   // the loop waits the fork out first
             if child == nil { configuration.testHooks?.waitWhileHeld { running } }
             let count: Int
             do { count = try (child?.uffd ?? uffd).read(into: messages) } catch {
@@ -423,6 +427,7 @@ final class FaultHandler: @unchecked Sendable {
             if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
             regions[region.slot] = region
             liveRegions.append(region)
+            addToChildren(region)
             queue.rebuild(capacity: queueCapacity) { _ in true }
             setAside.rebuild(capacity: max(setAside.capacity, setAside.count + 16)) { _ in true }
             done.signal()

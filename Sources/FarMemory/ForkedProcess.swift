@@ -42,7 +42,8 @@ final class ForkedProcess {
     /// area, never inherited) fails with ENOENT while it lives.
     func isAlive(probeAddress: UInt) -> Bool {
         do {
-            _ = try uffd.continueMapping(probeAddress, length: 4096, writeProtect: false, wake: false)
+            // Write-protected, should the child map a page there after all: never writable unseen.
+            _ = try uffd.continueMapping(probeAddress, length: 4096, writeProtect: true, wake: false)
         } catch {
             if error == .noSuchProcess { gone = true }
         }

@@ -95,8 +95,14 @@ final class EvictionBatch: @unchecked Sendable {
         /// A memfd page: where to read it (its second mapping; it stays in the
         /// page cache, write-protected, and has no staging slot). 0 otherwise.
         var source: UInt = 0
+        /// A hugetlb page: the file it is read from instead (pread at page * 4096),
+        /// never its mapping: should the application remove the huge page
+        /// meanwhile, touching the mapping would take one from the pool (or
+        /// SIGBUS when it is empty), where pread reads zeros. -1 otherwise.
+        var sourceFile: Int32 = -1
 
-        init(regionSlot: Int, region: StoreRegion, page: Int, stagingSlot: Int32, dirty: Bool, backed: Bool, source: UInt = 0) {
+        init(regionSlot: Int, region: StoreRegion, page: Int, stagingSlot: Int32, dirty: Bool, backed: Bool, source: UInt = 0,
+             sourceFile: Int32 = -1) {
             self.regionSlot = regionSlot
             self.region = region
             self.page = page
@@ -104,6 +110,7 @@ final class EvictionBatch: @unchecked Sendable {
             self.dirty = dirty
             self.backed = backed
             self.source = source
+            self.sourceFile = sourceFile
         }
 
         /// Where the evictor reads the page's bytes.

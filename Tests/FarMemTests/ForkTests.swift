@@ -49,6 +49,26 @@ final class ForkTests: XCTestCase {
         XCTAssertEqual(memory.statistics.discards, 0, "a child's munmap discards nothing")
     }
 
+    /// The parent unmaps half of a region (evicted pages) while a child still
+    /// maps it: the child's view is its own, and it still reads the data.
+    func testTheParentsMunmapLeavesAChildsPages() throws {
+        let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20))
+        defer { memory.close() }
+        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
+        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
+        let base = region.baseAddress!
+        for page in 0..<region.pageCount { base.storeBytes(of: UInt8(page % 100 + 1), toByteOffset: page * 4096, as: UInt8.self) }
+        var release: Int32 = -1
+        let child = fmt_fork_waiting(UInt64(UInt(bitPattern: base + 5 * 4096)), &release)
+        XCTAssertGreaterThan(child, 0)
+        XCTAssertEqual(munmap(base, region.length / 2), 0)   // page 5 among them, evicted
+        // A fault elsewhere: the handler has read the UNMAP by the time it is served.
+        XCTAssertEqual(base.load(fromByteOffset: region.length - 4096, as: UInt8.self), UInt8((region.pageCount - 1) % 100 + 1))
+        let status = fmt_release_and_wait(child, release)
+        XCTAssertEqual(status, Int32(5 % 100 + 1) << 8, "the child reads page 5 as written (wait status \(status))")
+        XCTAssertEqual(memory.statistics.poisoned, 0)
+    }
+
     /// The parent closes a region while a child still maps it: the child keeps
     /// what was in the page cache, and an evicted page raises SIGBUS there
     /// (never the file's zeros).
@@ -88,13 +108,15 @@ final class ForkTests: XCTestCase {
         let expected = hashes(of: pattern, pages: checked)
         let base = UInt(bitPattern: region.baseAddress!)
         let stop = Atomic<Bool>(false)
-        // The workers write and read the pages after the checked ones.
+        // The workers write the pages after the checked ones, and read the
+        // checked ones as the children do: the same pages fault in both processes.
         let workers = (0..<2).map { t in
             PosixThread.spawn(name: "fork-churn-\(t)") {
                 var round = 0
                 while !stop.load(ordering: .relaxed), round < 50 {
                     for page in stride(from: checked + t, to: pages, by: 2) {
                         _ = churn.write(page: page, at: UnsafeMutableRawPointer(bitPattern: base + UInt(page * 4096))!)
+                        if page % 32 == 0 { fm_sink(UnsafePointer<UInt64>(bitPattern: base + UInt((page / 32 % checked) * 4096))!.pointee) }
                     }
                     round += 1
                 }
