@@ -134,16 +134,16 @@ fail:
 
 void *fm_rdma_buffer(fm_rdma_conn *c) { return c->buffer; }
 
-int fm_rdma_transfer(fm_rdma_conn *c, int write, uint32_t count, const uint64_t *remote_addrs,
-                     const uint64_t *local_offsets, uint32_t length, uint32_t rkey, int timeout_ms, int *wc_status) {
-    if (count == 0) return 0;
-    if (count > FM_RDMA_MAX_WR) return -E2BIG;
+// Posts the READs/WRITEs between remote_addrs[i] and local + local_offsets[i]
+// (memory registered as `lkey`), then polls until the last completes.
+static int post_and_wait(fm_rdma_conn *c, int write, uint32_t count, const uint64_t *remote_addrs, uint64_t local,
+                         const uint64_t *local_offsets, uint32_t length, uint32_t lkey, uint32_t rkey, int timeout_ms,
+                         int *wc_status) {
     struct ibv_sge sges[FM_RDMA_MAX_WR];
     struct ibv_send_wr wrs[FM_RDMA_MAX_WR];
     uint64_t last = 0;
     for (uint32_t i = 0; i < count; i++) {
-        if (local_offsets[i] + length > c->buffer_size) return -EINVAL;
-        sges[i] = (struct ibv_sge){ .addr = (uint64_t)(uintptr_t)c->buffer + local_offsets[i], .length = length, .lkey = c->mr->lkey };
+        sges[i] = (struct ibv_sge){ .addr = local + local_offsets[i], .length = length, .lkey = lkey };
         last = ++c->next_wr_id;
         wrs[i] = (struct ibv_send_wr){
             .wr_id = last, .sg_list = &sges[i], .num_sge = 1,
@@ -170,6 +170,35 @@ int fm_rdma_transfer(fm_rdma_conn *c, int write, uint32_t count, const uint64_t 
         }
         if ((spins & 1023) == 1023 && now_ms() > deadline) return -ETIMEDOUT;
     }
+}
+
+int fm_rdma_transfer(fm_rdma_conn *c, int write, uint32_t count, const uint64_t *remote_addrs,
+                     const uint64_t *local_offsets, uint32_t length, uint32_t rkey, int timeout_ms, int *wc_status) {
+    if (count == 0) return 0;
+    if (count > FM_RDMA_MAX_WR) return -E2BIG;
+    for (uint32_t i = 0; i < count; i++) {
+        if (local_offsets[i] + length > c->buffer_size) return -EINVAL;
+    }
+    return post_and_wait(c, write, count, remote_addrs, (uint64_t)(uintptr_t)c->buffer, local_offsets, length,
+                         c->mr->lkey, rkey, timeout_ms, wc_status);
+}
+
+int fm_rdma_read_in_place(fm_rdma_conn *c, uint32_t count, const uint64_t *remote_addrs, const uint64_t *local_offsets,
+                          void *local, uint32_t rkey, int timeout_ms, int *wc_status, int *registration_failed) {
+    *registration_failed = 0;
+    if (count == 0) return 0;
+    if (count > FM_RDMA_MAX_WR) return -E2BIG;
+    struct ibv_mr *mr = ibv_reg_mr(c->pd, local, (size_t)count * 4096, IBV_ACCESS_LOCAL_WRITE);
+    if (!mr) {
+        *registration_failed = 1;
+        return -errno;
+    }
+    int rc = post_and_wait(c, 0, count, remote_addrs, (uint64_t)(uintptr_t)local, local_offsets, 4096, mr->lkey, rkey,
+                           timeout_ms, wc_status);
+    // A READ still in flight (a time-out) cannot land afterwards: its key is
+    // invalid once deregistered, so it fails (and the caller drops the connection).
+    ibv_dereg_mr(mr);
+    return rc;
 }
 
 // ---- server side -----------------------------------------------------------

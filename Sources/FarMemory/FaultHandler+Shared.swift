@@ -198,7 +198,7 @@ extension FaultHandler {
             let direct = (0..<count).allSatisfy { fetchPages[$0] == UInt64(page + $0) }
             let landing = direct ? UnsafeMutableRawPointer(bitPattern: shared.alias(of: page))! : fetchBuffer
             do {
-                let landed = try store.read(region.store, pages: pages, into: landing)
+                let landed = try store.read(region.store, pages: pages, into: landing, inPlace: direct)
                 for i in 0..<count where !direct || landed != UnsafeRawPointer(landing) {
                     // Over RDMA the pages land in the channel's buffer: one copy.
                     UnsafeMutableRawPointer(bitPattern: shared.alias(of: Int(fetchPages[i])))!
@@ -240,7 +240,8 @@ extension FaultHandler {
             while done < unit {
                 let count = min(unit - done, ProtocolLimits.maxBatchPages)
                 let landing = UnsafeMutableRawPointer(bitPattern: shared.alias(of: first + done))!
-                let landed = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages + done, count: count), into: landing)
+                let landed = try store.read(region.store, pages: UnsafeBufferPointer(start: fetchPages + done, count: count),
+                                            into: landing, inPlace: true)
                 if landed != UnsafeRawPointer(landing) { landing.copyMemory(from: landed, byteCount: count * 4096) }
                 done += count
             }

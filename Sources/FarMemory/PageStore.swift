@@ -59,9 +59,11 @@ enum StoreError: Error, CustomStringConvertible {
 protocol PageStore: AnyObject {
     /// Reads `pages` of `region`, 4 KiB each in order, and returns where their
     /// bytes are: `buffer`, or a buffer of the store's own (valid until its
-    /// next call). The fault path: no allocation on success.
+    /// next call). `inPlace`: `buffer` is where the pages are wanted (a shared
+    /// region's page cache), so RDMA READs go straight there rather than into
+    /// the connection's buffer. The fault path: no allocation on success.
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
-              into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer
+              into buffer: UnsafeMutableRawPointer, inPlace: Bool) throws(StoreError) -> UnsafeRawPointer
 
     /// Writes `pages` of `region`; `source(i)` gives the bytes of the i-th.
     func write(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
@@ -88,4 +90,9 @@ protocol PageStore: AnyObject {
 
 extension PageStore {
     var lastReadSource: String { "" }
+
+    func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
+              into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+        try read(region, pages: pages, into: buffer, inPlace: false)
+    }
 }

@@ -29,6 +29,7 @@ enum PagerMetrics {
         metric("farmem_poisoned_pages_total", "counter", "Pages no server could return (the access raised SIGBUS).", s.poisoned)
         metric("farmem_rdma_pages_in_total", "counter", "Pages fetched with one-sided RDMA READs.", s.rdmaPagesIn)
         metric("farmem_rdma_pages_out_total", "counter", "Pages written with one-sided RDMA WRITEs.", s.rdmaPagesOut)
+        metric("farmem_rdma_pages_in_place_total", "counter", "Pages RDMA READ straight into a shared region's page cache.", s.rdmaPagesInPlace)
         metric("farmem_hot_refaults_total", "counter", "Pages fetched again soon after their eviction.", s.hotRefaults)
         metric("farmem_second_chances_total", "counter", "Hot pages kept when FIFO order picked them.", s.secondChances)
         metric("farmem_forked_children", "gauge", "Forked child processes served (they map memfd or hugetlb regions).", s.forkedChildren)

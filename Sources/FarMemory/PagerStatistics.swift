@@ -8,7 +8,7 @@ final class PagerCounters: @unchecked Sendable {
         case writeBacks, discards, bytesIn, bytesOut, retries, poisoned, eagain, parkedFaults
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
         case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
-        case zeroReinstalls, verificationFailures, forkedChildren, childFaults
+        case zeroReinstalls, verificationFailures, forkedChildren, childFaults, rdmaPagesInPlace
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -96,6 +96,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// Pages read and written with one-sided RDMA (the rest went over TCP).
     public var rdmaPagesIn: UInt64
     public var rdmaPagesOut: UInt64
+    /// Of `rdmaPagesIn`, pages READ straight into a memfd or hugetlb region's
+    /// page cache (no copy out of the connection's buffer).
+    public var rdmaPagesInPlace: UInt64
     /// Memory servers configured, and how many of them are marked down (never
     /// used again by this instance).
     public var servers: UInt64 = 1
@@ -141,7 +144,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         // Every shard hears of every fork: the children are the largest shard's count.
         forkedChildren = shards.map { $0.get(.forkedChildren) }.max() ?? 0
         childFaults = sum(.childFaults)
-        rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut)
+        rdmaPagesIn = sum(.rdmaPagesIn); rdmaPagesOut = sum(.rdmaPagesOut); rdmaPagesInPlace = sum(.rdmaPagesInPlace)
         serviceP50Nanoseconds = faultService.value(atPercentile: 50)
         serviceP99Nanoseconds = faultService.value(atPercentile: 99)
     }
@@ -157,7 +160,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         hot refaults \(hotRefaults) (second chances \(secondChances)), zero reinstalls \(zeroReinstalls), \
         verification failures \(verificationFailures), forked children \(forkedChildren) (faults \(childFaults)), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
-        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) out \(rdmaPagesOut)
+        repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) (in place \(rdmaPagesInPlace)) out \(rdmaPagesOut)
         """
     }
 }

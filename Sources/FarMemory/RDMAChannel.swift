@@ -53,6 +53,22 @@ final class RDMAChannel {
 
     struct TransferError: Error, CustomStringConvertible { let description: String }
 
+    /// READs `pages` of `remote` straight into `destination` (count x 4 KiB:
+    /// a shared region's page cache), registered for the transfer only.
+    /// Returns false, having sent nothing, if it could not be registered.
+    func readInPlace(remote: RemoteRegion, pages: UnsafeBufferPointer<UInt64>,
+                     into destination: UnsafeMutableRawPointer) throws(TransferError) -> Bool {
+        precondition(pages.count <= capacityPages)
+        for (i, page) in pages.enumerated() { remoteAddresses[i] = remote.address + page * 4096 }
+        var status: Int32 = 0, registrationFailed: Int32 = 0
+        let rc = fm_rdma_read_in_place(connection, UInt32(pages.count), remoteAddresses, localOffsets, destination,
+                                       remote.rkey, timeoutMilliseconds, &status, &registrationFailed)
+        if registrationFailed != 0 { return false }
+        if rc == 0 { return true }
+        if rc == -5 { throw TransferError(description: "RDMA READ failed: \(String(cString: fm_rdma_status_string(status)))") }
+        throw TransferError(description: "RDMA READ failed: errno \(-rc)\(rc == -110 ? " (no completion in time: queue pair lost?)" : "")")
+    }
+
     /// READs (or WRITEs) `pages` of `remote` into (from) buffer slots 0..<count, one doorbell.
     func transfer(write: Bool, remote: RemoteRegion, pages: UnsafeBufferPointer<UInt64>) throws(TransferError) {
         precondition(pages.count <= capacityPages)

@@ -59,11 +59,11 @@ final class ReplicatedPageStore: PageStore {
     }
 
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
-              into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+              into buffer: UnsafeMutableRawPointer, inPlace: Bool) throws(StoreError) -> UnsafeRawPointer {
         var single: UnsafeRawPointer?
         try forEachExtentRun(pages) { (first, extent, run) throws(StoreError) in
             let destination = buffer + first * 4096
-            let landed = try readRun(region, extent: extent, pages: run, into: destination)
+            let landed = try readRun(region, extent: extent, pages: run, into: destination, inPlace: inPlace)
             if run.count == pages.count { single = landed; return }   // one extent: wherever it landed, no copy
             if landed != UnsafeRawPointer(destination) { destination.copyMemory(from: landed, byteCount: run.count * 4096) }
         }
@@ -71,7 +71,7 @@ final class ReplicatedPageStore: PageStore {
     }
 
     private func readRun(_ region: StoreRegion, extent: Int, pages: UnsafeBufferPointer<UInt64>,
-                         into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+                         into buffer: UnsafeMutableRawPointer, inPlace: Bool) throws(StoreError) -> UnsafeRawPointer {
         var failure: StoreError?
         var snapshots = 0, movedSnapshots = 0
         snapshot: while true {
@@ -89,7 +89,7 @@ final class ReplicatedPageStore: PageStore {
                 }
                 let landed: UnsafeRawPointer
                 do {
-                    landed = try store.read(region, pages: pages, into: buffer)
+                    landed = try store.read(region, pages: pages, into: buffer, inPlace: inPlace)
                 } catch {
                     failed(copies[i], error, region, incarnation: incarnation)
                     failure = error

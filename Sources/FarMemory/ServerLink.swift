@@ -212,12 +212,20 @@ final class ServerLink {
 
     /// Fetches `pages` of `region` (count x 4 KiB) and returns where they are:
     /// over RDMA, the registered buffer the READs landed in (no further copy;
-    /// valid until this link's next transfer); over TCP, `destination`.
+    /// valid until this link's next transfer), or `destination` itself when
+    /// `inPlace` (see `PageStore.read`); over TCP, `destination`.
     /// The fault path: no allocation on success.
     func readPages(region: UInt64, remote: RemoteRegion?, pages: UnsafeBufferPointer<UInt64>,
-                   into destination: UnsafeMutableRawPointer) throws(LinkError) -> UnsafeRawPointer {
+                   into destination: UnsafeMutableRawPointer, inPlace: Bool = false) throws(LinkError) -> UnsafeRawPointer {
         if let rdma, let remote {
             do {
+                if inPlace, try rdma.readInPlace(remote: remote, pages: pages, into: destination) {
+                    counters.add(.bytesIn, UInt64(pages.count * 4096))
+                    counters.add(.rdmaPagesIn, UInt64(pages.count))
+                    counters.add(.rdmaPagesInPlace, UInt64(pages.count))
+                    return UnsafeRawPointer(destination)
+                }
+                // (Could not be registered: into the connection's buffer, and copied.)
                 try rdma.transfer(write: false, remote: remote, pages: pages)
                 counters.add(.bytesIn, UInt64(pages.count * 4096))
                 counters.add(.rdmaPagesIn, UInt64(pages.count))

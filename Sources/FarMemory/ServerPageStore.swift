@@ -56,10 +56,10 @@ final class ServerPageStore: PageStore {
     }
 
     func read(_ region: StoreRegion, pages: UnsafeBufferPointer<UInt64>,
-              into buffer: UnsafeMutableRawPointer) throws(StoreError) -> UnsafeRawPointer {
+              into buffer: UnsafeMutableRawPointer, inPlace: Bool) throws(StoreError) -> UnsafeRawPointer {
         var landed = UnsafeRawPointer(buffer)
         try withRetries { () throws(ServerLink.LinkError) in
-            landed = try link.readPages(region: region.id, remote: remote(region), pages: pages, into: buffer)
+            landed = try link.readPages(region: region.id, remote: remote(region), pages: pages, into: buffer, inPlace: inPlace)
         }
         return landed
     }

@@ -73,6 +73,7 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(verifyAll(region, second), 0)
         let stats = memory.statistics
         XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesInPlace, UInt64(region.pageCount) / 2, "READ straight into the page cache: \(stats)")
         XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
         XCTAssertEqual(stats.verificationFailures, 0)
     }
@@ -97,6 +98,7 @@ final class RDMATests: XCTestCase {
         XCTAssertEqual(verifyAll(region, second), 0)
         let stats = memory.statistics
         XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
+        XCTAssertGreaterThan(stats.rdmaPagesInPlace, UInt64(region.pageCount) / 2, "READ straight into the page cache: \(stats)")
         XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
         XCTAssertEqual(stats.verificationFailures, 0)
         XCTAssertEqual(stats.poisoned, 0)

@@ -31,6 +31,14 @@ void *fm_rdma_buffer(fm_rdma_conn *conn);
 /// doorbell: remote_addrs[i] <-> buffer + local_offsets[i], all under `rkey`,
 /// then polls until the last completes. Returns 0, -ETIMEDOUT, or -EIO with
 /// the completion status in *wc_status.
+/// RDMA READs of `count` pages (4 KiB each): remote_addrs[i] -> local +
+/// local_offsets[i], straight into `local` (a page cache, through a shared
+/// region's second mapping), which is registered for the transfer and
+/// deregistered after it: no copy out of the connection's buffer. As
+/// fm_rdma_transfer; *registration_failed set if `local` could not be
+/// registered (nothing was posted: use the buffer instead).
+int fm_rdma_read_in_place(fm_rdma_conn *conn, uint32_t count, const uint64_t *remote_addrs, const uint64_t *local_offsets,
+                          void *local, uint32_t rkey, int timeout_ms, int *wc_status, int *registration_failed);
 int fm_rdma_transfer(fm_rdma_conn *conn, int write, uint32_t count, const uint64_t *remote_addrs,
                      const uint64_t *local_offsets, uint32_t length, uint32_t rkey, int timeout_ms, int *wc_status);
 const char *fm_rdma_status_string(int wc_status);
