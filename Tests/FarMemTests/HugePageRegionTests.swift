@@ -1,3 +1,4 @@
+import CFarMemSys
 import FarMemProtocol
 import FarMemSystem
 import FarMemWorkloads
@@ -108,6 +109,47 @@ final class HugePageRegionTests: XCTestCase {
         XCTAssertEqual(region.mismatches(churn, pages: Array(0..<(units - 1) * 512)), [])
         XCTAssertEqual(memory.statistics.poisoned, 0)
         XCTAssertEqual(memory.statistics.verificationFailures, 0)
+    }
+
+    /// mremap of huge pages in the middle of a region to another 2 MiB-aligned
+    /// place: the handler follows them, resident and evicted, and their data
+    /// survives being pushed out and fetched back at the new address.
+    func testMremapMovesHugePagesWithTheirData() throws {
+        let memory = try makeMemory()
+        defer { memory.close() }
+        let region = try memory.allocate(bytes: regionBytes, kind: .hugetlb)
+        let pattern = PagePattern(seed: 36)
+        region.write(pattern)
+        let base = region.baseAddress!
+        // A free, huge-page-aligned place: reserved, then replaced by the move.
+        let movedBytes = 8 << 20
+        let reservation = mmap(nil, movedBytes + (2 << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)!
+        let target = (UInt(bitPattern: reservation) + (2 << 20) - 1) & ~UInt((2 << 20) - 1)
+        // Huge pages 4 and 5 (evicted: written first) and the last two (resident).
+        let evictedFirst = 4 << 21, residentFirst = regionBytes - movedBytes / 2
+        for (first, offset) in [(evictedFirst, 0), (residentFirst, movedBytes / 2)] {
+            let moved = fm_mremap(UInt64(UInt(bitPattern: base + first)), UInt64(movedBytes / 2), UInt64(movedBytes / 2),
+                                  3 /* MREMAP_MAYMOVE | MREMAP_FIXED */, UInt64(target) + UInt64(offset))
+            guard moved == Int64(target) + Int64(offset) else {
+                munmap(reservation, movedBytes + (2 << 20))
+                return XCTFail("mremap of huge pages failed: \(moved < 0 ? "\(Errno(negated: Int32(moved)))" : "moved to \(moved)")")
+            }
+        }
+        defer { munmap(UnsafeMutableRawPointer(bitPattern: target), movedBytes) }
+        let movedPages = (evictedFirst >> 12..<(evictedFirst + movedBytes / 2) >> 12).map { $0 } + (residentFirst >> 12..<regionBytes >> 12).map { $0 }
+        func check(_ what: String) {
+            let wrong = movedPages.enumerated().filter { i, page in
+                !pattern.verify(page: page, at: UnsafeRawPointer(bitPattern: target + UInt(i * 4096))!).ok
+            }
+            XCTAssertEqual(wrong.count, 0, "\(what): moved pages not as written: \(wrong.prefix(3).map(\.1))")
+        }
+        check("right after the move")
+        // Everything else read: the moved pages are pushed out, then fetched at their new place.
+        let others = (0..<regionBytes >> 12).filter { page in !movedPages.contains(page) }
+        XCTAssertEqual(region.mismatches(pattern, pages: others), [])
+        check("after eviction")
+        XCTAssertEqual(memory.statistics.verificationFailures, 0)
+        XCTAssertEqual(memory.statistics.poisoned, 0)
     }
 
     /// Three threads at random over their own huge pages: writes, reads,
