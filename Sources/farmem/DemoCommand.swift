@@ -130,6 +130,28 @@ struct DemoCommand: ParsableCommand {
         let random = runPhase(threads: threads, pages: randomPages.count) { i in
             pattern.verify(page: randomPages[i], at: UnsafeRawPointer(bitPattern: base + UInt(randomPages[i]) * 4096)!)
         }
+        // Phase 4, shared kinds: fork. The region stays mapped in a child, which
+        // reads a far page through its own userfaultfd and exits (the child
+        // runs C only: this process has threads).
+        var forkLine: String?
+        var forkFailures = 0
+        if kind != .anonymous {
+            if memory.followsForks {
+                var samples = LatencySamples()
+                var died = 0
+                for _ in 0..<10 {
+                    let page = Int(generator.next() % UInt64(pages))
+                    let started = fm_now_ns()
+                    if fm_fork_and_read(UInt64(base) + UInt64(page) * 4096) != 0 { died += 1 }
+                    samples.add(fm_now_ns() - started)
+                }
+                forkLine = "fork: a child reads a random far page and exits: p50 \(microseconds(samples.percentile(50))) "
+                    + "from fork to reaped (10 forks)" + (died > 0 ? "; \(died) CHILDREN DIED reading it" : "")
+                forkFailures = died
+            } else {
+                forkLine = "fork: not followed here (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE): a child does not inherit the region"
+            }
+        }
         var stats = memory.statistics
         var clusterLine: String?
         if let victim {
@@ -186,6 +208,7 @@ struct DemoCommand: ParsableCommand {
             print("       random-read touch p50 is \(String(format1: ratio))x the plain uffd round trip (network fetch included)")
         }
         if let clusterLine { print(clusterLine) }
+        if let forkLine { print(forkLine) }
         if let serverStats = try? memory.serverStatistics() {
             print("server: \(serverStats.storedPages) pages stored, \(serverStats.pagesWritten) written, \(serverStats.pagesRead) read")
         }
@@ -196,6 +219,7 @@ struct DemoCommand: ParsableCommand {
             print("DATA MISMATCH: \(failures) pages differ from what was written")
             throw ExitCode(2)
         }
+        if forkFailures > 0 { throw ExitCode(3) }   // a child could not read far memory
         region.close()
     }
 

@@ -456,6 +456,7 @@ final class PagerTests: XCTestCase {
             XCTAssertEqual(demo.terminationStatus, 0, text)
             XCTAssertTrue(text.contains("data verified"), text)
             XCTAssertTrue(text.contains("\(kind) region"), text)
+            if kind != .anonymous { XCTAssertTrue(text.contains("fork:"), "shared kinds: the fork row\n\(text)") }
             let evictions = text.firstMatch(of: /evictions (\d+)/).map { Int($0.1)! } ?? 0
             let writeBacks = text.firstMatch(of: /write-backs (\d+)/).map { Int($0.1)! } ?? 0
             XCTAssertGreaterThan(evictions, 0, text)
