@@ -13,7 +13,7 @@ APT_PACKAGES := libibverbs-dev librdmacm-dev pkg-config python3-prometheus-clien
 # The demo measures latency, so it runs an optimised build.
 DEMO_ARGS    ?=
 
-.PHONY: all deps build release lib install demo test test-rdma bench server-load preload-programs fuzz fuzz-build clean
+.PHONY: all deps build release lib install demo test test-rdma bench bench-guest server-load preload-programs fuzz fuzz-build clean
 
 all: build
 
@@ -93,6 +93,14 @@ test-rdma: deps
 # Every workload and baseline (see README, Performance).
 bench: release
 	.build/release/farmem bench --all
+
+# The sort against kernel swap on zram and on NBD (network swap), in the
+# rdma-vm guest, whose kernel has the nbd module (README, Performance).
+bench-guest: release
+	@command -v nbd-server >/dev/null && command -v nbd-client >/dev/null || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq nbd-server nbd-client >/dev/null; }
+	deploy/rdma-vm/run-guest-bench
 
 # What 1,000 connections cost farmemd and how fast it answers 1, 64 and 1,000
 # (README, "Connections"); FARMEMDS="a b" compares builds in one run.

@@ -29,6 +29,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Where to write the JSON report.") var json = "farmem-bench.json"
     @Option(help: "Address of this host's RDMA device, to also run FarMem over RDMA.") var rdmaAddress: String?
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
+    @Option(help: "Kernel-swap devices, comma-separated: zram (compressed local memory), nbd (nbd-server over loopback TCP: network swap; needs the nbd module, as in the rdma-vm guest).") var swapDevices = "zram"
     @Flag(help: "Skip the cluster rows (three farmemd processes, two copies and one).") var noCluster = false
     @Option(help: "Also draw a PNG (throughput per budget, latency percentiles) to this file.") var plot: String?
     @Option(help: "The workload the plot shows (default: zipfian if run, else the first).") var plotWorkload: String?
@@ -59,19 +60,23 @@ struct BenchCommand: ParsableCommand {
         // Only the workloads asked for count: a 256 MiB introsort needs no room when it does not run.
         let largest = kinds.map { bench.pages(for: $0) * 4096 }.max() ?? regionBytes
         try bench.startServer(capacityBytes: largest * 2 + (64 << 20), cluster: !noCluster)
-        var swap: KernelSwapSandbox?
-        if !noSwap {
-            do { swap = try KernelSwapSandbox(swapBytes: largest * 2) } catch {
-                FileHandle.standardError.write("kernel-swap baseline skipped: \(error)\n".data(using: .utf8)!)
+        let devices = try swapDevices.split(separator: ",").map { name in
+            guard let device = KernelSwapSandbox.Device(rawValue: String(name)) else { throw ValidationError("unknown swap device '\(name)'") }
+            return device
+        }
+        var swaps: [KernelSwapSandbox] = []
+        for device in noSwap ? [] : devices {
+            do { swaps.append(try KernelSwapSandbox(swapBytes: largest * 2, device: device)) } catch {
+                FileHandle.standardError.write("kernel-swap baseline on \(device) skipped: \(error)\n".data(using: .utf8)!)
             }
         }
-        defer { swap?.tearDown() }
-        // Ctrl-C or SIGTERM mid-run still removes the swap device and cgroups.
+        defer { swaps.forEach { $0.tearDown() } }
+        // Ctrl-C or SIGTERM mid-run still removes the swap devices and cgroups.
         let interruptions = [Int32(SIGINT), Int32(SIGTERM)].map { (number: Int32) -> DispatchSourceSignal in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [swap] in
-                swap?.tearDown()
+            source.setEventHandler { [swaps] in
+                swaps.forEach { $0.tearDown() }
                 bench.stopServer()
                 Foundation.exit(130)
             }
@@ -82,7 +87,7 @@ struct BenchCommand: ParsableCommand {
 
         let started = Date()
         for kind in kinds {
-            bench.runWorkload(kind, percents: percents, swap: swap)
+            bench.runWorkload(kind, percents: percents, swaps: swaps)
         }
         let roundTrips = bench.measureRoundTrips()
         let report = BenchReport(rows: bench.rows, tcpRoundTripP50: roundTrips.tcp, uffdRoundTripP50: roundTrips.uffd,
@@ -182,7 +187,7 @@ final class BenchRun {
         FileHandle.standardError.write("[\(progress)] \(text)\n".data(using: .utf8)!)
     }
 
-    func runWorkload(_ kind: BenchWorkload.Kind, percents: [Int], swap: KernelSwapSandbox?) {
+    func runWorkload(_ kind: BenchWorkload.Kind, percents: [Int], swaps: [KernelSwapSandbox]) {
         let pages = pages(for: kind)
         let workload = BenchWorkload(kind: kind, pages: pages, zipfSkew: zipfSkew)
         let sequence = workload.accessSequence()
@@ -217,12 +222,14 @@ final class BenchRun {
         let worker = [CommandLine.arguments[0], "bench-worker", "--workload", kind.rawValue, "--pages", "\(pages)"]
         // The worker's own runtime and access list are not part of the budget
         // FarMem gets either; they depend on the workload only, not the budget.
-        let swapOverhead = swap.map { (try? $0.measurePeakCharge(worker + ["--measure-overhead"])) ?? (16 << 20) }
+        let swapOverhead = swaps.first.map { (try? $0.measurePeakCharge(worker + ["--measure-overhead"])) ?? (16 << 20) }
         for percent in percents {
             let budgetPages = max(64, pages * percent / 100)
-            // (3) kernel swap on zram under the same budget
-            if let swap, let overhead = swapOverhead {
-                runKernelSwap(swap, worker: worker, kind: kind, percent: percent, budgetPages: budgetPages, overhead: overhead)
+            // (3) kernel swap (zram, NBD) under the same budget
+            if let overhead = swapOverhead {
+                for swap in swaps {
+                    runKernelSwap(swap, worker: worker, kind: kind, percent: percent, budgetPages: budgetPages, overhead: overhead)
+                }
             }
             // (4) FarMem over TCP, with and without prefetching; (5) over RDMA
             runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp",
@@ -267,6 +274,7 @@ final class BenchRun {
                                budgetPages: Int, overhead: Int) {
         let workloadPages = pages(for: kind)
         let arguments = worker + ["--skew", "\(zipfSkew)", "--deadline", "\(deadline)"]
+        let backend = swap.device == .zram ? "kernel-swap" : "kernel-swap-\(swap.device)"
         var killedAt: [Int] = []
         for margin in [2 << 20, 4 << 20, 8 << 20, 16 << 20] {
             let limit = budgetPages * 4096 + overhead + margin
@@ -274,18 +282,18 @@ final class BenchRun {
                 let output = try swap.run(limitBytes: limit, arguments)
                 let line = output.split(separator: "\n").last.map(String.init) ?? ""
                 let result = try JSONDecoder().decode(BenchWorkload.Result.self, from: Data(line.utf8))
-                var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: result)
+                var row = BenchRow(workload: kind, budgetPercent: percent, backend: backend, result: result)
                 row.faults = result.majorFaults   // major faults: swap-ins, several pages each with readahead
-                row.note = "zram swap, memory cgroup limit = budget + \(overhead >> 10) KiB the worker is charged before its region + "
+                row.note = "\(swap.device == .zram ? "zram swap" : "NBD swap (nbd-server over loopback TCP)"), memory cgroup limit = budget + \(overhead >> 10) KiB the worker is charged before its region + "
                     + "\(margin >> 20) MiB kernel margin; limit \(limit >> 10) KiB"
                     + (killedAt.isEmpty ? "" : "; OOM-killed with margins of \(killedAt.map { "\($0 >> 20) MiB" }.joined(separator: ", ")) first, "
                         + "so it had \(Int((Double(budgetPages * 4096 + margin) / Double(workloadPages * 4096) * 100).rounded()))% of the data's size, not \(percent)%")
                 add(row)
-                note("\(kind) \(percent)% kernel-swap: \(String(format: "%.3f", result.seconds)) s"
+                note("\(kind) \(percent)% \(backend): \(String(format: "%.3f", result.seconds)) s"
                      + (killedAt.isEmpty ? "" : " (needed a \(margin >> 20) MiB margin above the budget)"))
                 return
             } catch {
-                note("\(kind) \(percent)% kernel-swap failed (cgroup limit \(limit >> 10) KiB): \(error)")
+                note("\(kind) \(percent)% \(backend) failed (cgroup limit \(limit >> 10) KiB): \(error)")
                 // The cgroup's OOM killer (SIGKILL, exit 9): try a wider margin. Anything else is final.
                 guard (error as? KernelSwapSandbox.Unavailable)?.exitStatus == 9 else {
                     killedAt.append(margin)
@@ -294,7 +302,7 @@ final class BenchRun {
                 killedAt.append(margin)
             }
         }
-        var row = BenchRow(workload: kind, budgetPercent: percent, backend: "kernel-swap", result: .none)
+        var row = BenchRow(workload: kind, budgetPercent: percent, backend: backend, result: .none)
         row.failed = true
         row.note = "OOM-killed (or failed) with margins of \(killedAt.map { "\($0 >> 20) MiB" }.joined(separator: ", ")) above the budget"
         add(row)
