@@ -60,6 +60,10 @@ typedef enum {
     FARMEM_MEMFD = 1,     /* shared memory: received into the page cache, mapped with UFFDIO_CONTINUE */
     FARMEM_HUGETLB = 2,   /* as FARMEM_MEMFD in 2 MiB huge pages (sizes rounded up to 2 MiB; needs vm.nr_hugepages) */
 } farmem_region_kind_t;
+/* FARMEM_MEMFD and FARMEM_HUGETLB regions stay mapped in a forked child,
+ * shared with the parent (with CAP_SYS_PTRACE; README, "fork"); the child
+ * uses the memory but must not call farmem_* itself. FARMEM_ANONYMOUS
+ * regions are not inherited: a child touching one gets SIGSEGV. */
 
 /* farmem_alloc with a region kind (farmem_alloc is FARMEM_ANONYMOUS). */
 void *farmem_alloc_kind(farmem_t *fm, size_t bytes, farmem_region_kind_t kind, farmem_region_t **region, char *error,
