@@ -54,10 +54,8 @@ final class ForkTests: XCTestCase {
     func testTheParentsMunmapLeavesAChildsPages() throws {
         let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20))
         defer { memory.close() }
-        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
-        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
+        let region = try numberedMemfdRegion(memory)
         let base = region.baseAddress!
-        for page in 0..<region.pageCount { base.storeBytes(of: UInt8(page % 100 + 1), toByteOffset: page * 4096, as: UInt8.self) }
         var release: Int32 = -1
         let child = fmt_fork_waiting(UInt64(UInt(bitPattern: base + 5 * 4096)), &release)
         XCTAssertGreaterThan(child, 0)
@@ -75,11 +73,8 @@ final class ForkTests: XCTestCase {
     func testAChildOutlivingTheRegionGetsSIGBUSForEvictedPagesNotZeros() throws {
         let memory = try FarMemory(configuration: FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20))
         defer { memory.close() }
-        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
-        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
+        let region = try numberedMemfdRegion(memory)
         let base = region.baseAddress!
-        // Written in order under a FIFO budget: the first page is evicted, the last resident.
-        for page in 0..<region.pageCount { base.storeBytes(of: UInt8(page % 100 + 1), toByteOffset: page * 4096, as: UInt8.self) }
         let last = region.pageCount - 1
         var evictedRelease: Int32 = -1, residentRelease: Int32 = -1
         let evictedChild = fmt_fork_waiting(UInt64(UInt(bitPattern: base)), &evictedRelease)
@@ -131,6 +126,16 @@ final class ForkTests: XCTestCase {
         workers.forEach { $0.join() }
         XCTAssertEqual(region.mismatches(pattern, pages: Array(0..<checked)), [])
         XCTAssertEqual(region.mismatches(churn, pages: Array(checked..<pages)), [])
+    }
+
+    /// An 8 MiB memfd region (4x the tests' budget) whose page N starts with
+    /// the byte N % 100 + 1, written in order: under a FIFO budget the first
+    /// pages are evicted, the last resident. Skips where forks are not followed.
+    private func numberedMemfdRegion(_ memory: FarMemory) throws -> FarRegion {
+        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
+        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
+        for page in 0..<region.pageCount { region.baseAddress!.storeBytes(of: UInt8(page % 100 + 1), toByteOffset: page * 4096, as: UInt8.self) }
+        return region
     }
 
     /// Each page's hash as `pattern` writes it (computed aside: the region is not touched).

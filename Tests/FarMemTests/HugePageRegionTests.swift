@@ -169,13 +169,8 @@ final class HugePageRegionTests: XCTestCase {
                 let owned = Array(stride(from: t, to: units, by: threads))
                 // version[u][p]: page p of owned unit u; 0 = zeros.
                 var version = [[UInt64]](repeating: [UInt64](repeating: 0, count: 512), count: owned.count)
-                var state: UInt64 = 0xB16 + UInt64(t)
-                func next() -> UInt64 {
-                    state &+= 0x9E37_79B9_7F4A_7C15
-                    var z = state
-                    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                    return z ^ (z >> 27)
-                }
+                var random = SplitMix64(seed: 0xB16 + UInt64(t))
+                func next() -> UInt64 { random.next() }
                 func pointer(_ u: Int, _ p: Int) -> UnsafeMutablePointer<UInt64> {
                     UnsafeMutablePointer<UInt64>(bitPattern: base + UInt(owned[u] << 21 + p * 4096))!
                 }

@@ -58,44 +58,30 @@ final class RDMATests: XCTestCase {
     }
 
     func testAMemfdRegionFourTimesTheBudgetIsPagedOverRDMA() throws {
-        let server = try ServerProcess(capacity: "64MiB", host: address, extra: ["--transport", "rdma"])
-        defer { server.stop() }
-        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 1 << 20, requestTimeoutSeconds: 10, transport: .rdma)
-        configuration.verifiesPages = true
-        let memory = try FarMemory(configuration: configuration)
-        defer { memory.close() }
-        let region = try memory.allocate(bytes: 4 << 20, kind: .memfd)
-        let pattern = PagePattern(seed: 13)
-        writeAll(region, pattern)
-        XCTAssertEqual(verifyAll(region, pattern), 0)
-        let second = PagePattern(seed: 14)
-        writeAll(region, second)
-        XCTAssertEqual(verifyAll(region, second), 0)
-        let stats = memory.statistics
-        XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
-        XCTAssertGreaterThan(stats.rdmaPagesInPlace, UInt64(region.pageCount) / 2, "READ straight into the page cache: \(stats)")
-        XCTAssertGreaterThan(stats.rdmaPagesOut, 0, "write-backs were RDMA WRITEs: \(stats)")
-        XCTAssertEqual(stats.verificationFailures, 0)
+        try pageSharedRegionOverRDMA(kind: .memfd, budget: 1 << 20, regionBytes: 4 << 20, capacity: "64MiB", seed: 13)
     }
 
-    /// A fault fetches a whole 2 MiB huge page by RDMA READs (two of 256
-    /// pages, copied from the channel's buffer into the page cache).
+    /// A fault fetches a whole 2 MiB huge page by RDMA READs (two of 256 pages).
     func testAHugetlbRegionFourTimesTheBudgetIsPagedOverRDMA() throws {
         let pool = try HugePagePool(free: 16)
         defer { pool.restore() }
-        let server = try ServerProcess(capacity: "96MiB", host: address, extra: ["--transport", "rdma"])
+        try pageSharedRegionOverRDMA(kind: .hugetlb, budget: 8 << 20, regionBytes: 32 << 20, capacity: "96MiB", seed: 15)
+    }
+
+    /// A memfd or hugetlb region written twice and read back over RDMA, every
+    /// page verified: the READs land straight in its page cache.
+    private func pageSharedRegionOverRDMA(kind: RegionKind, budget: Int, regionBytes: Int, capacity: String, seed: UInt64) throws {
+        let server = try ServerProcess(capacity: capacity, host: address, extra: ["--transport", "rdma"])
         defer { server.stop() }
-        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 8 << 20, requestTimeoutSeconds: 10, transport: .rdma)
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget, requestTimeoutSeconds: 10, transport: .rdma)
         configuration.verifiesPages = true
         let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
-        let region = try memory.allocate(bytes: 32 << 20, kind: .hugetlb)
-        let pattern = PagePattern(seed: 15)
-        writeAll(region, pattern)
-        XCTAssertEqual(verifyAll(region, pattern), 0)
-        let second = PagePattern(seed: 16)
-        writeAll(region, second)
-        XCTAssertEqual(verifyAll(region, second), 0)
+        let region = try memory.allocate(bytes: regionBytes, kind: kind)
+        for pattern in [PagePattern(seed: seed), PagePattern(seed: seed + 1)] {
+            writeAll(region, pattern)
+            XCTAssertEqual(verifyAll(region, pattern), 0)
+        }
         let stats = memory.statistics
         XCTAssertGreaterThan(stats.rdmaPagesIn, UInt64(region.pageCount), "fetches were RDMA READs: \(stats)")
         XCTAssertGreaterThan(stats.rdmaPagesInPlace, UInt64(region.pageCount) / 2, "READ straight into the page cache: \(stats)")
