@@ -231,7 +231,7 @@ final class FaultHandler: @unchecked Sendable {
 
     /// Waits for a message: bit 0 our userfaultfd, bit 1 the inbox, bit 2 a child's userfaultfd.
     private func poll() -> Int64 {
-        guard let childEvents else {
+        guard childEvents != nil else {
             return Int64(fm_poll2(uffd.descriptor.rawValue, notifier.descriptor.rawValue, pollTimeoutMilliseconds))
         }
         // Children are asked once a second whether they still live.

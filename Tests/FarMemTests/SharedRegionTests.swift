@@ -69,7 +69,7 @@ final class SharedRegionTests: XCTestCase {
             XCTAssertLessThanOrEqual(held, budget + budget / 2, "the memfd holds more than the budget")
             print("memfd region, \(handlerThreads) handler thread(s): \(held >> 10) KiB in the page cache; \(stats)")
             region.close()
-            try waitUntil("the server to free the region's pages", seconds: 5) { (try? serverStats().storedPages) == 0 }
+            waitUntil("the server to free the region's pages", seconds: 5) { (try? serverStats().storedPages) == 0 }
                 .ifFalse { XCTFail("stored pages remain: \(String(describing: try? serverStats()))") }
         }
     }

@@ -195,6 +195,16 @@ uint64_t fm_page_hash(const void *page);
 /// pthread_atfork(prepare, parent, child). 0 or -errno.
 int fm_atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
 
+/// What tracking a page's first write costs (write_tracking_baseline.c).
+typedef struct {
+    uint64_t sync_fault_ns;       // median: a write-protect fault served by a handler thread
+    uint64_t async_write_ns;      // median: the same write under UFFD_FEATURE_WP_ASYNC
+    uint64_t scan_ns;             // one PAGEMAP_SCAN finding and re-protecting every written page
+    uint64_t scan_written_pages;  // how many it found (all of them, if it works)
+} fm_write_tracking_t;
+/// Measures both over `pages` populated anonymous pages. 0, or -errno.
+int fm_baseline_write_tracking(uint64_t pages, fm_write_tracking_t *out);
+
 #ifdef __cplusplus
 }
 #endif

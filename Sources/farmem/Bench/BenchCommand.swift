@@ -94,6 +94,7 @@ struct BenchCommand: ParsableCommand {
                                  uffdSpinningP50: roundTrips.spin, uffdInThreadP50: roundTrips.sigbus, regionBytes: regionBytes, sortBytes: sortBytes, introsortBytes: introsortBytes, zipfSkew: zipfSkew,
                                  seconds: Date().timeIntervalSince(started), command: CommandLine.arguments.joined(separator: " "))
         print(report.table())
+        print(BenchRun.writeTrackingLine())
         try report.writeJSON(to: json)
         print("JSON written to \(json)")
         if let plot {
@@ -343,6 +344,20 @@ final class BenchRun {
     /// The two costs a fault over TCP is made of, measured alone: a plain
     /// userfaultfd round trip served from local memory, and a raw 4 KiB
     /// request/response over loopback TCP (a fresh server thread, no FarMem code).
+    /// What tracking a page's first write costs, the two ways a pager could
+    /// (see write_tracking_baseline.c), measured in this run.
+    static func writeTrackingLine() -> String {
+        var cost = fm_write_tracking_t()
+        let pages: UInt64 = 4096
+        let err = fm_baseline_write_tracking(pages, &cost)
+        guard err == 0 else { return "write tracking: not measured (\(Errno(negated: err)))" }
+        func us(_ ns: UInt64) -> String { String(format: "%.1f us", Double(ns) / 1000) }
+        return "write tracking (\(pages) populated pages, each protected, one write each): a write-protect fault served by a "
+            + "handler thread \(us(cost.sync_fault_ns)) (p50); under WP_ASYNC \(us(cost.async_write_ns)) (p50), then one "
+            + "PAGEMAP_SCAN finding and re-protecting them \(us(cost.scan_ns)) (\(String(format: "%.2f", Double(cost.scan_ns) / Double(pages) / 1000)) us "
+            + "a page; it found \(cost.scan_written_pages))"
+    }
+
     func measureRoundTrips() -> (uffd: UInt64, spin: UInt64, sigbus: UInt64, tcp: UInt64) {
         var latencies = [UInt64](repeating: 0, count: 4096)
         var total: UInt64 = 0
