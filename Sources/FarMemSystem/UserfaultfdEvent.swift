@@ -81,4 +81,7 @@ public final class UserfaultfdMessages: @unchecked Sendable {
 
     /// The i-th message of the last read.
     @inline(__always) public subscript(i: Int) -> UserfaultfdEvent { UserfaultfdEvent(raw[i]) }
+
+    /// Copies message `i` to slot `j` of `other` (no allocation).
+    public func copy(_ i: Int, to other: UserfaultfdMessages, at j: Int) { other.raw[j] = raw[i] }
 }

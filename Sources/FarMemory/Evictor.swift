@@ -166,7 +166,13 @@ final class Evictor: @unchecked Sendable {
             pageList.removeAll(keepingCapacity: true)
             for i in group { pageList.append(UInt64(batch.entries[i].page)) }
             let fromFile = batch.entries[group[0]].sourceFile >= 0
-            if fromFile { readFromFile(batch, group) }
+            if fromFile, !readFromFile(batch, group) {
+                // Not read (cannot happen short of a bad descriptor): the pages
+                // stay resident and dirty, never written back as zeros.
+                logger.error("hugetlb pages of region \(region.id) could not be read from their file; they stay resident")
+                for i in group { batch.entries[i].failed = true }
+                continue
+            }
             let bytes = { (k: Int) -> UnsafeRawPointer in
                 fromFile ? UnsafeRawPointer(self.fileReads + k * 4096) : batch.entries[group[k]].bytes(in: self.staging)
             }
@@ -204,16 +210,14 @@ final class Evictor: @unchecked Sendable {
     }
 
     /// Reads a group of hugetlb pages from their file into `fileReads` (a
-    /// hole reads as zeros; a failed read, which cannot happen short of a bad
-    /// descriptor, as zeros too: the page was removed or its region closed).
-    private func readFromFile(_ batch: EvictionBatch, _ group: [Int]) {
+    /// hole, a huge page the application removed meanwhile, reads as zeros).
+    /// False if a read failed.
+    private func readFromFile(_ batch: EvictionBatch, _ group: [Int]) -> Bool {
         for (k, i) in group.enumerated() {
             let entry = batch.entries[i]
-            let target = fileReads + k * 4096
-            if pread(entry.sourceFile, target, 4096, off_t(entry.page) << 12) != 4096 {
-                target.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-            }
+            guard pread(entry.sourceFile, fileReads + k * 4096, 4096, off_t(entry.page) << 12) == 4096 else { return false }
         }
+        return true
     }
 
     private func discard(_ region: StoreRegion, first: Int, count: Int) {

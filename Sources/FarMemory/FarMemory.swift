@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Dispatch
 import FarMemProtocol
 import FarMemSystem
@@ -20,6 +23,8 @@ import Synchronization
 /// copies on `configuration.replicas` of them (`ReplicatedPageStore`).
 public final class FarMemory: @unchecked Sendable {
     public let configuration: FarMemoryConfiguration
+    /// The process that made it (a forked child's copy does nothing on close).
+    private let creator = getpid()
     /// Region set-up and statistics, serialized.
     private let control: Mutex<ControlStoreBox>
     /// Which servers are still in use (all but those marked down).
@@ -340,7 +345,10 @@ public final class FarMemory: @unchecked Sendable {
         let chunkPages = ((pages + shards.count - 1) / shards.count + unit - 1) / unit * unit
         let chunks = (0..<shards.count).map { k in min(k * chunkPages, pages)..<min((k + 1) * chunkPages, pages) }
         // Counted before the registration a fork could copy (`ForkGate`).
-        if shared != nil { for shard in shards { shard.sharedRegions.add(1, ordering: .acquiringAndReleasing) } }
+        if shared != nil {
+            for shard in shards { shard.sharedRegions.add(1, ordering: .sequentiallyConsistent) }
+            ForkGate.beforeRegisteringSharedRegion()
+        }
         do {
             for (shard, chunk) in zip(shards, chunks) where !chunk.isEmpty {
                 try shard.uffd.register(base + UInt(chunk.lowerBound * 4096), length: chunk.count * 4096,
@@ -455,6 +463,9 @@ public final class FarMemory: @unchecked Sendable {
     /// Closes every region, stops the pager threads and disconnects; the
     /// server then frees this client's pages. Idempotent.
     public func close() {
+        // A forked child has a copy of this object but none of its threads (they
+        // are the parent's): waiting for them would hang. The parent closes.
+        guard getpid() == creator else { return }
         let open: [UInt64]? = lifecycle.withLock {
             book.withLock { book in
                 guard !book.closed else { return nil }

@@ -22,7 +22,7 @@ final class PagerShard: @unchecked Sendable {
     /// Shared (memfd, hugetlb) regions registered here: while there is one, a
     /// fork of this process may send a FORK event (`ForkGate`).
     let sharedRegions = Atomic<Int>(0)
-    var mayGetForkEvents: Bool { followsForks && sharedRegions.load(ordering: .acquiring) > 0 }
+    var mayGetForkEvents: Bool { followsForks && sharedRegions.load(ordering: .sequentiallyConsistent) > 0 }
     private let staging: StagingArea
     let handler: FaultHandler
     private let evictor: Evictor

@@ -138,6 +138,28 @@ final class ForkTests: XCTestCase {
         return region
     }
 
+    /// A child that forks in turn: its fork is not gated (it has no handler
+    /// threads of its own), and the grandchild's userfaultfd comes to the
+    /// parent's handler through the child's, which serves it too.
+    func testAGrandchildReadsTheRegionThroughItsOwnUserfaultfd() throws {
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20)
+        configuration.verifiesPages = true
+        let memory = try FarMemory(configuration: configuration)
+        defer { memory.close() }
+        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
+        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
+        let pattern = PagePattern(seed: 45)
+        region.write(pattern)
+        let expected = hashes(of: pattern, pages: region.pageCount)
+        var result = fmt_fork_result_t()
+        let status = fmt_fork_check_and_write(UInt64(UInt(bitPattern: region.baseAddress!)), Int32(region.pageCount), expected,
+                                              fm_page_hash, Int32(FMT_CHILD_FORKS), &result)
+        XCTAssertEqual(status, 0, "the child's wait status (the grandchild's exit status << 8)")
+        XCTAssertGreaterThan(memory.statistics.childFaults, UInt64(region.pageCount / 2), memory.statistics.description)
+        XCTAssertTrue(waitUntil("both userfaultfds to be closed", seconds: 5) { memory.statistics.forkedChildren == 0 },
+                      memory.statistics.description)
+    }
+
     /// Each page's hash as `pattern` writes it (computed aside: the region is not touched).
     private func hashes(of pattern: PagePattern, pages: Int) -> [UInt64] {
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)

@@ -39,13 +39,15 @@ static inline uint64_t fmt_child_word(int page, int word, int pass) {
 }
 
 /// What the forked child does after checking the pages.
-enum { FMT_CHILD_CHECKS = 0, FMT_CHILD_WRITES = 1, FMT_CHILD_UNMAPS = 2 };
+enum { FMT_CHILD_CHECKS = 0, FMT_CHILD_WRITES = 1, FMT_CHILD_UNMAPS = 2, FMT_CHILD_FORKS = 3 };
 
 /// Forks. The child hashes every page of [base, base + pages * 4096) with
 /// `hash` and compares with `expected`; then, by `mode`, writes every page
 /// with `fmt_child_word` pass 1 and then pass 2 (each page read first), or
 /// munmaps the range, and exits (0; 1 at the first page not as expected; 2
-/// munmap failed). Returns the child's wait status, or -errno.
+/// munmap failed). FMT_CHILD_FORKS: the child forks in turn, and the
+/// grandchild checks (the child exits with its status: 3 if it was killed).
+/// Returns the child's wait status, or -errno.
 int fmt_fork_check_and_write(uint64_t base, int pages, const uint64_t *expected, uint64_t (*hash)(const void *),
                              int mode, fmt_fork_result_t *result);
 
