@@ -31,22 +31,31 @@ final class ForkTests: XCTestCase {
     /// A child that unmaps the region (after reading it, so that it faulted
     /// pages in) takes only its own mapping: the parent keeps every page.
     func testAChildsMunmapLeavesTheParentsPages() throws {
+        let pattern = PagePattern(seed: 42)
+        try forkChild(Int32(FMT_CHILD_UNMAPS), over: pattern) { memory, region, status in
+            XCTAssertEqual(status, 0, "the child's wait status")
+            XCTAssertEqual(region.mismatches(pattern, threads: 2), [])
+            XCTAssertEqual(memory.statistics.verificationFailures, 0)
+            XCTAssertEqual(memory.statistics.discards, 0, "a child's munmap discards nothing")
+        }
+    }
+
+    /// An 8 MiB memfd region (4x the budget, page verification on) written
+    /// with `pattern`, and a child forked over it that checks every page and
+    /// then does what `mode` says; `check` sees its wait status.
+    private func forkChild(_ mode: Int32, over pattern: PagePattern, _ check: (FarMemory, FarRegion, Int32) -> Void) throws {
         var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20)
         configuration.verifiesPages = true
         let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
         let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
-        let pattern = PagePattern(seed: 42)
         region.write(pattern)
         let expected = hashes(of: pattern, pages: region.pageCount)
         var result = fmt_fork_result_t()
         let status = fmt_fork_check_and_write(UInt64(UInt(bitPattern: region.baseAddress!)), Int32(region.pageCount), expected,
-                                              fm_page_hash, Int32(FMT_CHILD_UNMAPS), &result)
-        XCTAssertEqual(status, 0, "the child's wait status")
-        XCTAssertEqual(region.mismatches(pattern, threads: 2), [])
-        XCTAssertEqual(memory.statistics.verificationFailures, 0)
-        XCTAssertEqual(memory.statistics.discards, 0, "a child's munmap discards nothing")
+                                              fm_page_hash, mode, &result)
+        check(memory, region, status)
     }
 
     /// The parent unmaps half of a region (evicted pages) while a child still
@@ -142,22 +151,12 @@ final class ForkTests: XCTestCase {
     /// threads of its own), and the grandchild's userfaultfd comes to the
     /// parent's handler through the child's, which serves it too.
     func testAGrandchildReadsTheRegionThroughItsOwnUserfaultfd() throws {
-        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: 2 << 20)
-        configuration.verifiesPages = true
-        let memory = try FarMemory(configuration: configuration)
-        defer { memory.close() }
-        guard memory.followsForks else { throw XCTSkip("forks are not followed here (CAP_SYS_PTRACE)") }
-        let region = try memory.allocate(bytes: 8 << 20, kind: .memfd)
-        let pattern = PagePattern(seed: 45)
-        region.write(pattern)
-        let expected = hashes(of: pattern, pages: region.pageCount)
-        var result = fmt_fork_result_t()
-        let status = fmt_fork_check_and_write(UInt64(UInt(bitPattern: region.baseAddress!)), Int32(region.pageCount), expected,
-                                              fm_page_hash, Int32(FMT_CHILD_FORKS), &result)
-        XCTAssertEqual(status, 0, "the child's wait status (the grandchild's exit status << 8)")
-        XCTAssertGreaterThan(memory.statistics.childFaults, UInt64(region.pageCount / 2), memory.statistics.description)
-        XCTAssertTrue(waitUntil("both userfaultfds to be closed", seconds: 5) { memory.statistics.forkedChildren == 0 },
-                      memory.statistics.description)
+        try forkChild(Int32(FMT_CHILD_FORKS), over: PagePattern(seed: 45)) { memory, region, status in
+            XCTAssertEqual(status, 0, "the child's wait status (the grandchild's exit status << 8)")
+            XCTAssertGreaterThan(memory.statistics.childFaults, UInt64(region.pageCount / 2), memory.statistics.description)
+            XCTAssertTrue(waitUntil("both userfaultfds to be closed", seconds: 5) { memory.statistics.forkedChildren == 0 },
+                          memory.statistics.description)
+        }
     }
 
     /// Each page's hash as `pattern` writes it (computed aside: the region is not touched).
