@@ -138,6 +138,21 @@ public struct TCPSocket: Sendable {
 
     /// Reads exactly `count` bytes. Throws `ClosedByPeer` on EOF, `Errno` on
     /// errors (EAGAIN here means the receive time-out expired).
+    /// Polls (MSG_PEEK | MSG_DONTWAIT, no sleep) until a byte is there to
+    /// read or `nanoseconds` have passed: a reply expected within a wake-up's
+    /// cost is taken without one. Returns whether data (or an error, or the
+    /// end) is waiting; the next read then does not block.
+    @discardableResult
+    public func spinUntilReadable(nanoseconds: UInt64) -> Bool {
+        var byte: UInt8 = 0
+        let deadline = fm_now_ns() &+ nanoseconds
+        repeat {
+            let n = recv(descriptor.rawValue, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            if n != -1 || (errno != EAGAIN && errno != EINTR) { return true }
+        } while fm_now_ns() < deadline
+        return false
+    }
+
     public func readExactly(into buffer: UnsafeMutableRawPointer, count: Int) throws {
         var done = 0
         while done < count {

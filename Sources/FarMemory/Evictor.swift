@@ -42,6 +42,9 @@ final class Evictor: @unchecked Sendable {
     /// Write-backs, discards and probes go here (the handler fetches through its own store).
     private let store: PageStore
     private let staging: StagingArea
+    /// Where batch entries with a probation slot are copied (their slots are
+    /// the handler's to hand out; the evictor writes only those it was given).
+    private let probation: ProbationArea?
     private let counters: PagerCounters
     private let logger: Logger
     /// Page verification: hash every staged page (see `PageVerifier`).
@@ -65,9 +68,10 @@ final class Evictor: @unchecked Sendable {
     private var unreleased: [Int32] = []
     private var nextUnreleasedRetry = 0.0
 
-    init(store: PageStore, staging: StagingArea, counters: PagerCounters, logger: Logger, verifiesPages: Bool = false,
+    init(store: PageStore, staging: StagingArea, probation: ProbationArea?, counters: PagerCounters, logger: Logger, verifiesPages: Bool = false,
          report: @escaping @Sendable (Report) -> Void) {
         self.verifiesPages = verifiesPages
+        self.probation = probation
         self.store = store
         self.staging = staging
         self.counters = counters
@@ -149,6 +153,13 @@ final class Evictor: @unchecked Sendable {
     private func writeBack(_ batch: EvictionBatch) {
         var index = 0
         let entries = batch.entries.count
+        if let probation {
+            // Copies kept for a second chance, before the staging slots can be emptied.
+            for entry in batch.entries where entry.probationSlot >= 0 {
+                UnsafeMutableRawPointer(bitPattern: probation.address(of: entry.probationSlot))!
+                    .copyMemory(from: entry.bytes(in: staging), byteCount: 4096)
+            }
+        }
         if verifiesPages {
             // Every staged page, clean ones too (`PageVerifier.checkCleanDrop`); hugetlb pages once read below.
             for i in 0..<entries where batch.entries[i].sourceFile < 0 {

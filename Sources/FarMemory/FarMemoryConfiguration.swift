@@ -45,6 +45,13 @@ public struct FarMemoryConfiguration: Sendable {
     /// contiguous chunks. More than one means a region is several mappings to
     /// the kernel, so `mremap` of a whole region fails (EFAULT). See README.
     public var handlerThreads: Int
+    /// Spin instead of sleeping while the next message has been coming
+    /// quickly (`SpinPolicy`): the fault handler waiting for faults, and a
+    /// fetch waiting for its reply over TCP; each for at most
+    /// `adaptiveSpinLimitMicroseconds`. A fixed `handlerSpinMicroseconds`
+    /// overrides it for the handler. See README, "Handler placement".
+    public var adaptiveSpinning = true
+    public var adaptiveSpinLimitMicroseconds = 50
     /// Install prefetched pages writable and dirty while most pages installed
     /// clean get written (`WritePredictor`): a sort or an update pass then
     /// takes no write-protect fault per page. Off: prefetched pages always go
@@ -53,6 +60,11 @@ public struct FarMemoryConfiguration: Sendable {
     /// Give a page that comes back soon after its eviction a second chance
     /// the next time it would be evicted (`Recency`). Off: plain FIFO.
     public var keepsRefaultedPages = true
+    /// The share of the budget kept as a probation area for anonymous
+    /// regions (`ProbationArea`): evicted pages wait there, written back but
+    /// still local, and a fault on one is served without the network and
+    /// marks it hot. 0 turns it off; at most 0.5; none under 32 pages.
+    public var probationShare = 0.125
     /// Keep memfd and hugetlb regions mapped in forked children and serve
     /// their faults (UFFD_FEATURE_EVENT_FORK; needs CAP_SYS_PTRACE, and is
     /// silently off without it: the regions are then not inherited, as

@@ -19,6 +19,7 @@ extension FaultHandler {
                     handleSharedRemove(region: region, shared: shared, run: run, unmapped: unmapped)
                     continue
                 }
+                forgetProbation(region: region, pages: run)
                 discardBacked(region, in: run) { page in
                     let state = region.states[page]
                     defer { trace.record(page, unmapped ? .unmap : .remove, state, region.states[page]) }

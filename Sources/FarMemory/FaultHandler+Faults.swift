@@ -98,13 +98,19 @@ extension FaultHandler {
         }
         let isWrite = fault.isWrite
         let trend = trends.record(thread: fault.thread, region: region.slot, page: page)
-        var source = zeroPage
+        var source = UnsafeRawPointer(zeroPage)
         let fromServer = state.isBacked
         var fetched = 0
-        if fromServer {
+        // Evicted a short while ago and still in probation: no network round trip.
+        let fromProbation = fromServer ? probationCopy(region: region, page: page) : nil
+        if let fromProbation {
+            fetched = 1
+            source = fromProbation
+            verifier.checkFetched(region, page: page, data: source, how: "taken from probation")
+        } else if fromServer {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
-            source = UnsafeMutableRawPointer(mutating: fetchedData)
+            source = fetchedData
             verifier.checkFetched(region, page: page, data: source, how: "fetched", source: self.store.lastReadSource)
         }
         // A read installs the page write-protected (clean until written); a
@@ -121,7 +127,11 @@ extension FaultHandler {
         case .installed:
             if !dirty { writes.installedClean(1) }
             if fromServer, recency.refetched(region.recency, page) { counters.add(.hotRefaults) }
-            counters.add(fromServer ? .fetches : .zeroFills)
+            if fromProbation != nil {
+                tookFromProbation(region: region, page: page)
+            } else {
+                counters.add(fromServer ? .fetches : .zeroFills)
+            }
             if !newState.isQueued {
                 region.states[page] = newState.enqueued()
                 queue.push(EvictionQueue.pack(slot: region.slot, page: page))
@@ -143,7 +153,7 @@ extension FaultHandler {
             trace.record(page, .installMetEAGAIN, state, state, extra: fromServer ? 1 : 0)
             region.states[page] = state
             budget.resident -= 1
-            if fromServer {
+            if fromServer, fromProbation == nil {
                 if fetchedData != UnsafeRawPointer(fetchBuffer) {
                     // Over RDMA the pages sit in the channel's buffer, which the next fetch reuses.
                     fetchBuffer.copyMemory(from: fetchedData, byteCount: fetched * 4096)

@@ -109,6 +109,8 @@ extension FaultHandler {
                 }
             }
             counters.add(.prefetched, UInt64(copied))
+            // Fetched while a probation copy of theirs was still there: it is stale once they change.
+            forgetProbation(region: region, pages: first..<(first + copied))
             if !dirty { writes.installedClean(copied) }
             if copied < run {
                 keepRemainder(region: region, from: slot + copied, count: count)

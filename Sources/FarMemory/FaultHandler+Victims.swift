@@ -124,7 +124,8 @@ extension FaultHandler {
         // Clean: the store (or nothing, for a zero page) already has it.
         if !dirty { counters.add(.cleanDrops) }
         batch.entries.append(.init(regionSlot: region.slot, region: region.store, page: page,
-                                   stagingSlot: Int32(stagingSlot), dirty: dirty, backed: state.isBacked))
+                                   stagingSlot: Int32(stagingSlot), dirty: dirty, backed: state.isBacked,
+                                   probationSlot: claimProbationSlot(region: region, page: page, dirty: dirty, backed: state.isBacked)))
         return .moved
     }
 

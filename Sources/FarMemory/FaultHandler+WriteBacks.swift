@@ -35,6 +35,7 @@ extension FaultHandler {
                 guard entry.dirty, let region else {
                     if let region { verifier.checkCleanDrop(region, page: entry.page, wasBacked: entry.backed, hash: entry.hash) }
                     trace.record(entry.page, .cleanDropDone, extra: Int(entry.stagingSlot))
+                    settleProbation(entry, region: region)
                     continue
                 }
                 verifier.wroteBack(region, page: entry.page, hash: entry.hash)
@@ -51,10 +52,13 @@ extension FaultHandler {
                 } else {
                     region.states[entry.page] = state.writtenBack()
                 }
+                // Findable before the parked faults wake: they take it from there.
+                settleProbation(entry, region: region)
                 if let address = region.address(of: entry.page) { try? uffd.wake(address, length: 4096) }
                 continue
             }
             // The staged copy is the only one. Put it back where it belongs.
+            settleProbation(entry, region: region)
             declareOutage(unless: entry.lost || region == nil)
             if !restore(entry) { keepSlots.append(entry.stagingSlot) }   // the evictor empties it and returns it
         }

@@ -47,6 +47,8 @@ final class FaultHandler: @unchecked Sendable {
     /// Fetches go here (the evictor has a store of its own).
     let store: PageStore
     let staging: StagingArea
+    /// Evicted anonymous pages kept locally for a while (nil: off, or a budget too small).
+    let probation: ProbationArea?
     let counters: PagerCounters
     let configuration: FarMemoryConfiguration
     let logger: Logger
@@ -55,6 +57,10 @@ final class FaultHandler: @unchecked Sendable {
     /// Set with every inbox message: ends a spin so the inbox is drained promptly.
     let inboxPending = Atomic<Bool>(false)
     let spinNanoseconds: UInt64
+    /// Spinning for faults while they come quickly (`adaptiveSpinning`, and no fixed spin).
+    var spinPolicy: SpinPolicy?
+    /// When the handler last went idle (to spin, then sleep): what the policy measures.
+    var idleSince: UInt64 = 0
     var evictor: Evictor!
 
     /// By slot (eviction-queue entries and batches name regions by slot).
@@ -140,16 +146,20 @@ final class FaultHandler: @unchecked Sendable {
     /// a child's. The fault path's ioctls go there; eviction's go everywhere.
     var target: Userfaultfd
 
-    init(uffd: Userfaultfd, store: PageStore, staging: StagingArea, counters: PagerCounters,
+    init(uffd: Userfaultfd, store: PageStore, staging: StagingArea, probation: ProbationArea?, counters: PagerCounters,
          configuration: FarMemoryConfiguration, logger: Logger, batchSize: Int, budgetPages: Int) throws(Errno) {
         self.uffd = uffd
         target = uffd
         self.store = store
         self.staging = staging
+        self.probation = probation
         self.counters = counters
         self.configuration = configuration
         self.logger = logger
         spinNanoseconds = UInt64(max(0, configuration.handlerSpinMicroseconds)) * 1000
+        if spinNanoseconds == 0, configuration.adaptiveSpinning {
+            spinPolicy = SpinPolicy(limitNanoseconds: UInt64(configuration.adaptiveSpinLimitMicroseconds) * 1000)
+        }
         budget = Budget(limit: budgetPages, batchSize: batchSize)
         notifier = try EventNotifier()
         // Prefetch at most an eighth of the budget at once, and one protocol batch.
@@ -215,6 +225,7 @@ final class FaultHandler: @unchecked Sendable {
                 fatalError("FarMemory: poll on userfaultfd failed: \(Errno(negated: Int32(truncatingIfNeeded: ready)))")
             }
             if ready == 0 { awaitingEvent = false }
+            if ready & 1 != 0, spinPolicy != nil { spinPolicy!.observe(waited: fm_now_ns() &- idleSince, slept: true) }
             if ready & 2 != 0 {
                 notifier.drain()
                 drainInbox()
@@ -279,12 +290,23 @@ final class FaultHandler: @unchecked Sendable {
     /// Handler placement: with `handlerSpinMicroseconds` > 0 the handler keeps
     /// reading (non-blocking) for that long after its last message before it
     /// sleeps in poll(), so a fault that follows soon is picked up without a
-    /// wake-up (about 100 us across CPUs on small VMs), at the price of a busy CPU.
+    /// wake-up (about 100 us across CPUs on small VMs), at the price of a busy
+    /// CPU. With `adaptiveSpinning` it spins only while faults have been coming
+    /// that quickly (`SpinPolicy`).
     func spinForMessages() {
-        guard spinNanoseconds > 0 else { return }
-        var deadline = fm_now_ns() + spinNanoseconds
-        while fm_now_ns() < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested {
-            if readMessages() > 0 { deadline = fm_now_ns() + spinNanoseconds }
+        idleSince = fm_now_ns()
+        var limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
+        guard limit > 0 else { return }
+        var deadline = idleSince + limit
+        while true {
+            let now = fm_now_ns()
+            guard now < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested else { return }
+            guard readMessages() > 0 else { continue }
+            spinPolicy?.observe(waited: now &- idleSince, slept: false)
+            limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
+            idleSince = fm_now_ns()
+            guard limit > 0 else { return }
+            deadline = idleSince + limit
         }
     }
 
@@ -441,6 +463,7 @@ final class FaultHandler: @unchecked Sendable {
             }
             counters.set(.unevictablePages, UInt64(budget.unevictable))
             let slot = region.slot
+            forgetProbation(regionSlot: slot)
             regions[slot] = nil
             liveRegions.removeAll { $0 === region }
             queue.rebuild(capacity: queueCapacity) { EvictionQueue.unpack($0).slot != slot }

@@ -72,16 +72,20 @@ final class PagerShard: @unchecked Sendable {
             uffd.close()
             throw .system("setting up the staging area", error)
         }
+        // The probation area's pages come out of the budget.
+        let probationPages = ProbationArea.pages(budgetPages: budgetPages, share: configuration.probationShare)
         do {
-            handler = try FaultHandler(uffd: uffd, store: faultStore, staging: staging, counters: counters,
-                                       configuration: configuration, logger: logger, batchSize: batchSize, budgetPages: budgetPages)
+            let probation = probationPages > 0 ? try ProbationArea(slots: probationPages) : nil
+            handler = try FaultHandler(uffd: uffd, store: faultStore, staging: staging, probation: probation, counters: counters,
+                                       configuration: configuration, logger: logger, batchSize: batchSize,
+                                       budgetPages: budgetPages - probationPages)
         } catch {
             staging.unmap(uffd: uffd)
             uffd.close()
             throw .system("setting up the fault handler", error)
         }
         let handler = self.handler
-        evictor = Evictor(store: writeStore, staging: staging, counters: counters, logger: logger,
+        evictor = Evictor(store: writeStore, staging: staging, probation: handler.probation, counters: counters, logger: logger,
                           verifiesPages: configuration.verifiesPages) { report in
             handler.evictorReported(report)
         }

@@ -9,6 +9,7 @@ final class PagerCounters: @unchecked Sendable {
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
         case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
         case zeroReinstalls, verificationFailures, forkedChildren, childFaults, rdmaPagesInPlace
+        case probationHits, probationExpired, probationPages
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -81,6 +82,12 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     /// times such a page was kept when FIFO order made it a victim.
     public var hotRefaults: UInt64
     public var secondChances: UInt64
+    /// Probation area: faults served from it (no network), pages that left it
+    /// untouched (their slot taken by a newer victim), pages in it now.
+    /// Hit rate: hits / (hits + expired).
+    public var probationHits: UInt64 = 0
+    public var probationExpired: UInt64 = 0
+    public var probationPages: UInt64 = 0
     /// Missing faults on pages FarMem believed resident that the kernel had
     /// dropped without telling it (no REMOVE event): installed as zeros.
     /// Expected to stay 0 (MADV_FREE's reclaim would do it).
@@ -141,6 +148,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         hotRefaults = sum(.hotRefaults); secondChances = sum(.secondChances)
         zeroReinstalls = sum(.zeroReinstalls); verificationFailures = sum(.verificationFailures)
         prefetched = sum(.prefetched)
+        probationHits = sum(.probationHits); probationExpired = sum(.probationExpired); probationPages = sum(.probationPages)
         // Every shard hears of every fork: the children are the largest shard's count.
         forkedChildren = shards.map { $0.get(.forkedChildren) }.max() ?? 0
         childFaults = sum(.childFaults)
@@ -157,7 +165,8 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
         discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
-        hot refaults \(hotRefaults) (second chances \(secondChances)), zero reinstalls \(zeroReinstalls), \
+        hot refaults \(hotRefaults) (second chances \(secondChances)), \
+        probation hits \(probationHits) (expired \(probationExpired), held \(probationPages)), zero reinstalls \(zeroReinstalls), \
         verification failures \(verificationFailures), forked children \(forkedChildren) (faults \(childFaults)), \
         servers \(servers) (down \(serversDown)), replicas \(replicas), under-replicated extents \(underReplicatedExtents), misplaced \(misplacedExtents), \
         repaired \(extentsRepaired) extents (\(pagesRepaired) pages), moved \(extentsMoved) (rereads \(rereadsAfterMove)), overshoot \(budgetOvershoot), RDMA pages in \(rdmaPagesIn) (in place \(rdmaPagesInPlace)) out \(rdmaPagesOut)

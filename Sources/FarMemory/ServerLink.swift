@@ -22,6 +22,8 @@ final class ServerLink {
     private let header: UnsafeMutableRawPointer
     /// Where this link counts bytes (its shard's counters).
     let counters: PagerCounters
+    /// Whether a fetch polls for its reply before it sleeps (`adaptiveSpinning`).
+    private var replyPolicy: SpinPolicy?
     private(set) var helloReply: HelloReply?
     /// The protocol version HELLO settled on (1 until connected).
     var protocolVersion: UInt16 { helloReply?.version ?? ProtocolVersion.oldest }
@@ -45,6 +47,9 @@ final class ServerLink {
         self.endpoint = endpoint
         self.timeoutSeconds = timeoutSeconds ?? configuration.requestTimeoutSeconds
         self.configuration = configuration
+        if configuration.adaptiveSpinning {
+            replyPolicy = SpinPolicy(limitNanoseconds: UInt64(configuration.adaptiveSpinLimitMicroseconds) * 1000)
+        }
         self.sessionKey = sessionKey
         self.counters = counters
         request = .allocate(byteCount: ProtocolLimits.maxPayload, alignment: 4096)
@@ -237,7 +242,14 @@ final class ServerLink {
         try connect()
         writeBatchHeader(region: region, pages: pages)
         let id = try send(.readPages, payloadLength: PageBatchHeader.fixedSize(count: pages.count))
+        // A few pages' reply usually comes within a round trip: poll for it
+        // while it has been (`SpinPolicy`). A prefetch batch's takes longer.
+        let watched = replyPolicy != nil && pages.count <= 4
+        let sent = watched ? fm_now_ns() : 0
+        var spun = false
+        if watched, let limit = replyPolicy?.spinNanoseconds, limit > 0 { spun = socket?.spinUntilReadable(nanoseconds: limit) == true }
         let reply = try receiveHeader(expecting: .readPages, id: id)
+        if watched { replyPolicy!.observe(waited: fm_now_ns() &- sent, slept: !spun) }
         guard let socket else { throw .network("not connected") }
         let expected = pages.count * ProtocolLimits.pageSize
         if reply.status == 0 && Int(reply.payloadLength) != expected {

@@ -100,9 +100,13 @@ final class EvictionBatch: @unchecked Sendable {
         /// meanwhile, touching the mapping would take one from the pool (or
         /// SIGBUS when it is empty), where pread reads zeros. -1 otherwise.
         var sourceFile: Int32 = -1
+        /// An anonymous page kept for a second chance: the probation slot the
+        /// evictor copies it into (claimed by the handler). -1 otherwise.
+        var probationSlot: Int32 = -1
 
         init(regionSlot: Int, region: StoreRegion, page: Int, stagingSlot: Int32, dirty: Bool, backed: Bool, source: UInt = 0,
-             sourceFile: Int32 = -1) {
+             sourceFile: Int32 = -1, probationSlot: Int32 = -1) {
+            self.probationSlot = probationSlot
             self.regionSlot = regionSlot
             self.region = region
             self.page = page

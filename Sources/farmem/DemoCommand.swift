@@ -31,6 +31,7 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Most pages to prefetch on a sequential or strided trend (0: off).") var prefetch = 64
     @Option(help: "Fault-handler threads (the region is split among them).") var handlerThreads = 1
     @Option(help: "Microseconds the fault handler spins for the next fault before it blocks (0: block at once).") var spin = 0
+    @Option(help: "Spin while faults and replies come quickly: on or off (default: the library's).") var adaptiveSpinning: String?
     @Option(help: "What backs the region locally: anonymous, memfd or hugetlb (2 MiB pages: reserve them with sysctl vm.nr_hugepages; a budget of at least 8 MiB per handler thread).") var regionKind = "anonymous"
 
     func run() throws {
@@ -76,10 +77,16 @@ struct DemoCommand: ParsableCommand {
         if killServer, embedded.count < 2 { throw ValidationError("--kill-server needs --servers 2 or more (embedded servers)") }
         let endpoint = endpoints[0]
 
-        let memory = try FarMemory(configuration: FarMemoryConfiguration(servers: endpoints, replicas: replicas, budgetBytes: budgetBytes,
-                                                                         transport: pageTransport, prefetchPages: prefetch,
-                                                                         handlerSpinMicroseconds: spin,
-                                                                         handlerThreads: handlerThreads))
+        var configuration = FarMemoryConfiguration(servers: endpoints, replicas: replicas, budgetBytes: budgetBytes,
+                                                   transport: pageTransport, prefetchPages: prefetch,
+                                                   handlerSpinMicroseconds: spin, handlerThreads: handlerThreads)
+        switch adaptiveSpinning {
+        case nil: break
+        case "on": configuration.adaptiveSpinning = true
+        case "off": configuration.adaptiveSpinning = false
+        default: throw ValidationError("--adaptive-spinning is on or off")
+        }
+        let memory = try FarMemory(configuration: configuration)
         defer { memory.close() }
         let region = try memory.allocate(bytes: regionBytes, kind: kind)
         let pages = region.pageCount

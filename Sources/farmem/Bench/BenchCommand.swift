@@ -31,6 +31,11 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
     @Option(help: "Kernel-swap devices, comma-separated: zram (compressed local memory), nbd (nbd-server over loopback TCP: network swap; needs the nbd module, as in the rdma-vm guest).") var swapDevices = "zram"
     @Flag(help: "Skip the cluster rows (three farmemd processes, two copies and one).") var noCluster = false
+    @Flag(help: "Also run FarMem with each technique off in turn (prefetching, write prediction, the probation area, refault second chances), every workload: what each contributes on its own.") var ablations = false
+    @Option(help: "Microseconds the fault handler polls for the next fault before it sleeps.") var handlerSpin = 0
+    @Flag(help: "FarMem spins while faults and replies come quickly (adaptiveSpinning).") var adaptiveSpinning = false
+    @Option(help: "With --adaptive-spinning: the longest spin, in microseconds.") var spinLimit = FarMemoryConfiguration(servers: [], budgetBytes: 0).adaptiveSpinLimitMicroseconds
+    @Option(help: "The share of the budget FarMem keeps as its probation area (0 turns it off).") var probationShare = FarMemoryConfiguration(servers: [], budgetBytes: 0).probationShare
     @Option(help: "Also draw a PNG (throughput per budget, latency percentiles) to this file.") var plot: String?
     @Option(help: "The workload the plot shows (default: zipfian if run, else the first).") var plotWorkload: String?
 
@@ -54,8 +59,10 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("--size must be at least 4MiB, --sort-size and --introsort-size at least 1MiB")
         }
 
+        guard (0...0.5).contains(probationShare) else { throw ValidationError("--probation-share is 0...0.5") }
         let bench = BenchRun(regionPages: regionBytes / 4096, sortPages: sortBytes / 4096, introsortPages: introsortBytes / 4096,
-                             zipfSkew: zipfSkew, deadline: runDeadline, rdmaAddress: rdmaAddress)
+                             zipfSkew: zipfSkew, deadline: runDeadline, rdmaAddress: rdmaAddress, ablations: ablations,
+                             probationShare: probationShare, handlerSpin: handlerSpin, adaptiveSpinning: adaptiveSpinning, spinLimit: spinLimit)
         defer { bench.stopServer() }   // also when start-up fails half-way
         // Only the workloads asked for count: a 256 MiB introsort needs no room when it does not run.
         let largest = kinds.map { bench.pages(for: $0) * 4096 }.max() ?? regionBytes
@@ -131,7 +138,20 @@ final class BenchRun {
     private var rdmaServer: MemoryServer?
     private var progress = 0
 
-    init(regionPages: Int, sortPages: Int, introsortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?) {
+    /// Rows with each technique off in turn (`--ablations`).
+    let ablations: Bool
+    let probationShare: Double
+    let handlerSpin: Int
+    let adaptiveSpinning: Bool
+    let spinLimit: Int
+
+    init(regionPages: Int, sortPages: Int, introsortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?,
+         ablations: Bool = false, probationShare: Double = 0.125, handlerSpin: Int = 0, adaptiveSpinning: Bool = false, spinLimit: Int = 100) {
+        self.spinLimit = spinLimit
+        self.handlerSpin = handlerSpin
+        self.adaptiveSpinning = adaptiveSpinning
+        self.ablations = ablations
+        self.probationShare = probationShare
         self.introsortPages = introsortPages
         self.regionPages = regionPages
         self.sortPages = sortPages
@@ -237,10 +257,17 @@ final class BenchRun {
                       endpoint: endpoint!, transport: .tcp, prefetch: 64)
             runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprefetch",
                       endpoint: endpoint!, transport: .tcp, prefetch: 0)
-            if kind.isSort {
+            if kind.isSort || ablations {
                 // What installing predicted writes writable saves (sorts write what they read).
                 runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-nowritepredict",
                           endpoint: endpoint!, transport: .tcp, prefetch: 64, predictsWrites: false)
+            }
+            if ablations {
+                // What the probation area and the refault second chances each save.
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprobation",
+                          endpoint: endpoint!, transport: .tcp, prefetch: 64, probationShare: 0)
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-norecency",
+                          endpoint: endpoint!, transport: .tcp, prefetch: 64, keepsRefaultedPages: false)
             }
             if endpoints.count == 3 {
                 // Three servers, two copies of every page (and one, for the ratio).
@@ -311,12 +338,18 @@ final class BenchRun {
 
     private func runFarMem(_ workload: BenchWorkload, sequence: [Int], percent: Int, budgetPages: Int, backend: String,
                            endpoint: TCPSocket.Endpoint? = nil, servers: [TCPSocket.Endpoint] = [], replicas: Int? = nil,
-                           transport: FarMemoryConfiguration.Transport, prefetch: Int, predictsWrites: Bool = true) {
+                           transport: FarMemoryConfiguration.Transport, prefetch: Int, predictsWrites: Bool = true,
+                           probationShare: Double? = nil, keepsRefaultedPages: Bool = true) {
         do {
             var configuration = FarMemoryConfiguration(
                 servers: endpoint.map { [$0] } ?? servers, replicas: replicas, budgetBytes: budgetPages * 4096,
                 transport: transport, prefetchPages: prefetch)
             configuration.predictsWrites = predictsWrites
+            configuration.probationShare = probationShare ?? self.probationShare
+            configuration.keepsRefaultedPages = keepsRefaultedPages
+            configuration.handlerSpinMicroseconds = handlerSpin
+            configuration.adaptiveSpinning = adaptiveSpinning
+            configuration.adaptiveSpinLimitMicroseconds = spinLimit
             let memory = try FarMemory(configuration: configuration)
             defer { memory.close() }
             let region = try memory.allocate(bytes: workload.pages * 4096)
@@ -331,6 +364,8 @@ final class BenchRun {
             row.evictions = after.evictions - before.evictions
             row.writeBacks = after.writeBacks - before.writeBacks
             row.wireBytes = (after.bytesIn - before.bytesIn) + (after.bytesOut - before.bytesOut)
+            row.probationHits = after.probationHits - before.probationHits
+            row.probationExpired = after.probationExpired - before.probationExpired
             add(row)
             region.close()
             note("\(workload.kind) \(percent)% \(backend): \(String(format: "%.3f", result.seconds)) s, \(row.faults ?? 0) faults")
@@ -432,6 +467,14 @@ struct BenchRow: Codable {
     var evictions: UInt64?
     var writeBacks: UInt64?
     var wireBytes: UInt64?
+    /// Faults served from the probation area, and pages that left it untouched.
+    var probationHits: UInt64?
+    var probationExpired: UInt64?
+    /// hits / (hits + expired): how many pages given probation came back from it.
+    var probationHitRate: Double? {
+        guard let hits = probationHits, let expired = probationExpired, hits + expired > 0 else { return nil }
+        return Double(hits) / Double(hits + expired)
+    }
     var ratioToLocal: Double?
     var ratioToFloor: Double?
     var note: String?
@@ -469,7 +512,7 @@ struct BenchReport: Codable {
     func table() -> String {
         func us(_ ns: UInt64) -> String { ns == 0 ? "-" : String(format: "%.1f", Double(ns) / 1000) }
         let header = ["workload", "budget", "backend", "time s", "GB/s", "kpages/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
-                      "faults", "wp faults", "prefetched", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
+                      "faults", "wp faults", "prefetched", "probation hits", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
         var cells = [header]
         for row in rows {
             let budget = row.backend == "local" ? "all" : row.backend == "uffd-floor" ? "-" : "\(row.budgetPercent)%"
@@ -479,6 +522,7 @@ struct BenchReport: Codable {
                 us(row.latencyP50Nanoseconds), us(row.latencyP90Nanoseconds), us(row.latencyP99Nanoseconds),
                 us(row.latencyP999Nanoseconds),
                 row.faults.map { "\($0)" } ?? "-", row.writeProtectFaults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
+                row.probationHits.map { hits in "\(hits)" + (row.probationHitRate.map { String(format: " (%.0f%%)", $0 * 100) } ?? "") } ?? "-",
                 row.evictions.map { "\($0)" } ?? "-", row.writeBacks.map { "\($0)" } ?? "-",
                 row.wireBytes.map { String(format: "%.1f", Double($0) / 1e6) } ?? "-",
                 row.ratioToLocal.map { String(format: "%.1f", $0) } ?? "-",
