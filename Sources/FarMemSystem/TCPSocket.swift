@@ -136,8 +136,6 @@ public struct TCPSocket: Sendable {
         public var description: String { bytesRead == 0 ? "connection closed by peer" : "connection closed by peer mid-frame" }
     }
 
-    /// Reads exactly `count` bytes. Throws `ClosedByPeer` on EOF, `Errno` on
-    /// errors (EAGAIN here means the receive time-out expired).
     /// Polls (MSG_PEEK | MSG_DONTWAIT, no sleep) until a byte is there to
     /// read or `nanoseconds` have passed: a reply expected within a wake-up's
     /// cost is taken without one. Returns whether data (or an error, or the
@@ -153,6 +151,8 @@ public struct TCPSocket: Sendable {
         return false
     }
 
+    /// Reads exactly `count` bytes. Throws `ClosedByPeer` on EOF, `Errno` on
+    /// errors (EAGAIN here means the receive time-out expired).
     public func readExactly(into buffer: UnsafeMutableRawPointer, count: Int) throws {
         var done = 0
         while done < count {

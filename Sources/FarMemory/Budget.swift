@@ -2,13 +2,13 @@
 /// decisions that follow from the counts. Owned by the handler thread.
 struct Budget: Equatable {
     /// Pages this shard may hold: resident, plus staged until their slots are emptied.
-    let limit: Int
+    private(set) var limit: Int
     /// Pages moved out per eviction round.
     let batchSize: Int
     /// Eviction starts above this many resident pages: two batches below the
     /// limit, so eviction runs ahead of the throttle and staged pages still
     /// fit while the evictor catches up.
-    let highWater: Int
+    private(set) var highWater: Int
     /// Installed by this handler and not moved out (unevictable ones excluded).
     var resident = 0
     /// Moved into staging; their slots are not emptied yet.
@@ -19,6 +19,13 @@ struct Budget: Equatable {
     init(limit: Int, batchSize: Int) {
         self.limit = limit
         self.batchSize = batchSize
+        highWater = max(limit - 2 * batchSize, batchSize)
+    }
+
+    /// `pages` of the budget go to another use (the probation area, once an
+    /// anonymous region is there to use it): eviction makes room.
+    mutating func lower(by pages: Int) {
+        limit -= pages
         highWater = max(limit - 2 * batchSize, batchSize)
     }
 

@@ -65,7 +65,8 @@ extension FaultHandler {
         for _ in 0..<min(trend.window, headroom) {
             candidate += trend.stride
             guard candidate >= 0, candidate < region.pageCount else { break }
-            guard region.states[candidate].isOnServerOnly else { break }
+            // A page with a probation copy comes back locally when it faults: not over the network now.
+            guard region.states[candidate].isOnServerOnly, probationCopy(region: region, page: candidate) == nil else { break }
             fetchPages[count] = UInt64(candidate)
             count += 1
         }

@@ -49,6 +49,8 @@ final class FaultHandler: @unchecked Sendable {
     let staging: StagingArea
     /// Evicted anonymous pages kept locally for a while (nil: off, or a budget too small).
     let probation: ProbationArea?
+    /// Its pages came out of the budget (at the first anonymous region).
+    var probationReserved = false
     let counters: PagerCounters
     let configuration: FarMemoryConfiguration
     let logger: Logger
@@ -59,7 +61,8 @@ final class FaultHandler: @unchecked Sendable {
     let spinNanoseconds: UInt64
     /// Spinning for faults while they come quickly (`adaptiveSpinning`, and no fixed spin).
     var spinPolicy: SpinPolicy?
-    /// When the handler last went idle (to spin, then sleep): what the policy measures.
+    /// When the handler last finished with faults (its userfaultfd read
+    /// empty): the policy measures from there, whatever woke the loop since.
     var idleSince: UInt64 = 0
     var evictor: Evictor!
 
@@ -293,20 +296,23 @@ final class FaultHandler: @unchecked Sendable {
     /// wake-up (about 100 us across CPUs on small VMs), at the price of a busy
     /// CPU. With `adaptiveSpinning` it spins only while faults have been coming
     /// that quickly (`SpinPolicy`).
+    /// A spin returns to the loop after at most a millisecond even while
+    /// faults keep coming, so that children, restores and probes are served.
     func spinForMessages() {
-        idleSince = fm_now_ns()
         var limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
         guard limit > 0 else { return }
-        var deadline = idleSince + limit
+        let start = fm_now_ns()
+        let end = start + 1_000_000
+        var deadline = start + limit
         while true {
             let now = fm_now_ns()
-            guard now < deadline, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested else { return }
+            guard now < deadline, now < end, !inboxPending.load(ordering: .relaxed), !awaitingEvent, running, !forkRequested else { return }
+            let waited = now &- idleSince
             guard readMessages() > 0 else { continue }
-            spinPolicy?.observe(waited: now &- idleSince, slept: false)
+            spinPolicy?.observe(waited: waited, slept: false)
             limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
-            idleSince = fm_now_ns()
             guard limit > 0 else { return }
-            deadline = idleSince + limit
+            deadline = fm_now_ns() + limit
         }
     }
 
@@ -334,7 +340,10 @@ final class FaultHandler: @unchecked Sendable {
                 child.gone = true
                 return total
             }
-            if count == 0 { return total }
+            if count == 0 {
+                if total > 0, child == nil { idleSince = fm_now_ns() }
+                return total
+            }
             total += count
             handleBatch(messages, count: count, from: child)
         }
@@ -381,6 +390,7 @@ final class FaultHandler: @unchecked Sendable {
                 }
                 // A write-protect fault needs no budget: only a pending event holds it.
                 if awaitingEvent || (!fault.isWriteProtect && (mustThrottle || !deferred.isEmpty)) {
+                    if !awaitingEvent, mustThrottle { counters.add(.budgetWaits) }
                     deferFault(fault)
                 } else {
                     handleFault(fault)
@@ -449,6 +459,11 @@ final class FaultHandler: @unchecked Sendable {
             if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
             regions[region.slot] = region
             liveRegions.append(region)
+            if region.shared == nil, let probation, !probationReserved {
+                // Only anonymous regions use it: memfd and hugetlb ones keep the whole budget.
+                probationReserved = true
+                budget.lower(by: probation.slotCount)
+            }
             addToChildren(region)
             queue.rebuild(capacity: queueCapacity) { _ in true }
             setAside.rebuild(capacity: max(setAside.capacity, setAside.count + 16)) { _ in true }

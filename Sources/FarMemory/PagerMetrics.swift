@@ -35,6 +35,7 @@ enum PagerMetrics {
         metric("farmem_probation_hits_total", "counter", "Faults served from the probation area, without the network.", s.probationHits)
         metric("farmem_probation_expired_total", "counter", "Pages that left the probation area untouched.", s.probationExpired)
         metric("farmem_probation_pages", "gauge", "Evicted pages held in the probation area.", s.probationPages)
+        metric("farmem_budget_waits_total", "counter", "Faults that waited for eviction to make room under the budget.", s.budgetWaits)
         metric("farmem_forked_children", "gauge", "Forked child processes served (they map memfd or hugetlb regions).", s.forkedChildren)
         metric("farmem_child_faults_total", "counter", "Faults of forked children served.", s.childFaults)
         metric("farmem_servers", "gauge", "Memory servers configured.", s.servers)

@@ -72,13 +72,13 @@ final class PagerShard: @unchecked Sendable {
             uffd.close()
             throw .system("setting up the staging area", error)
         }
-        // The probation area's pages come out of the budget.
+        // The probation area's pages come out of the budget once an anonymous region is added.
         let probationPages = ProbationArea.pages(budgetPages: budgetPages, share: configuration.probationShare)
         do {
             let probation = probationPages > 0 ? try ProbationArea(slots: probationPages) : nil
             handler = try FaultHandler(uffd: uffd, store: faultStore, staging: staging, probation: probation, counters: counters,
                                        configuration: configuration, logger: logger, batchSize: batchSize,
-                                       budgetPages: budgetPages - probationPages)
+                                       budgetPages: budgetPages)
         } catch {
             staging.unmap(uffd: uffd)
             uffd.close()

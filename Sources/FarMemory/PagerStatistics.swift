@@ -9,7 +9,7 @@ final class PagerCounters: @unchecked Sendable {
         case budgetOvershoot, residentPages, stagedPages, writeBackFailures, rdmaPagesIn, rdmaPagesOut, prefetched, unevictablePages
         case moveRefusals, discardWindowFaults, heldFaultsPeak, rereadsAfterMove, hotRefaults, secondChances
         case zeroReinstalls, verificationFailures, forkedChildren, childFaults, rdmaPagesInPlace
-        case probationHits, probationExpired, probationPages
+        case probationHits, probationExpired, probationPages, budgetWaits
     }
     private let values: UnsafeMutablePointer<UInt64>
     /// Shared by all shards of one FarMemory (recording is an atomic add).
@@ -88,6 +88,9 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
     public var probationHits: UInt64 = 0
     public var probationExpired: UInt64 = 0
     public var probationPages: UInt64 = 0
+    /// Faults that had to wait for eviction to make room (the budget was
+    /// full: write-backs did not keep ahead). 0 when eviction runs ahead.
+    public var budgetWaits: UInt64 = 0
     /// Missing faults on pages FarMem believed resident that the kernel had
     /// dropped without telling it (no REMOVE event): installed as zeros.
     /// Expected to stay 0 (MADV_FREE's reclaim would do it).
@@ -149,6 +152,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         zeroReinstalls = sum(.zeroReinstalls); verificationFailures = sum(.verificationFailures)
         prefetched = sum(.prefetched)
         probationHits = sum(.probationHits); probationExpired = sum(.probationExpired); probationPages = sum(.probationPages)
+        budgetWaits = sum(.budgetWaits)
         // Every shard hears of every fork: the children are the largest shard's count.
         forkedChildren = shards.map { $0.get(.forkedChildren) }.max() ?? 0
         childFaults = sum(.childFaults)
@@ -164,7 +168,7 @@ public struct PagerStatistics: Sendable, CustomStringConvertible {
         write-backs \(writeBacks), discards \(discards), bytes in \(bytesIn), bytes out \(bytesOut), \
         retries \(retries), EAGAIN \(eagainRetries), poisoned \(poisoned), resident \(residentPages), \
         staged \(stagedPages), unevictable \(unevictablePages) (move refusals \(moveRefusals)), \
-        discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), \
+        discard-window faults \(discardWindowFaults), held faults peak \(heldFaultsPeak), budget waits \(budgetWaits), \
         hot refaults \(hotRefaults) (second chances \(secondChances)), \
         probation hits \(probationHits) (expired \(probationExpired), held \(probationPages)), zero reinstalls \(zeroReinstalls), \
         verification failures \(verificationFailures), forked children \(forkedChildren) (faults \(childFaults)), \

@@ -129,7 +129,8 @@ struct ProbationIndex {
     /// back so that lookups never stop early (no tombstones).
     private func removeFromTable(key: UInt64) {
         var hole = home(key)
-        while owners[Int(table[hole])] != key { hole = (hole + 1) & mask }
+        while table[hole] >= 0, owners[Int(table[hole])] != key { hole = (hole + 1) & mask }
+        precondition(table[hole] >= 0, "probation key not in the table")
         var next = hole
         while true {
             next = (next + 1) & mask

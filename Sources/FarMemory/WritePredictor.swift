@@ -9,13 +9,16 @@
 /// clean installs), so a phase change shows within a few thousand pages.
 /// While pages go in dirty they are not observed, so one fault in
 /// `probeEvery` (its page and its prefetched batch) still goes in clean to
-/// keep the estimate honest. A wrong guess costs a write-back of a page that was not
+/// keep the estimate honest; one in `sureProbeEvery` while nearly every
+/// clean page gets written (a sort), with the window shortened as much, so
+/// that a phase of reads still shows as soon. A wrong guess costs a write-back of a page that was not
 /// written; never a lost write: a page installed dirty is written back
 /// before it is dropped.
 struct WritePredictor {
     static let window = 4096
     static let minimumSample = 64
     static let probeEvery = 8
+    static let sureProbeEvery = 32
 
     private var cleanInstalls = 0
     private var writeProtectFaults = 0
@@ -27,7 +30,7 @@ struct WritePredictor {
     /// Pages went in write-protected and clean.
     mutating func installedClean(_ pages: Int) {
         cleanInstalls += pages
-        if cleanInstalls >= Self.window {
+        if cleanInstalls >= (isSure ? Self.window * Self.probeEvery / Self.sureProbeEvery : Self.window) {
             cleanInstalls /= 2
             writeProtectFaults /= 2
         }
@@ -35,6 +38,9 @@ struct WritePredictor {
 
     /// A clean page was written (its write-protect fault).
     mutating func wroteCleanPage() { writeProtectFaults += 1 }
+
+    /// Nearly every clean page gets written (15 in 16): probes can be rarer.
+    private var isSure: Bool { cleanInstalls >= Self.minimumSample && writeProtectFaults * 16 >= cleanInstalls * 15 }
 
     /// Whether most clean pages get written: the next prefetch goes in dirty.
     var predictsWrites: Bool {
@@ -47,6 +53,6 @@ struct WritePredictor {
     mutating func installGoesInDirty() -> Bool {
         guard predictsWrites else { return false }
         batches += 1
-        return batches % Self.probeEvery != 0
+        return batches % (isSure ? Self.sureProbeEvery : Self.probeEvery) != 0
     }
 }

@@ -14,6 +14,19 @@ final class BudgetTests: XCTestCase {
         XCTAssertFalse(budget.isFull)
     }
 
+    /// The probation area takes its share once an anonymous region comes:
+    /// the marks move down with the limit, and a full shard evicts to make room.
+    func testLoweringTheLimitMovesTheMarksAndMakesEvictionDue() {
+        var budget = Budget(limit: 512, batchSize: 64)
+        budget.resident = 380
+        XCTAssertFalse(budget.needsEviction)
+        budget.lower(by: 64)
+        XCTAssertEqual(budget.limit, 448)
+        XCTAssertEqual(budget.highWater, 320)
+        XCTAssertEqual(budget.evictionTarget, 288)
+        XCTAssertTrue(budget.needsEviction)
+    }
+
     func testTheSmallestBudgetStillLeavesRoomForABatch() {
         let budget = Budget(limit: 64, batchSize: 16)   // the smallest: 64 pages, 32 staging slots
         XCTAssertEqual(budget.highWater, 32)

@@ -14,8 +14,8 @@ final class ProbationTests: XCTestCase {
     override func setUpWithError() throws { server = try ServerProcess(capacity: "128MiB") }
     override func tearDown() { server.stop() }
 
-    private func makeMemory(probationShare: Double, keepsRefaultedPages: Bool = true) throws -> FarMemory {
-        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget, prefetchPages: 0)
+    private func makeMemory(probationShare: Double, keepsRefaultedPages: Bool = true, prefetchPages: Int = 0) throws -> FarMemory {
+        var configuration = FarMemoryConfiguration(server: server.endpoint, budgetBytes: budget, prefetchPages: prefetchPages)
         configuration.probationShare = probationShare
         configuration.keepsRefaultedPages = keepsRefaultedPages
         configuration.verifiesPages = true
@@ -64,11 +64,13 @@ final class ProbationTests: XCTestCase {
     }
 
     /// Random reads, writes and discards, hot-skewed so that many faults are
-    /// served from probation, against a model of every page: a write to a
-    /// page taken from probation is kept, and a page discarded while its copy
-    /// sat in probation reads as zeros, never as the copy.
+    /// served from probation, and now and then a sequential sweep (prefetched,
+    /// over pages some of which have probation copies), against a model of
+    /// every page: a write to a page taken from probation is kept, and a page
+    /// discarded, or fetched and rewritten, while a copy of it sat in
+    /// probation never reads as that copy.
     func testReadsWritesAndDiscardsAgreeWithAModel() throws {
-        let memory = try makeMemory(probationShare: 0.125)
+        let memory = try makeMemory(probationShare: 0.125, prefetchPages: 64)
         defer { memory.close() }
         let region = try memory.allocate(bytes: regionBytes)
         let base = region.baseAddress!
@@ -94,6 +96,17 @@ final class ProbationTests: XCTestCase {
             } else if !check(page) {
                 bad.append(page)
             }
+            if step % 1000 == 0 {
+                // A sweep: a stream the prefetcher follows; every other page rewritten.
+                let first = Int(random.next() % UInt64(pages - 200))
+                for page in first..<(first + 200) {
+                    if !check(page) { bad.append(page) }
+                    if page % 2 == 0 {
+                        generation[page] = UInt64(step) << 20 | UInt64(page)
+                        _ = PagePattern(seed: generation[page]).write(page: page, at: base + page * 4096)
+                    }
+                }
+            }
             if step % 400 == 0 {
                 // Discard a few hot pages: some resident, some in probation, some on the server only.
                 let first = Int(random.next() % 120) * 21 % pages
@@ -106,6 +119,7 @@ final class ProbationTests: XCTestCase {
         let stats = memory.statistics
         XCTAssertGreaterThan(stats.probationHits, 500, stats.description)
         XCTAssertGreaterThan(stats.writeProtectFaults, 0, "some pages taken from probation clean were then written")
+        XCTAssertGreaterThan(stats.prefetched, 0, "the sweeps were prefetched")
         XCTAssertEqual(stats.verificationFailures, 0, stats.description)
         XCTAssertEqual(stats.poisoned, 0)
     }

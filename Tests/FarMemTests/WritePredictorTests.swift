@@ -20,6 +20,28 @@ final class WritePredictorTests: XCTestCase {
         XCTAssertEqual(batches.filter { !$0 }.count, 2, "probes: \(batches)")
     }
 
+    func testNearlyAllWrittenProbesOneBatchInThirtyTwo() {
+        var predictor = WritePredictor(enabled: true)
+        predictor.installedClean(1000)
+        for _ in 0..<990 { predictor.wroteCleanPage() }
+        let batches = (0..<64).map { _ in predictor.installGoesInDirty() }
+        XCTAssertEqual(batches.filter { !$0 }.count, 2, "probes: \(batches)")
+    }
+
+    /// Rare probes, a shorter window: a read phase after a sure write phase
+    /// turns prediction off after no more clean pages than before.
+    func testAReadOnlyPhaseAfterASureOneTurnsItOffWithinAWindow() {
+        var predictor = WritePredictor(enabled: true)
+        predictor.installedClean(1000)
+        for _ in 0..<1000 { predictor.wroteCleanPage() }
+        var cleanPages = 0
+        while predictor.predictsWrites, cleanPages < 100_000 {
+            predictor.installedClean(64)
+            cleanPages += 64
+        }
+        XCTAssertLessThanOrEqual(cleanPages, 2 * WritePredictor.window)
+    }
+
     func testAReadOnlyPhaseTurnsItOffWithinAWindow() {
         var predictor = WritePredictor(enabled: true)
         predictor.installedClean(1000)

@@ -31,9 +31,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Skip the kernel-swap baseline.") var noSwap = false
     @Option(help: "Kernel-swap devices, comma-separated: zram (compressed local memory), nbd (nbd-server over loopback TCP: network swap; needs the nbd module, as in the rdma-vm guest).") var swapDevices = "zram"
     @Flag(help: "Skip the cluster rows (three farmemd processes, two copies and one).") var noCluster = false
-    @Flag(help: "Also run FarMem with each technique off in turn (prefetching, write prediction, the probation area, refault second chances), every workload: what each contributes on its own.") var ablations = false
+    @Flag(help: "Also run FarMem with each technique off in turn (prefetching, write prediction, the probation area, refault second chances, adaptive spinning), every workload: what each contributes on its own.") var ablations = false
     @Option(help: "Microseconds the fault handler polls for the next fault before it sleeps.") var handlerSpin = 0
-    @Flag(help: "FarMem spins while faults and replies come quickly (adaptiveSpinning).") var adaptiveSpinning = false
+    @Flag(inversion: .prefixedNo, help: "FarMem spins while faults and replies come quickly (adaptiveSpinning, the library's default).") var adaptiveSpinning = true
     @Option(help: "With --adaptive-spinning: the longest spin, in microseconds.") var spinLimit = FarMemoryConfiguration(servers: [], budgetBytes: 0).adaptiveSpinLimitMicroseconds
     @Option(help: "The share of the budget FarMem keeps as its probation area (0 turns it off).") var probationShare = FarMemoryConfiguration(servers: [], budgetBytes: 0).probationShare
     @Option(help: "Also draw a PNG (throughput per budget, latency percentiles) to this file.") var plot: String?
@@ -268,6 +268,8 @@ final class BenchRun {
                           endpoint: endpoint!, transport: .tcp, prefetch: 64, probationShare: 0)
                 runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-norecency",
                           endpoint: endpoint!, transport: .tcp, prefetch: 64, keepsRefaultedPages: false)
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-nospin",
+                          endpoint: endpoint!, transport: .tcp, prefetch: 64, adaptiveSpinning: false)
             }
             if endpoints.count == 3 {
                 // Three servers, two copies of every page (and one, for the ratio).
@@ -339,7 +341,7 @@ final class BenchRun {
     private func runFarMem(_ workload: BenchWorkload, sequence: [Int], percent: Int, budgetPages: Int, backend: String,
                            endpoint: TCPSocket.Endpoint? = nil, servers: [TCPSocket.Endpoint] = [], replicas: Int? = nil,
                            transport: FarMemoryConfiguration.Transport, prefetch: Int, predictsWrites: Bool = true,
-                           probationShare: Double? = nil, keepsRefaultedPages: Bool = true) {
+                           probationShare: Double? = nil, keepsRefaultedPages: Bool = true, adaptiveSpinning: Bool? = nil) {
         do {
             var configuration = FarMemoryConfiguration(
                 servers: endpoint.map { [$0] } ?? servers, replicas: replicas, budgetBytes: budgetPages * 4096,
@@ -348,7 +350,7 @@ final class BenchRun {
             configuration.probationShare = probationShare ?? self.probationShare
             configuration.keepsRefaultedPages = keepsRefaultedPages
             configuration.handlerSpinMicroseconds = handlerSpin
-            configuration.adaptiveSpinning = adaptiveSpinning
+            configuration.adaptiveSpinning = adaptiveSpinning ?? self.adaptiveSpinning
             configuration.adaptiveSpinLimitMicroseconds = spinLimit
             let memory = try FarMemory(configuration: configuration)
             defer { memory.close() }
@@ -359,6 +361,8 @@ final class BenchRun {
             let after = memory.statistics
             var row = BenchRow(workload: workload.kind, budgetPercent: percent, backend: backend, result: result)
             row.faults = after.faults - before.faults
+            row.remoteFaults = after.fetches - before.fetches
+            row.budgetWaits = after.budgetWaits - before.budgetWaits
             row.writeProtectFaults = after.writeProtectFaults - before.writeProtectFaults
             row.prefetched = after.prefetched - before.prefetched
             row.evictions = after.evictions - before.evictions
@@ -461,6 +465,12 @@ struct BenchRow: Codable {
     var failed = false
     /// Missing-page faults (FarMem), or major faults (kernel swap).
     var faults: UInt64?
+    /// FarMem's faults that went to the server (the rest: zero fills,
+    /// probation hits, duplicates). What compares with kernel swap's major
+    /// faults (a swap-cache hit is a minor fault there).
+    var remoteFaults: UInt64?
+    /// Faults that waited for eviction to make room (JSON only).
+    var budgetWaits: UInt64?
     /// First writes to clean pages (FarMem's dirty tracking).
     var writeProtectFaults: UInt64?
     var prefetched: UInt64?
@@ -512,7 +522,7 @@ struct BenchReport: Codable {
     func table() -> String {
         func us(_ ns: UInt64) -> String { ns == 0 ? "-" : String(format: "%.1f", Double(ns) / 1000) }
         let header = ["workload", "budget", "backend", "time s", "GB/s", "kpages/s", "p50 us", "p90 us", "p99 us", "p99.9 us",
-                      "faults", "wp faults", "prefetched", "probation hits", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
+                      "faults", "remote", "wp faults", "prefetched", "probation hits", "evictions", "write-backs", "wire MB", "x local", "x floor", "verified"]
         var cells = [header]
         for row in rows {
             let budget = row.backend == "local" ? "all" : row.backend == "uffd-floor" ? "-" : "\(row.budgetPercent)%"
@@ -521,7 +531,8 @@ struct BenchReport: Codable {
                 String(format: "%.3f", row.gigabytesPerSecond), String(format: "%.1f", row.pagesPerSecond / 1000),
                 us(row.latencyP50Nanoseconds), us(row.latencyP90Nanoseconds), us(row.latencyP99Nanoseconds),
                 us(row.latencyP999Nanoseconds),
-                row.faults.map { "\($0)" } ?? "-", row.writeProtectFaults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
+                row.faults.map { "\($0)" } ?? "-", row.remoteFaults.map { "\($0)" } ?? (row.backend.hasPrefix("kernel") ? row.faults.map { "\($0)" } ?? "-" : "-"),
+                row.writeProtectFaults.map { "\($0)" } ?? "-", row.prefetched.map { "\($0)" } ?? "-",
                 row.probationHits.map { hits in "\(hits)" + (row.probationHitRate.map { String(format: " (%.0f%%)", $0 * 100) } ?? "") } ?? "-",
                 row.evictions.map { "\($0)" } ?? "-", row.writeBacks.map { "\($0)" } ?? "-",
                 row.wireBytes.map { String(format: "%.1f", Double($0) / 1e6) } ?? "-",
