@@ -60,11 +60,14 @@ public struct FarMemoryConfiguration: Sendable {
     /// Give a page that comes back soon after its eviction a second chance
     /// the next time it would be evicted (`Recency`). Off: plain FIFO.
     public var keepsRefaultedPages = true
-    /// The share of the budget kept as a probation area for anonymous
-    /// regions (`ProbationArea`): evicted pages wait there, written back but
+    /// The share of the budget a probation area for anonymous regions may
+    /// take (`ProbationArea`): evicted pages wait there, written back but
     /// still local, and a fault on one is served without the network and
-    /// marks it hot. 0 turns it off; at most 0.5; none under 32 pages.
-    public var probationShare = 0.125
+    /// marks it hot. Off (0) by default: on these machines a page served from
+    /// it still costs a userfaultfd round trip, and the resident set it takes
+    /// room from would have served more of them for nothing (README,
+    /// "Probation area"). At most 0.5; none under 32 pages.
+    public var probationShare = 0.0
     /// Keep memfd and hugetlb regions mapped in forked children and serve
     /// their faults (UFFD_FEATURE_EVENT_FORK; needs CAP_SYS_PTRACE, and is
     /// silently off without it: the regions are then not inherited, as

@@ -105,13 +105,17 @@ extension FaultHandler {
         let fromProbation = fromServer ? probationCopy(region: region, page: page) : nil
         if let fromProbation {
             fetched = 1
+            lastFetchWasBatch = false
             source = fromProbation
             verifier.checkFetched(region, page: page, data: source, how: "taken from probation")
         } else if fromServer {
             fetched = fetch(region: region, page: page, trend: trend, address: address)
             guard fetched > 0 else { return }
+            lastFetchWasBatch = fetched > 4
             source = fetchedData
             verifier.checkFetched(region, page: page, data: source, how: "fetched", source: self.store.lastReadSource)
+        } else {
+            lastFetchWasBatch = false   // a zero fill
         }
         // A read installs the page write-protected (clean until written); a
         // write installs it writable and dirty, saving a second fault, and so

@@ -14,6 +14,7 @@ extension FaultHandler {
         // Resident until now, so any copy it has is stale: gone, even if no slot is claimed below.
         if !probation.index.isEmpty { probation.index.remove(EvictionQueue.pack(slot: region.slot, page: page)) }
         guard dirty || backed, let (slot, expired) = probation.index.claim() else { return -1 }
+        budget.probation = probation.index.populated
         if expired != nil {
             counters.add(.probationExpired)
             counters.set(.probationPages, UInt64(probation.index.count))

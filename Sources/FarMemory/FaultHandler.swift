@@ -49,8 +49,6 @@ final class FaultHandler: @unchecked Sendable {
     let staging: StagingArea
     /// Evicted anonymous pages kept locally for a while (nil: off, or a budget too small).
     let probation: ProbationArea?
-    /// Its pages came out of the budget (at the first anonymous region).
-    var probationReserved = false
     let counters: PagerCounters
     let configuration: FarMemoryConfiguration
     let logger: Logger
@@ -61,6 +59,10 @@ final class FaultHandler: @unchecked Sendable {
     let spinNanoseconds: UInt64
     /// Spinning for faults while they come quickly (`adaptiveSpinning`, and no fixed spin).
     var spinPolicy: SpinPolicy?
+    /// The last fetch brought a prefetch batch: the next fault is that far
+    /// away, and a spin would only take the CPU the evictor and the server
+    /// need to keep the stream going (a strided scan lost its stream that way).
+    var lastFetchWasBatch = false
     /// When the handler last finished with faults (its userfaultfd read
     /// empty): the policy measures from there, whatever woke the loop since.
     var idleSince: UInt64 = 0
@@ -299,7 +301,7 @@ final class FaultHandler: @unchecked Sendable {
     /// A spin returns to the loop after at most a millisecond even while
     /// faults keep coming, so that children, restores and probes are served.
     func spinForMessages() {
-        var limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
+        var limit = spinNanoseconds > 0 ? spinNanoseconds : lastFetchWasBatch ? 0 : spinPolicy?.spinNanoseconds ?? 0
         guard limit > 0 else { return }
         let start = fm_now_ns()
         let end = start + 1_000_000
@@ -310,7 +312,7 @@ final class FaultHandler: @unchecked Sendable {
             let waited = now &- idleSince
             guard readMessages() > 0 else { continue }
             spinPolicy?.observe(waited: waited, slept: false)
-            limit = spinNanoseconds > 0 ? spinNanoseconds : spinPolicy?.spinNanoseconds ?? 0
+            limit = spinNanoseconds > 0 ? spinNanoseconds : lastFetchWasBatch ? 0 : spinPolicy?.spinNanoseconds ?? 0
             guard limit > 0 else { return }
             deadline = fm_now_ns() + limit
         }
@@ -459,11 +461,6 @@ final class FaultHandler: @unchecked Sendable {
             if region.slot >= regions.count { regions.append(contentsOf: Array(repeating: nil, count: region.slot - regions.count + 1)) }
             regions[region.slot] = region
             liveRegions.append(region)
-            if region.shared == nil, let probation, !probationReserved {
-                // Only anonymous regions use it: memfd and hugetlb ones keep the whole budget.
-                probationReserved = true
-                budget.lower(by: probation.slotCount)
-            }
             addToChildren(region)
             queue.rebuild(capacity: queueCapacity) { _ in true }
             setAside.rebuild(capacity: max(setAside.capacity, setAside.count + 16)) { _ in true }

@@ -72,7 +72,7 @@ final class PagerShard: @unchecked Sendable {
             uffd.close()
             throw .system("setting up the staging area", error)
         }
-        // The probation area's pages come out of the budget once an anonymous region is added.
+        // The probation area's pages count in the budget as they come into use (`Budget.probation`).
         let probationPages = ProbationArea.pages(budgetPages: budgetPages, share: configuration.probationShare)
         do {
             let probation = probationPages > 0 ? try ProbationArea(slots: probationPages) : nil

@@ -16,7 +16,9 @@ import FarMemSystem
 /// scattered hits would multiply. This area is plain memory, never registered
 /// with userfaultfd: it needs no emptying, and a pager thread may read it.
 ///
-/// Its pages count in the budget (the shard's limit is lowered by its size).
+/// Its slots count in the budget once used (`Budget.probation`): the area
+/// grows only as eviction fills it, so a working set that fits the budget
+/// loses nothing to it.
 /// The handler owns the index; the evictor only writes slots the handler
 /// claimed for the batch it was given.
 final class ProbationArea: @unchecked Sendable {

@@ -21,6 +21,8 @@ struct ProbationIndex {
     private var hand = 0
     /// Slots holding a findable page.
     private(set) var count = 0
+    /// Slots ever claimed (the hand takes them in order): the area's memory in use.
+    private(set) var populated = 0
 
     private static let free = UInt64.max
     private static let pending = UInt64.max - 1
@@ -60,6 +62,7 @@ struct ProbationIndex {
                 expired = owner
             }
             owners[slot] = Self.pending
+            populated = max(populated, slot + 1)
             return (Int32(slot), expired)
         }
         return nil

@@ -206,6 +206,8 @@ struct DemoCommand: ParsableCommand {
               + "bytes in \(formatByteSize(Int(stats.bytesIn))), bytes out \(formatByteSize(Int(stats.bytesOut)))")
         print("       resident \(stats.residentPages) pages, staged \(stats.stagedPages), budget overshoot \(stats.budgetOvershoot) pages, "
               + "EAGAIN retries \(stats.eagainRetries), network retries \(stats.retries)")
+        print("       probation hits \(stats.probationHits) (left untouched \(stats.probationExpired)), "
+              + "faults that waited for eviction \(stats.budgetWaits)")
         print("       RDMA pages in \(stats.rdmaPagesIn), out \(stats.rdmaPagesOut)")
         print("       handler service time per fetched fault: p50 \(microseconds(readService.serviceP50Nanoseconds)), "
               + "p99 \(microseconds(readService.serviceP99Nanoseconds)) (write phase: zero-fill p50 \(microseconds(afterWrite.serviceP50Nanoseconds)))")

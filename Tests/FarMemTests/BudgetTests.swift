@@ -14,17 +14,19 @@ final class BudgetTests: XCTestCase {
         XCTAssertFalse(budget.isFull)
     }
 
-    /// The probation area takes its share once an anonymous region comes:
-    /// the marks move down with the limit, and a full shard evicts to make room.
-    func testLoweringTheLimitMovesTheMarksAndMakesEvictionDue() {
+    /// Probation slots in use count like resident pages: as the area fills,
+    /// the high-water mark moves down and eviction makes room.
+    func testProbationSlotsInUseMoveTheMarksDown() {
         var budget = Budget(limit: 512, batchSize: 64)
         budget.resident = 380
         XCTAssertFalse(budget.needsEviction)
-        budget.lower(by: 64)
-        XCTAssertEqual(budget.limit, 448)
+        budget.probation = 64
         XCTAssertEqual(budget.highWater, 320)
         XCTAssertEqual(budget.evictionTarget, 288)
         XCTAssertTrue(budget.needsEviction)
+        XCTAssertEqual(budget.headroom, 68)
+        budget.resident = 448
+        XCTAssertTrue(budget.isFull)
     }
 
     func testTheSmallestBudgetStillLeavesRoomForABatch() {

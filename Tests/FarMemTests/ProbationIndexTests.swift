@@ -22,11 +22,13 @@ final class ProbationIndexTests: XCTestCase {
         index.fill(slot, key: key(4))
         XCTAssertEqual(index.claim()!.expired, key(1))
         XCTAssertEqual(index.count, 3, "one claimed, not filled yet")
+        XCTAssertEqual(index.populated, 4, "slots in use: never more than the area")
     }
 
     func testAHitFreesItsSlotAndTheHandReusesIt() {
         var index = ProbationIndex(capacity: 3)
         defer { index.deallocate() }
+        XCTAssertEqual(index.populated, 0, "nothing in use before the first eviction")
         var slots: [Int32] = []
         for page in 0..<3 {
             let slot = index.claim()!.slot

@@ -146,7 +146,7 @@ final class BenchRun {
     let spinLimit: Int
 
     init(regionPages: Int, sortPages: Int, introsortPages: Int, zipfSkew: Double, deadline: Double, rdmaAddress: String?,
-         ablations: Bool = false, probationShare: Double = 0.125, handlerSpin: Int = 0, adaptiveSpinning: Bool = false, spinLimit: Int = 100) {
+         ablations: Bool = false, probationShare: Double = 0, handlerSpin: Int = 0, adaptiveSpinning: Bool = false, spinLimit: Int = 100) {
         self.spinLimit = spinLimit
         self.handlerSpin = handlerSpin
         self.adaptiveSpinning = adaptiveSpinning
@@ -263,9 +263,11 @@ final class BenchRun {
                           endpoint: endpoint!, transport: .tcp, prefetch: 64, predictsWrites: false)
             }
             if ablations {
-                // What the probation area and the refault second chances each save.
-                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-noprobation",
-                          endpoint: endpoint!, transport: .tcp, prefetch: 64, probationShare: 0)
+                // The probation area the other way round from the main rows (an eighth of the budget, or none).
+                let probationOn = probationShare == 0
+                runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages,
+                          backend: probationOn ? "farmem-tcp-probation" : "farmem-tcp-noprobation",
+                          endpoint: endpoint!, transport: .tcp, prefetch: 64, probationShare: probationOn ? 0.125 : 0)
                 runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-norecency",
                           endpoint: endpoint!, transport: .tcp, prefetch: 64, keepsRefaultedPages: false)
                 runFarMem(workload, sequence: sequence, percent: percent, budgetPages: budgetPages, backend: "farmem-tcp-nospin",
