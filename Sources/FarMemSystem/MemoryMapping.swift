@@ -35,6 +35,21 @@ public enum MemoryMapping {
         _ = try checkedShim { fm_mremap_fixed(UInt64(from), UInt64(length), UInt64(to)) }
     }
 
+    /// Anonymous memory only FarMem itself uses (staging, the probation
+    /// area): 4 KiB pages (no huge page to split under a single-page move)
+    /// and not inherited by a forked child. Unmapped again if either advice fails.
+    public static func pagerArea(length: Int) throws(Errno) -> UInt {
+        let base = try anonymous(length: length)
+        do {
+            try advise(base, length: length, .noHugePage)
+            try advise(base, length: length, .dontFork)
+        } catch {
+            unmap(base, length: length)
+            throw error
+        }
+        return base
+    }
+
     public static func unmap(_ address: UInt, length: Int) {
         _ = munmap(UnsafeMutableRawPointer(bitPattern: address), length)
     }

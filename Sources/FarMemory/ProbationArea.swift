@@ -29,14 +29,7 @@ final class ProbationArea: @unchecked Sendable {
     init(slots: Int) throws(Errno) {
         slotCount = slots
         let length = slots * MemoryMapping.pageSize
-        base = try MemoryMapping.anonymous(length: length)
-        do {
-            try MemoryMapping.advise(base, length: length, .noHugePage)
-            try MemoryMapping.advise(base, length: length, .dontFork)
-        } catch {
-            MemoryMapping.unmap(base, length: length)
-            throw error
-        }
+        base = try MemoryMapping.pagerArea(length: length)
         index = ProbationIndex(capacity: slots)
     }
 

@@ -21,10 +21,8 @@ final class StagingArea: @unchecked Sendable {
     init(slots: Int, uffd: Userfaultfd) throws(Errno) {
         slotCount = slots
         let length = slots * MemoryMapping.pageSize
-        base = try MemoryMapping.anonymous(length: length)
+        base = try MemoryMapping.pagerArea(length: length)
         do {
-            try MemoryMapping.advise(base, length: length, .noHugePage)
-            try MemoryMapping.advise(base, length: length, .dontFork)
             try uffd.register(base, length: length, mode: .missing)
         } catch {
             MemoryMapping.unmap(base, length: length)
