@@ -300,8 +300,14 @@ final class FaultHandler: @unchecked Sendable {
     /// that quickly (`SpinPolicy`).
     /// A spin returns to the loop after at most a millisecond even while
     /// faults keep coming, so that children, restores and probes are served.
+    /// How long to spin now: the fixed spin if one is set, else none after a
+    /// prefetch batch, else what the policy says.
+    private var spinLimit: UInt64 {
+        spinNanoseconds > 0 ? spinNanoseconds : lastFetchWasBatch ? 0 : spinPolicy?.spinNanoseconds ?? 0
+    }
+
     func spinForMessages() {
-        var limit = spinNanoseconds > 0 ? spinNanoseconds : lastFetchWasBatch ? 0 : spinPolicy?.spinNanoseconds ?? 0
+        var limit = spinLimit
         guard limit > 0 else { return }
         let start = fm_now_ns()
         let end = start + 1_000_000
@@ -312,7 +318,7 @@ final class FaultHandler: @unchecked Sendable {
             let waited = now &- idleSince
             guard readMessages() > 0 else { continue }
             spinPolicy?.observe(waited: waited, slept: false)
-            limit = spinNanoseconds > 0 ? spinNanoseconds : lastFetchWasBatch ? 0 : spinPolicy?.spinNanoseconds ?? 0
+            limit = spinLimit
             guard limit > 0 else { return }
             deadline = fm_now_ns() + limit
         }
